@@ -1,0 +1,51 @@
+"""The `squeezenas` command: one subcommand per stage plus tools (describe, miou, lineage)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from flows import quiet_telemetry
+
+# subcommand -> module providing add_parser(subparsers); explicit, no import-time registry
+COMMANDS = {
+    "describe": "flows.cmd_describe",
+    "cost-tables": "flows.cmd_stages",
+    "miou": "flows.cmd_miou",
+}
+
+
+def add_params_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a parameter, e.g. --set search.alpha=0.5 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="squeezenas", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    seen = set()
+    for module in COMMANDS.values():
+        if module in seen:
+            continue
+        seen.add(module)
+        try:
+            importlib.import_module(module).add_parser(sub)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_telemetry()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"squeezenas {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Flow for the DVC stage `cost_tables`: MAC/parameter tables of the configured spaces
+(paper section 5.1), logged to MLflow. The pattern every later stage follows."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from nas_core.config import load_params
+from nas_core.io import atomic_write_json
+from tasks import tracking
+from tasks.cost_tables import build_cost_table_task
+
+
+@flow(name="cost-tables")
+def cost_tables_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
+    params = load_params(params_file, overrides)
+    cfg, out_dir = params.cost_tables, params.paths.cost_tables
+    futures = {s: build_cost_table_task.submit(s, cfg.input_size.hw, cfg.num_classes, out_dir) for s in cfg.spaces}
+    summaries = {s: f.result() for s, f in futures.items()}
+    metrics = {f"{space}.{k}": v for space, s in summaries.items() for k, v in s.items() if k not in ("path", "rows")}
+    summary_path = Path(out_dir) / "summary.json"
+    atomic_write_json(summary_path, summaries)
+
+    with tracking.stage_run(params.tracking, "cost_tables", params=cfg.model_dump(mode="json")):
+        tracking.log_metrics(metrics)
+        for s in summaries.values():
+            tracking.log_artifact(s["path"], "cost_tables")
+        tracking.log_artifact(summary_path, "cost_tables")
+    for space, s in summaries.items():
+        print(f"[cost_tables] {space}: {s['rows']} rows, network MACs {s['macs_min'] / 1e9:.2f}-"
+              f"{s['macs_max'] / 1e9:.2f} G -> {s['path']}")
+    return summaries
