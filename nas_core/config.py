@@ -129,4 +129,5 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[s
             raise ParamsError(f"--set {item!r}: expected key.sub=value")
         key, raw = item.split("=", 1)
         _set_dotted(data, key.strip(), yaml.safe_load(raw), f"--set {key}")
-    return parse_params(data, str(path))
+    source = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)
+    return parse_params(data, source)

@@ -117,7 +117,11 @@ def load_official_weights(model: nn.Module, path: str | Path) -> nn.Module:
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     converted = convert_official_state_dict(state)
-    result = model.load_state_dict(converted, strict=False)
+    try:
+        result = model.load_state_dict(converted, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ValueError(f"{path}: the weights do not fit this network ({str(e).splitlines()[1:3]}); "
+                         "is it the right published network?") from None
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(
             f"{path}: the weights do not fit this network (missing {result.missing_keys[:5]}, "
