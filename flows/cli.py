@@ -10,6 +10,7 @@ from flows import quiet_telemetry
 # subcommand -> module providing add_parser(subparsers); explicit, no import-time registry
 COMMANDS = {
     "describe": "flows.cmd_describe",
+    "data": "flows.cmd_stages",
     "cost-tables": "flows.cmd_stages",
     "miou": "flows.cmd_miou",
 }

@@ -51,17 +51,22 @@ class Tracking(Section):
 
 
 class DataParams(Section):
-    """The generated default datasets (ignored for a real dataset: set generate: false)."""
+    """The generated default datasets. With real datasets, set generate: false and point
+    paths.cityscapes / coco / imagenet at them (README: "Real data")."""
 
     generate: bool = True
-    num_train: int = Field(32, ge=1)
-    num_val: int = Field(12, ge=1)
-    num_extra: int = Field(8, ge=0)
-    size: Size = Size(height=256, width=512)
-    coco_images: int = Field(24, ge=1)
-    imagenet_classes: int = Field(4, ge=2)
-    imagenet_per_class: int = Field(16, ge=1)
     seed: int = 0
+    cityscapes_train: int = Field(32, ge=1)
+    cityscapes_val: int = Field(12, ge=1)
+    cityscapes_extra: int = Field(8, ge=0)
+    cityscapes_size: Size = Size(height=256, width=512)
+    coco_train: int = Field(24, ge=1)
+    coco_val: int = Field(8, ge=1)
+    coco_size: Size = Size(height=240, width=320)
+    imagenet_classes: int = Field(4, ge=2)
+    imagenet_train_per_class: int = Field(32, ge=1)
+    imagenet_val_per_class: int = Field(8, ge=1)
+    imagenet_size: int = Field(64, ge=16)
 
 
 class CostTablesParams(Section):

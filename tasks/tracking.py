@@ -118,3 +118,34 @@ def latest_stage_run_id(tracking, stage: str) -> str | None:
     runs = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.`squeezenas.stage` = '{stage}'",
                               order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
     return runs[0].info.run_id if runs else None
+
+
+def dataset_digest(path: str | Path) -> str:
+    """md5 over the sorted relative paths and contents of every file under `path`."""
+    import hashlib
+
+    root = Path(path)
+    h = hashlib.md5()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(hashlib.md5(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def log_dataset(path: str | Path, name: str, summary: dict | None = None, context: str = "train") -> str:
+    """Log a dataset folder as an MLflow input (name, local source, content digest); returns the digest."""
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    digest = dataset_digest(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "source can be interpreted in multiple ways": it is local either way
+        source = resolve_dataset_source(str(Path(path).resolve()))
+    mlflow.log_input(MetaDataset(source, name=name, digest=digest[:16]), context=context)
+    mlflow.set_tag(f"dataset.{name}.md5", digest)
+    if summary:
+        mlflow.log_dict(summary, f"datasets/{name}.json")
+    return digest
