@@ -41,24 +41,43 @@ def _interpolate(text: str, params: dict) -> str:
     return re.sub(r"\$\{([^}]+)\}", lookup, text)
 
 
+def _dvc_files(root: Path) -> tuple[dict, dict, dict]:
+    def load(name: str) -> dict:
+        try:
+            return yaml.safe_load((root / name).read_text()) or {}
+        except FileNotFoundError:
+            return {}
+    return load("dvc.yaml"), load("dvc.lock"), load("params.yaml")
+
+
+def _paths(entries: list, params: dict) -> list[str]:
+    out = []
+    for e in entries or []:
+        path = e if isinstance(e, str) else next(iter(e))
+        out.append(_interpolate(path, params).rstrip("/"))
+    return out
+
+
+def upstream_stages(stage: str, root: str | Path = ".") -> list[str]:
+    """The stages of dvc.yaml whose outputs `stage` depends on."""
+    spec, _, params = _dvc_files(Path(root))
+    stages = spec.get("stages", {})
+    deps = _paths((stages.get(stage) or {}).get("deps"), params)
+    found = []
+    for name, entry in stages.items():
+        outs = _paths((entry.get("outs") or []) + (entry.get("metrics") or []) + (entry.get("plots") or []), params)
+        if name != stage and any(d == o or d.startswith(o + "/") for d in deps for o in outs):
+            found.append(name)
+    return found
+
+
 def dvc_input_hashes(stage: str, root: str | Path = ".") -> dict[str, str]:
     """md5 of each dependency of `stage`, as dvc.lock records it for the stage that produced it."""
-    root = Path(root)
-    try:
-        spec = yaml.safe_load((root / "dvc.yaml").read_text())
-        lock = yaml.safe_load((root / "dvc.lock").read_text()) or {}
-        params = yaml.safe_load((root / "params.yaml").read_text()) or {}
-    except FileNotFoundError:
-        return {}
-    deps = (spec.get("stages", {}).get(stage) or {}).get("deps", [])
+    spec, lock, params = _dvc_files(Path(root))
+    deps = _paths((spec.get("stages", {}).get(stage) or {}).get("deps"), params)
     produced = {out["path"].rstrip("/"): out.get("md5") or out.get("hash", "")
                 for entry in (lock.get("stages") or {}).values() for out in entry.get("outs", [])}
-    hashes = {}
-    for dep in deps:
-        path = _interpolate(dep, params).rstrip("/")
-        if path in produced:
-            hashes[path] = produced[path]
-    return hashes
+    return {d: produced[d] for d in deps if d in produced}
 
 
 @contextmanager
@@ -75,6 +94,8 @@ def stage_run(tracking, stage: str, params: dict[str, Any] | None = None,
         all_tags["mlflow.parentRunId"] = parent
     for path, md5 in dvc_input_hashes(stage).items():
         all_tags[f"dvc.input.{path}"] = md5
+    if upstream is None:
+        upstream = [rid for up in upstream_stages(stage) if (rid := latest_stage_run_id(tracking, up))]
     if upstream:
         all_tags[UPSTREAM_TAG] = ",".join(upstream)
     all_tags.update(tags or {})
@@ -108,7 +129,8 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
 
 
 def latest_stage_run_id(tracking, stage: str) -> str | None:
-    """The newest finished run of `stage` (an upstream run id for lineage), or None."""
+    """The newest run of `stage` (an upstream run id for lineage), or None. DVC may skip an
+    unchanged upstream stage, so the newest run of any pipeline execution is taken."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking.mlflow_uri)
@@ -149,3 +171,78 @@ def log_dataset(path: str | Path, name: str, summary: dict | None = None, contex
     if summary:
         mlflow.log_dict(summary, f"datasets/{name}.json")
     return digest
+
+
+def start_pipeline_run(tracking, tags: dict[str, str] | None = None) -> str:
+    """Create the parent run of one pipeline execution; stage runs in other processes nest under it."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.mlflow_uri)
+    exp = mlflow.set_experiment(tracking.experiment)
+    client = mlflow.MlflowClient()
+    run = client.create_run(exp.experiment_id, run_name="pipeline",
+                            tags={"squeezenas.stage": "pipeline", "git.commit": git_commit(), **(tags or {})})
+    return run.info.run_id
+
+
+def end_pipeline_run(tracking, run_id: str, metrics: dict[str, float], ok: bool) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.mlflow_uri)
+    client = mlflow.MlflowClient()
+    for k, v in metrics.items():
+        client.log_metric(run_id, k, float(v))
+    client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+def lineage(tracking, model: str) -> list[dict]:
+    """The chain from a registered model version (NAME or NAME/VERSION) back through its stage runs."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.mlflow_uri)
+    client = mlflow.MlflowClient()
+    name, _, version = model.partition("/")
+    if version:
+        mv = client.get_model_version(name, version)
+    else:
+        versions = client.search_model_versions(f"name = '{name}'")
+        if not versions:
+            raise ValueError(f"no registered model named {name!r} in {tracking.mlflow_uri}")
+        mv = max(versions, key=lambda v: int(v.version))
+    chain = [{"kind": "model", "name": name, "version": mv.version, "run_id": mv.run_id, "tags": dict(mv.tags)}]
+    queue, seen = [mv.run_id], set()
+    while queue:
+        run_id = queue.pop(0)
+        if not run_id or run_id in seen:
+            continue
+        seen.add(run_id)
+        run = client.get_run(run_id)
+        tags = run.data.tags
+        chain.append({"kind": "run", "stage": tags.get("squeezenas.stage", "?"), "run_id": run_id,
+                      "git_commit": tags.get("git.commit", ""), "parent": tags.get("mlflow.parentRunId", ""),
+                      "inputs": {k.removeprefix("dvc.input."): v for k, v in tags.items() if k.startswith("dvc.input.")},
+                      "datasets": {k.removeprefix("dataset.").removesuffix(".md5"): v for k, v in tags.items()
+                                   if k.startswith("dataset.")},
+                      "upstream": [u for u in tags.get(UPSTREAM_TAG, "").split(",") if u]})
+        queue.extend(chain[-1]["upstream"])
+    return chain
+
+
+def log_model(model, onnx_path: str | Path, name: str, registered_model: str | None = None) -> dict[str, Any]:
+    """Log a network in the active run in the PyTorch and ONNX flavours; with `registered_model`, register
+    the PyTorch one under that name and the ONNX one under NAME-onnx. Returns the URIs and versions."""
+    import mlflow.onnx
+    import mlflow.pytorch
+    import onnx
+    import onnxruntime
+    import torch
+
+    # explicit requirements: inferring them would import-scan in a subprocess (slow, and may try the network)
+    torch_req = f"torch=={torch.__version__.split('+')[0]}"
+    pt = mlflow.pytorch.log_model(model, name=f"{name}_pytorch", registered_model_name=registered_model,
+                                  pip_requirements=[torch_req])
+    ox = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name=f"{name}_onnx", save_as_external_data=False,
+                               registered_model_name=f"{registered_model}-onnx" if registered_model else None,
+                               pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"])
+    return {"pytorch_uri": pt.model_uri, "onnx_uri": ox.model_uri,
+            "pytorch_version": pt.registered_model_version, "onnx_version": ox.registered_model_version}

@@ -8,9 +8,17 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-IGNORE = shutil.ignore_patterns(".venv", ".git", "outputs", "data", "mlruns", "mlartifacts", "mlflow.db",
-                                "__pycache__", "*.egg-info", ".pytest_cache", "dvc.lock", ".dvc_remote",
-                                "tmp", "cache", ".whl", ".gl")
+# top-level products of a run, and caches at any depth
+TOP_LEVEL = {".venv", ".git", "outputs", "data", "mlruns", "mlartifacts", "mlflow.db", "dvc.lock", ".dvc_remote",
+             ".prefect", "dvc_plots", ".whl", ".gl", ".pytest_cache"}
+ANYWHERE = shutil.ignore_patterns("__pycache__", "*.egg-info", "tmp", "cache")
+
+
+def IGNORE(directory: str, names: list[str]) -> set[str]:
+    ignored = set(ANYWHERE(directory, names))
+    if Path(directory).resolve() == ROOT:
+        ignored |= TOP_LEVEL & set(names)
+    return ignored
 
 
 def stage_env(**extra: str) -> dict[str, str]:

@@ -1,0 +1,38 @@
+"""`squeezenas lineage MODEL[/VERSION]`: from a registered model back to the dataset and cost-table hashes."""
+from __future__ import annotations
+
+import json
+
+
+def run(args) -> int:
+    from nas_core.config import load_params
+    from tasks.tracking import lineage
+
+    params = load_params(args.params, tuple(args.overrides))
+    chain = lineage(params.tracking, args.model)
+    if args.json:
+        print(json.dumps(chain, indent=2))
+        return 0
+    model = chain[0]
+    print(f"model {model['name']} version {model['version']} <- run {model['run_id']}")
+    for key, value in sorted(model["tags"].items()):
+        print(f"    tag {key} = {value}")
+    for node in chain[1:]:
+        print(f"stage {node['stage']:<18} run {node['run_id']}  commit {node['git_commit'][:12]}")
+        for path, md5 in sorted(node["inputs"].items()):
+            print(f"    input {path}  md5 {md5}")
+        for name, md5 in sorted(node["datasets"].items()):
+            print(f"    dataset {name}  md5 {md5}")
+        if node["upstream"]:
+            print(f"    upstream runs: {', '.join(node['upstream'])}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    from flows.cli import add_params_args
+
+    p = sub.add_parser("lineage", help="print the chain from a registered model back to its data and cost tables")
+    p.add_argument("model", metavar="MODEL_NAME[/VERSION]")
+    p.add_argument("--json", action="store_true")
+    add_params_args(p)
+    p.set_defaults(func=run)

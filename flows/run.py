@@ -1,0 +1,102 @@
+"""`squeezenas run`: the whole pipeline. DVC decides which stages are stale (`dvc repro`); each stage
+runs as its Prefect flow against one Prefect server started for the run (unless PREFECT_API_URL is
+set), and every stage's MLflow run nests under one parent run of this execution."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from nas_core.config import load_params
+from tasks import tracking
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def prefect_server(home: Path) -> Iterator[tuple[str | None, float]]:
+    """Yield (api_url, start-up seconds): the configured server, or a local one started for this run."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"], 0.0
+        return
+    port, t0 = _free_port(), time.perf_counter()
+    home.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PREFECT_HOME=str(home.resolve()), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=1).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.perf_counter() - t0 > 120:
+                    raise RuntimeError(f"the Prefect server did not start; see {home / 'server.log'}") from None
+                time.sleep(0.3)
+        yield url, time.perf_counter() - t0
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def run_pipeline(params_file: str = "params.yaml", targets: tuple[str, ...] = (), force: bool = False,
+                 push: bool = False) -> int:
+    params = load_params(params_file)
+    t0 = time.perf_counter()
+    with prefect_server(Path(".prefect")) as (api_url, prefect_startup):
+        print(f"[run] Prefect API {api_url} (start-up {prefect_startup:.1f} s)")
+        parent = tracking.start_pipeline_run(params.tracking, {"squeezenas.targets": ",".join(targets) or "all"})
+        print(f"[run] MLflow parent run {parent} in {params.tracking.mlflow_uri}")
+        env = dict(os.environ, PREFECT_API_URL=api_url, **{tracking.PARENT_RUN_ENV: parent})
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        cmd = ["dvc", "repro", *(["--force"] if force else []), *targets]
+        print(f"[run] {' '.join(cmd)}", flush=True)
+        t_repro = time.perf_counter()
+        code = subprocess.call(cmd, env=env)
+        repro_s = time.perf_counter() - t_repro
+        total = time.perf_counter() - t0
+        tracking.end_pipeline_run(params.tracking, parent, {"wall_s": total, "repro_s": repro_s,
+                                                            "prefect_startup_s": prefect_startup}, code == 0)
+    if code != 0:
+        print(f"[run] dvc repro failed with exit code {code}; finished stages are kept, a rerun redoes only the rest",
+              file=sys.stderr)
+        return code
+    if push:  # share datasets, measured latency tables and checkpoints with teammates (`dvc pull`)
+        code = subprocess.call(["dvc", "push"], env=env)
+        if code != 0:
+            print("[run] dvc push failed; the results are complete locally", file=sys.stderr)
+    paths = params.paths
+    print(f"\n[run] done in {total / 60:.1f} min")
+    print(f"  report:     {paths.benchmark}/report.md")
+    print(f"  plots:      dvc plots show   (writes dvc_plots/index.html)")
+    print(f"  metrics:    dvc metrics show")
+    print(f"  MLflow UI:  mlflow ui --backend-store-uri {params.tracking.mlflow_uri}   (then open http://127.0.0.1:5000)")
+    print(f"  lineage:    squeezenas lineage {params.tracking.registered_model}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="the whole pipeline: dvc repro with one Prefect server and a parent MLflow run")
+    p.add_argument("targets", nargs="*", help="DVC stages to reproduce (default: all)")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--force", action="store_true", help="rerun stages even if DVC finds them up to date")
+    p.add_argument("--push", action="store_true", help="dvc push the results to the configured DVC remote")
+    p.set_defaults(func=lambda a: run_pipeline(a.params, tuple(a.targets), a.force, a.push))
