@@ -1,0 +1,32 @@
+"""nas_core holds the paper's ideas and never imports the orchestration stack."""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN = {"prefect", "mlflow", "dvc"}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "nas_core").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_nas_core_does_not_import_orchestration(path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        for name in names:
+            assert name.split(".")[0] not in FORBIDDEN, f"{path.name} imports {name}"
+
+
+def test_only_tracking_imports_mlflow():
+    for path in (ROOT / "tasks").rglob("*.py"):
+        if path.name == "tracking.py":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                assert not any(m.split(".")[0] == "mlflow" for m in mods), f"{path} imports mlflow"
