@@ -1,0 +1,192 @@
+"""The search loop: reproducibility, exact kill-and-resume, pruning log, FBNet warm-up, the loss."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from nas_core.candidates import CANDIDATE_NAMES
+from nas_core.cost_table import build_cost_table, cost_matrix
+from nas_core.gumbel import TauSchedule
+from nas_core.search import SearchConfig, distribution_stats, resource_loss, run_search
+from nas_core.search_data import search_loader, split_dataset
+from nas_core.supernet import build_supernet
+from tests.test_supernet_fixtures import TINY, TINY_CLASSES, TinySegmentation, tiny_space  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("tiny_space")
+torch.set_num_threads(1)
+COST, FIXED = cost_matrix(build_cost_table(TINY, (32, 64), TINY_CLASSES))
+# a fast-moving theta and a threshold just under 1/13, so that pruning happens within 3 epochs
+BASE = SearchConfig(epochs=3, alpha=2.0, theta_lr=0.2, prune_threshold=0.07, log_every=100)
+
+
+class Killed(Exception):
+    pass
+
+
+class KillAfter(Dataset):
+    """Raises Killed on the (n+1)-th read, like a process killed in the middle of an epoch."""
+
+    def __init__(self, dataset: Dataset, reads: int | None):
+        self.dataset, self.reads = dataset, reads
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        if self.reads is not None:
+            if self.reads == 0:
+                raise Killed()
+            self.reads -= 1
+        return self.dataset[i]
+
+
+def _search(tmp_path, config: SearchConfig = BASE, kill_after: int | None = None, init_seed: int = 0,
+            data=None):
+    torch.manual_seed(init_seed)
+    net = build_supernet(TINY, TINY_CLASSES)
+    data = KillAfter(data or TinySegmentation(16), kill_after)
+    if config.scheme == "fbnet":
+        weights, theta = split_dataset(data, 0.5, config.seed)  # 2 batches each
+        train, arch = search_loader(weights, 4, config.seed), search_loader(theta, 4, config.seed)
+    else:
+        train, arch = search_loader(data, 4, config.seed), None
+    epochs = []
+    result = run_search(net, train, COST, config, tmp_path / "ckpt", arch_loader=arch, fixed_cost=FIXED,
+                        on_epoch_end=lambda e, m: epochs.append(e), log=lambda s: None)
+    return net, result, epochs
+
+
+def _assert_same_search(a, b):
+    (net_a, res_a, _), (net_b, res_b, _) = a, b
+    for key, value in net_a.state_dict().items():
+        assert torch.equal(value, net_b.state_dict()[key]), key
+    assert res_a.history.equals(res_b.history)
+    assert res_a.pruning_log.equals(res_b.pruning_log)
+    assert res_a.curves.drop(columns="seconds").equals(res_b.curves.drop(columns="seconds"))
+
+
+def test_same_seed_gives_the_same_theta_trajectory_and_another_seed_another(tmp_path):
+    a = _search(tmp_path / "a")
+    _assert_same_search(a, _search(tmp_path / "b"))
+    other = _search(tmp_path / "c", SearchConfig(**{**BASE.to_dict(), "tau": TauSchedule(), "seed": 1}))
+    assert not torch.equal(a[0].arch_logits(), other[0].arch_logits())
+
+
+@pytest.mark.parametrize("scheme, every, reads", [
+    ("joint", 0, 22),  # killed in epoch 2: resumes from the end of epoch 1
+    ("joint", 1, 22),  # resumes from the middle of epoch 2
+    ("joint", 3, 41),  # killed in epoch 3, after the pruning at the end of epoch 2
+    ("fbnet", 1, 22),  # warm-up 8 reads, weights 8, then killed in the middle of the theta phase
+], ids=["epoch-checkpoint", "step-checkpoint", "after-pruning", "fbnet-theta-phase"])
+def test_killed_and_resumed_search_equals_the_uninterrupted_one(tmp_path, scheme, every, reads):
+    config = SearchConfig(**{**BASE.to_dict(), "tau": TauSchedule(), "scheme": scheme, "checkpoint_every": every,
+                             "warmup_epochs": 1 if scheme == "fbnet" else 0})
+    reference = _search(tmp_path / "ref", config)
+    assert len(reference[1].pruning_log) > 0  # the resumed run must also restore a pruned supernet
+    with pytest.raises(Killed):
+        _search(tmp_path / "run", config, kill_after=reads)
+    resumed = _search(tmp_path / "run", config, init_seed=123)  # other init: all must come from the checkpoint
+    assert resumed[1].resumed_from is not None and resumed[1].resumed_from["step"] > 0
+    _assert_same_search(reference, resumed)
+    assert resumed[2] == [1, 2, 3]  # finished epochs are replayed to on_epoch_end
+
+
+def test_a_checkpoint_of_another_configuration_is_ignored(tmp_path):
+    _search(tmp_path / "run", SearchConfig(**{**BASE.to_dict(), "tau": TauSchedule(), "alpha": 0.0}))
+    lines = []
+    torch.manual_seed(0)
+    net = build_supernet(TINY, TINY_CLASSES)
+    result = run_search(net, search_loader(TinySegmentation(16), 4), COST, BASE, tmp_path / "run" / "ckpt",
+                        fixed_cost=FIXED, log=lines.append)
+    assert result.resumed_from is None
+    assert any("ignoring" in line and "differs in config" in line for line in lines)
+    _assert_same_search((net, result, None), _search(tmp_path / "fresh"))
+
+
+def test_pruning_is_logged_with_its_epoch_and_matches_the_live_mask(tmp_path):
+    net, result, _ = _search(tmp_path)
+    log = result.pruning_log
+    assert set(log.columns) == {"epoch", "block", "candidate", "probability"}
+    assert (log["probability"] < BASE.prune_threshold).all()
+    dead = {(int(b), CANDIDATE_NAMES[j]) for b, j in torch.nonzero(~net.live_mask()).tolist()}
+    assert {(int(r.block), r.candidate) for r in log.itertuples()} == dead
+    for r in log.itertuples():
+        before = result.history.query("epoch == @r.epoch - 1 and block == @r.block and candidate == @r.candidate")
+        after = result.history.query("epoch == @r.epoch and block == @r.block and candidate == @r.candidate")
+        assert bool(before["live"].iloc[0]) and not bool(after["live"].iloc[0])
+    assert result.curves["pruned"].sum() == len(log)
+    assert list(result.curves["live_candidates"]) == sorted(result.curves["live_candidates"], reverse=True)
+
+
+def test_history_holds_every_epoch_and_probabilities_sum_to_one(tmp_path):
+    _, result, epochs = _search(tmp_path)
+    h = result.history
+    assert epochs == [1, 2, 3]
+    assert sorted(h["epoch"].unique()) == [0, 1, 2, 3]
+    assert len(h) == 4 * TINY.num_blocks * 13
+    np.testing.assert_allclose(h.groupby(["epoch", "block"])["probability"].sum(), 1.0, atol=1e-6)
+    assert (h.query("epoch == 0")["logit"] == 0).all()
+
+
+def test_fbnet_warmup_trains_the_weights_only(tmp_path):
+    config = SearchConfig(**{**BASE.to_dict(), "tau": TauSchedule(), "scheme": "fbnet", "warmup_epochs": 2,
+                             "prune_threshold": 0.0})
+    _, result, _ = _search(tmp_path, config)
+    h = result.history
+    assert (h.query("epoch <= 2")["logit"] == 0).all()
+    assert (h.query("epoch == 3")["logit"] != 0).any()
+
+
+def test_fbnet_scheme_needs_the_theta_split(tmp_path):
+    config = SearchConfig(scheme="fbnet")
+    with pytest.raises(ValueError, match="fbnet scheme needs arch_loader"):
+        run_search(build_supernet(TINY, TINY_CLASSES), search_loader(TinySegmentation(8), 4), COST, config, tmp_path)
+
+
+def test_a_large_alpha_ends_with_a_clearly_cheaper_expected_cost(tmp_path):
+    config = {**BASE.to_dict(), "tau": TauSchedule(), "prune_threshold": 0.005}
+    free = _search(tmp_path / "a", SearchConfig(**{**config, "alpha": 0.0}))[1].curves.iloc[-1]
+    cheap = _search(tmp_path / "b", SearchConfig(**{**config, "alpha": 5.0}))[1].curves.iloc[-1]
+    assert cheap["expected_cost"] - FIXED <= 0.7 * (free["expected_cost"] - FIXED)
+
+
+def test_resource_loss_gradient_moves_theta_towards_cheaper_candidates():
+    theta = torch.zeros(2, 13, requires_grad=True)
+    cost = torch.tensor(COST[:2], dtype=torch.float32)
+    reference = float(cost.mean(1).sum())
+    loss = resource_loss(torch.softmax(theta, -1), cost, reference)
+    assert loss.item() == pytest.approx(1.0)  # the default reference makes L_E = 1 at uniform theta
+    loss.backward()
+    above = cost > cost.mean(1, keepdim=True)
+    assert (theta.grad[above] > 0).all() and (theta.grad[~above] <= 0).all()
+
+
+def test_distribution_stats_of_uniform_and_pruned_distributions():
+    uniform = torch.full((TINY.num_blocks, 13), 1 / 13)
+    s = distribution_stats(uniform, COST, FIXED)
+    assert s["mean_entropy"] == pytest.approx(math.log(13))
+    assert s["skip_share"] == pytest.approx(1 / 13) and s["live_candidates"] == 13 * TINY.num_blocks
+    assert s["expected_cost"] == pytest.approx(FIXED + COST.mean(1).sum())
+    pruned = torch.zeros(TINY.num_blocks, 13)
+    pruned[:, -1] = 1.0  # all mass on skip
+    s = distribution_stats(pruned, COST, FIXED)
+    assert s["mean_entropy"] == 0.0 and s["skip_share"] == 1.0 and s["live_candidates"] == TINY.num_blocks
+    assert s["argmax_cost"] == pytest.approx(FIXED + COST[:, -1].sum())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"scheme": "darts"}, "unknown search scheme 'darts'; valid schemes are: joint, fbnet"),
+    ({"prune_threshold": 0.08}, "prune_threshold must be in"),
+    ({"epochs": 2, "warmup_epochs": 2}, "warmup_epochs < epochs"),
+    ({"alpha": -1.0}, "alpha must be >= 0"),
+])
+def test_bad_search_settings_are_rejected_with_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SearchConfig(**kwargs)
+
+
+def test_a_cost_matrix_of_the_wrong_shape_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match=r"cost matrix must be .* got shape \(3, 13\)"):
+        run_search(build_supernet(TINY, TINY_CLASSES), search_loader(TinySegmentation(8), 4), COST[:3], BASE, tmp_path)
