@@ -15,6 +15,8 @@ COMMANDS = {
     "miou": "flows.cmd_miou",
     "lineage": "flows.cmd_lineage",
     "run": "flows.run",
+    "train": "flows.cmd_train",
+    "benchmark": "flows.cmd_train",
 }
 
 

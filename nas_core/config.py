@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from nas_core.search_space import SPACES
 
@@ -82,11 +82,117 @@ class CostTablesParams(Section):
         return v
 
 
+Baseline = Literal["squeezenas_mac_small", "squeezenas_lat_small", "squeezenas_mac_large", "squeezenas_lat_large",
+                   "squeezenas_mac_xlarge", "squeezenas_lat_xlarge", "mobilenetv3_small", "mobilenetv3_large"]
+
+
+class TrainStageParams(Section):
+    """One retraining stage (paper section 5.3.2); lr / weight_decay left unset take train.lr / train.weight_decay."""
+
+    enabled: bool = True  # off: the stage passes the previous model on (or 'scratch'), recorded in its lineage
+    epochs: int = Field(gt=0)
+    lr: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+    schedule: Literal["step", "poly", "constant"] = "step"
+    milestones: tuple[int, ...] = ()  # step: epochs at which the lr is multiplied by gamma
+    gamma: float = Field(0.1, gt=0, le=1)
+    power: float = Field(0.9, gt=0)  # poly
+    warmup_epochs: float = Field(0.0, ge=0)
+    patch: Size = Size(height=768, width=768)  # crop size; ImageNet: the square training crop
+    scale: tuple[float, float] = (0.5, 2.0)  # segmentation: zoom range; ImageNet: crop area fraction
+    batch_size: int = Field(8, ge=1)  # per process
+    eval_every: int = Field(1, ge=0)  # validate every n epochs (0: only after the last)
+
+    @model_validator(mode="after")
+    def _milestones_inside(self):
+        m = list(self.milestones)
+        if m != sorted(set(m)) or any(not 0 < x < self.epochs for x in m):
+            raise ValueError(f"milestones must increase strictly within 1..{self.epochs - 1}, got {m}")
+        if not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"scale must be 0 < min <= max, got {list(self.scale)}")
+        return self
+
+
+# the paper's regime (section 5.3.2); ImageNet follows ResNet's, COCO DeepLabV3+'s poly schedule
+TRAIN_STAGE_DEFAULTS: dict[str, dict] = {
+    "pretrain_imagenet": dict(epochs=90, lr=0.1, weight_decay=1e-4, schedule="step", milestones=(30, 60),
+                              patch=dict(height=224, width=224), scale=(0.08, 1.0), batch_size=64),
+    "pretrain_coco": dict(epochs=30, schedule="poly"),
+    "train_coarse": dict(epochs=40, schedule="poly"),
+    "train_fine": dict(epochs=100, schedule="step", milestones=(50, 75)),
+}
+
+
+class TrainParams(Section):
+    """Shared optimiser defaults (the paper's: SGD momentum, lr 0.05, wd 1e-5, AMP) and the four stages.
+    The schema defaults are the paper's regime; params.yaml holds the small default run."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    nproc: int = Field(1, ge=1)  # > 1: DDP (SyncBatchNorm on GPU) in that many torchrun processes
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-5, ge=0)
+    nesterov: bool = False
+    amp: bool = True  # float16 autocast on CUDA; ignored on CPU
+    grad_clip: float | None = Field(None, gt=0)
+    num_workers: int = Field(4, ge=0)
+    seed: int = 0
+    checkpoint_every: int = Field(0, ge=0)  # batches between mid-epoch checkpoints (0: epoch ends only)
+    log_every: int = Field(20, ge=1)
+    pretrain_imagenet: TrainStageParams = TrainStageParams(**TRAIN_STAGE_DEFAULTS["pretrain_imagenet"])
+    pretrain_coco: TrainStageParams = TrainStageParams(**TRAIN_STAGE_DEFAULTS["pretrain_coco"])
+    train_coarse: TrainStageParams = TrainStageParams(**TRAIN_STAGE_DEFAULTS["train_coarse"])
+    train_fine: TrainStageParams = TrainStageParams(**TRAIN_STAGE_DEFAULTS["train_fine"])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stage_defaults(cls, data):
+        # a stage given in part keeps its own defaults for the rest (e.g. only `enabled: false`)
+        if isinstance(data, dict):
+            data = {**data, **{name: {**defaults, **data[name]} for name, defaults in TRAIN_STAGE_DEFAULTS.items()
+                               if isinstance(data.get(name), dict)}}
+        return data
+
+    @model_validator(mode="after")
+    def _square_imagenet_crop(self):
+        patch = self.pretrain_imagenet.patch
+        if patch.height != patch.width:
+            raise ValueError(f"pretrain_imagenet.patch must be square, got {patch.height}x{patch.width}")
+        return self
+
+    def stage(self, name: str) -> TrainStageParams:
+        return getattr(self, name)
+
+
+class BenchmarkParams(Section):
+    """The final Table-1-style benchmark: our network and the baselines, measured the same way."""
+
+    input_size: Size = Size(height=1024, width=2048)  # latency and MACs, batch 1 (the paper's)
+    target: str = "local"  # where latency is measured: 'local' = onnxruntime on this machine's CPU
+    threads: int = Field(1, ge=1)  # onnxruntime intra-op threads on the target (1: the profiling protocol)
+    warmup: int = Field(3, ge=0)
+    runs: int = Field(20, ge=1)
+    baselines: tuple[Baseline, ...] = ("squeezenas_lat_small", "mobilenetv3_small", "mobilenetv3_large")
+    # released weights of published networks (relative paths are from the repository root)
+    weights: dict[str, str] = {"squeezenas_lat_small": "../shared/reference/weights/squeezenas_lat_small.pth"}
+    onnx_atol: float = Field(1e-4, gt=0)  # max |PyTorch - ONNX| on the logits
+    register_model: bool = True  # register our final model in the MLflow model registry
+
+    @model_validator(mode="after")
+    def _weights_of_baselines(self):
+        stray = sorted(set(self.weights) - set(self.baselines))
+        if stray:
+            raise ValueError(f"weights given for {stray}, which are not in baselines {list(self.baselines)}")
+        return self
+
+
 class Params(Section):
     paths: Paths = Paths()
     tracking: Tracking = Tracking()
     data: DataParams = DataParams()
     cost_tables: CostTablesParams = CostTablesParams()
+    train: TrainParams = TrainParams()
+    benchmark: BenchmarkParams = BenchmarkParams()
 
 
 def _format(err: ValidationError, source: str) -> str:

@@ -1,0 +1,45 @@
+"""Flow for the DVC stage `benchmark` (paper Table 1): our retrained network and the baselines, each
+exported to ONNX, timed on the target at batch 1 and scored on Cityscapes val; a markdown report, DVC
+metrics, and the final model logged to MLflow (PyTorch and ONNX) and registered."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from flows.train import stage_dir
+from nas_core.config import load_params
+from nas_core.retrain import load_payload, segmentation_network
+from tasks import tracking
+from tasks.benchmark import ONNX_DIR, OURS, benchmark_network_task, references_task, write_report_task
+from tasks.train import MODEL
+
+
+@flow(name="benchmark")
+def benchmark_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
+    params = load_params(params_file, overrides)
+    cfg, paths = params.benchmark, params.paths
+    out_dir, model_path = Path(paths.benchmark), stage_dir(paths, "train_fine") / MODEL
+    onnx_dir = out_dir / ONNX_DIR
+    common = dict(onnx_dir=str(onnx_dir), input_size=cfg.input_size.hw, target=cfg.target, threads=cfg.threads,
+                  warmup=cfg.warmup, runs=cfg.runs, cityscapes_root=paths.cityscapes, atol=cfg.onnx_atol)
+    # one network at a time: concurrent latency runs would share the cores and disturb each other
+    rows = [benchmark_network_task(OURS, str(model_path), None, **common)]
+    rows += [benchmark_network_task(name, None, cfg.weights.get(name), **common) for name in cfg.baselines]
+    references = references_task(str(model_path), paths.cityscapes, params.train.seed)
+    written = write_report_task(rows, references, str(out_dir), cfg.target, cfg.input_size.hw)
+
+    with tracking.stage_run(params.tracking, "benchmark", params=cfg.model_dump(mode="json")):
+        for r in rows:
+            tracking.log_metrics({f"{r['network']}.{k}": r[k] for k in
+                                  ("latency_ms", "gmacs", "gmacs_per_s", "params_m", "onnx_max_abs_diff")})
+            if r["class_miou"] is not None:
+                tracking.log_metrics({f"{r['network']}.class_miou": r["class_miou"]})
+        tracking.log_artifact(written["report"], "benchmark")
+        tracking.log_artifact(written["metrics"], "benchmark")
+        model = segmentation_network(load_payload(model_path), str(model_path))
+        registered = params.tracking.registered_model if cfg.register_model else None
+        logged = tracking.log_model(model, onnx_dir / f"{OURS}.onnx", "squeezenas", registered)
+    print(Path(written["report"]).read_text())
+    print(f"[benchmark] model logged: {logged}")
+    return {"rows": rows, "references": references, "model": logged, **written}

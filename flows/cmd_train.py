@@ -1,0 +1,32 @@
+"""Subcommands `train STAGE` (one of the four retraining stages) and `benchmark`."""
+from __future__ import annotations
+
+from nas_core.retrain import STAGES
+
+
+def _train(args) -> int:
+    from flows.train import FLOWS
+
+    FLOWS[args.stage](args.params, tuple(args.overrides))
+    return 0
+
+
+def _benchmark(args) -> int:
+    from flows.benchmark import benchmark_flow
+
+    benchmark_flow(args.params, tuple(args.overrides))
+    return 0
+
+
+def add_parser(sub) -> None:
+    from flows.cli import add_params_args
+
+    p = sub.add_parser("train", help="stages pretrain_imagenet, pretrain_coco, train_coarse, train_fine: "
+                                     "retrain the chosen architecture (paper section 5.3.2)")
+    p.add_argument("stage", choices=STAGES)
+    add_params_args(p)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("benchmark", help="stage benchmark: Table-1 report of our network and the baselines")
+    add_params_args(p)
+    p.set_defaults(func=_benchmark)

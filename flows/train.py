@@ -1,0 +1,78 @@
+"""Flows of the DVC stages pretrain_imagenet, pretrain_coco, train_coarse and train_fine (paper section
+5.3.2): one implementation parameterised by the stage. Each stage starts from the previous stage's
+model.pt; a switched-off stage passes that model on, so the DAG stays the same."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from nas_core.config import Paths, load_params
+from nas_core.retrain import STAGE_DATA, STAGES, stage_settings
+from tasks import tracking
+from tasks.train import LINEAGE, METRICS, MODEL, skip_stage_task, train_stage_task
+
+# the chain of section 5.3.2; each stage consumes the model of the one before it
+PREVIOUS = {"pretrain_imagenet": None, "pretrain_coco": "pretrain_imagenet", "train_coarse": "pretrain_coco",
+            "train_fine": "train_coarse"}
+CHOSEN_ARCHITECTURE = "chosen_architecture.json"
+
+
+def stage_dir(paths: Paths, stage: str) -> Path:
+    return Path(paths.train) / stage
+
+
+def architecture_path(paths: Paths) -> Path:
+    """The architecture chosen by the sample/select stage (its weights are not used: footnote 2)."""
+    return Path(paths.samples) / CHOSEN_ARCHITECTURE
+
+
+def dataset_root(paths: Paths, stage: str) -> str:
+    return {"imagenet": paths.imagenet, "coco": paths.coco, "cityscapes": paths.cityscapes}[STAGE_DATA[stage].dataset]
+
+
+def run_train_stage(stage: str, params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
+    """Train (or skip) `stage` as params.yaml says; outputs under ${paths.train}/<stage>/, an MLflow run."""
+    if stage not in PREVIOUS:
+        raise ValueError(f"unknown stage {stage!r}; valid stages are: {', '.join(STAGES)}")
+    params = load_params(params_file, overrides)
+    paths, cfg = params.paths, params.train
+    stage_cfg = cfg.stage(stage)
+    arch = architecture_path(paths)
+    if not arch.is_file():
+        raise FileNotFoundError(f"{arch}: no chosen architecture (written by the sample stage, or by hand)")
+    previous = str(stage_dir(paths, PREVIOUS[stage]) / MODEL) if PREVIOUS[stage] else None
+    out_dir = str(stage_dir(paths, stage))
+    logged = {"stage": stage_cfg.model_dump(mode="json"),
+              "shared": cfg.model_dump(mode="json", exclude=set(PREVIOUS))}
+    with tracking.stage_run(params.tracking, stage, params=logged,
+                            tags={"squeezenas.enabled": str(stage_cfg.enabled).lower()}):
+        if not stage_cfg.enabled:
+            summary = skip_stage_task(stage, str(arch), previous, out_dir)
+            print(f"[{stage}] switched off: passes on {summary['passes_on']}")
+        else:
+            def log_epoch(epoch: int, metrics: dict) -> None:
+                tracking.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+
+            summary = train_stage_task(stage, stage_settings(cfg, stage), str(arch), dataset_root(paths, stage),
+                                       previous, out_dir, cfg.device, cfg.nproc, log_epoch)
+            tracking.log_metrics({f"final_{k}": v for k, v in summary["final"].items()})
+            print(f"[{stage}] trained from {summary['starts_from']} ({summary['init']}): {summary['final']}")
+        for name in (LINEAGE, METRICS):
+            tracking.log_artifact(Path(out_dir) / name, stage)
+    return summary
+
+
+def _stage_flow(stage: str):
+    @flow(name=stage.replace("_", "-"))
+    def stage_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
+        return run_train_stage(stage, params_file, overrides)
+    return stage_flow
+
+
+pretrain_imagenet_flow = _stage_flow("pretrain_imagenet")
+pretrain_coco_flow = _stage_flow("pretrain_coco")
+train_coarse_flow = _stage_flow("train_coarse")
+train_fine_flow = _stage_flow("train_fine")
+FLOWS = {"pretrain_imagenet": pretrain_imagenet_flow, "pretrain_coco": pretrain_coco_flow,
+         "train_coarse": train_coarse_flow, "train_fine": train_fine_flow}

@@ -1,0 +1,80 @@
+"""Tasks of the benchmark stage: one network's Table-1 row, the references the trained network must
+clear, and the report (markdown + DVC metrics JSON), all written atomically."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from torch.utils.data import DataLoader
+
+from nas_core.benchmark import BenchmarkRow, Measure, baseline_network, benchmark_network, local_measure, report_markdown
+from nas_core.data import CityscapesSegmentation
+from nas_core.data.labels import TRAIN_ID_NAMES
+from nas_core.evaluate import evaluate_constant, evaluate_segmentation, majority_class
+from nas_core.io import atomic_write_json, atomic_write_text
+from nas_core.network import SegmentationNetwork
+from nas_core.retrain import NUM_CLASSES, load_payload, segmentation_network
+from nas_core.search_space import Architecture
+
+REPORT, METRICS_JSON, ONNX_DIR = "report.md", "metrics.json", "onnx"
+OURS = "ours"
+
+
+def make_measure(target: str, threads: int, warmup: int, runs: int) -> Measure:
+    """The latency protocol of `target` ('local': onnxruntime on this machine, the profiling runner's protocol)."""
+    if target == "local":
+        return local_measure(threads, warmup, runs)
+    raise ValueError(f"benchmark.target: {target!r} is not available; valid targets are: local")
+
+
+def val_loader(cityscapes_root: str) -> DataLoader:
+    """Cityscapes fine val at the dataset's full resolution, one image per batch."""
+    return DataLoader(CityscapesSegmentation(cityscapes_root, "val"), batch_size=1)
+
+
+@task(name="benchmark-network", cache_policy=NO_CACHE)
+def benchmark_network_task(name: str, model_path: str | None, weights: str | None, onnx_dir: str,
+                           input_size: tuple[int, int], target: str, threads: int, warmup: int, runs: int,
+                           cityscapes_root: str, atol: float) -> dict:
+    """One row: our trained network (from model_path) or the baseline `name` (with `weights` if given)."""
+    if model_path is not None:
+        model = segmentation_network(load_payload(model_path), model_path)
+        arch, label = model.arch, "trained here"
+    else:
+        if weights and not Path(weights).is_file():
+            raise FileNotFoundError(f"benchmark.weights.{name}: {weights}: no such weights file")
+        model, arch, label = baseline_network(name, weights, NUM_CLASSES)
+    loader = val_loader(cityscapes_root) if label != "random" else None
+    row = benchmark_network(name, model, arch, label, Path(onnx_dir) / f"{name}.onnx", input_size,
+                            make_measure(target, threads, warmup, runs), loader, NUM_CLASSES, atol)
+    return row.to_dict()
+
+
+@task(name="benchmark-references", cache_policy=NO_CACHE)
+def references_task(model_path: str, cityscapes_root: str, seed: int = 0) -> dict[str, float]:
+    """Class mIoU of the same architecture untrained (fresh seeded init) and of the best constant prediction."""
+    arch = Architecture.from_dict(load_payload(model_path)["arch"])
+    torch.manual_seed(seed)
+    untrained = evaluate_segmentation(SegmentationNetwork(arch, NUM_CLASSES), val_loader(cityscapes_root))
+    # the constant's class comes from the training labels (whole images: no crop or flip)
+    train_labels = DataLoader(CityscapesSegmentation(cityscapes_root, "train"), batch_size=1)
+    cls = majority_class(train_labels, NUM_CLASSES)
+    constant = evaluate_constant(val_loader(cityscapes_root), cls, NUM_CLASSES)
+    return {"untrained (same architecture, fresh init)": float(untrained["class_miou"]),
+            f"constant prediction (majority class '{TRAIN_ID_NAMES[cls]}')": float(constant["class_miou"])}
+
+
+@task(name="benchmark-report", cache_policy=NO_CACHE)
+def write_report_task(rows: list[dict], references: dict[str, float], out_dir: str, target: str,
+                      input_size: tuple[int, int]) -> dict:
+    """report.md (Table-1 style) and metrics.json (DVC metrics: one entry per network)."""
+    fields = set(BenchmarkRow.__dataclass_fields__)
+    table = [BenchmarkRow(**{k: v for k, v in r.items() if k in fields}) for r in rows]
+    out = Path(out_dir)
+    atomic_write_text(out / REPORT, report_markdown(table, target, input_size, references))
+    metrics = {"target": target, "input_size": list(input_size), "networks": {r["network"]: r for r in rows},
+               "references": references}
+    atomic_write_json(out / METRICS_JSON, metrics)
+    return {"report": str(out / REPORT), "metrics": str(out / METRICS_JSON)}

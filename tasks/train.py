@@ -1,0 +1,108 @@
+"""Tasks of the retraining stages: train one stage (in this process, or in `nproc` DDP processes
+through torchrun), or pass the previous stage's model on when the stage is switched off.
+
+Run as `python -m tasks.train ...` it is the torchrun worker: the same training, no Prefect, no MLflow."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from nas_core.io import atomic_write_json
+from nas_core.retrain import (StageSettings, load_payload, run_stage, save_payload, skip_payload, stage_payload,
+                              trained_lineage)
+from nas_core.search_space import Architecture
+from nas_core.train import init_distributed
+
+MODEL, LINEAGE, METRICS, CHECKPOINTS = "model.pt", "lineage.json", "metrics.json", "checkpoints"
+
+
+def _scalars(d: dict) -> dict:
+    return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def train_stage(stage: str, settings: StageSettings, arch_path: str, data_root: str, previous_path: str | None,
+                out_dir: str, device: str = "auto", on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+    """Train `stage` and write model.pt, lineage.json and metrics.json into `out_dir` (rank 0)."""
+    info = init_distributed(device)
+    arch = Architecture.load(arch_path)
+    previous = load_payload(previous_path) if previous_path else None
+    out = Path(out_dir)
+    model, result = run_stage(stage, arch, settings, data_root, previous, out / CHECKPOINTS, dist_info=info,
+                              on_epoch_end=on_epoch_end)
+    if not info.is_main:
+        return {}
+    lineage = trained_lineage(stage, previous, result["init"])
+    final = _scalars({k: v for k, v in result["final"].items() if k in ("class_miou", "category_miou", "top1", "top5")})
+    save_payload(out / MODEL, stage_payload(stage, arch, model, result["task"], result["num_classes"], lineage, final))
+    atomic_write_json(out / LINEAGE, lineage)
+    summary = {"stage": stage, "status": "trained", "init": result["init"], "starts_from": lineage[-1]["starts_from"],
+               "epochs": settings.epochs, "world_size": info.world_size, "train_images": result["train_images"],
+               "val_images": result["val_images"], "final": final,
+               "train_loss": result["history"][-1]["loss"] if result["history"] else None,
+               "resumed_from": result["resumed_from"], "history": result["history"]}
+    atomic_write_json(out / METRICS, summary)
+    # the checkpoint only serves an unfinished run: a later run (new code, same params) must start afresh
+    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    return summary
+
+
+@task(name="train-stage", cache_policy=NO_CACHE)
+def train_stage_task(stage: str, settings: StageSettings, arch_path: str, data_root: str, previous_path: str | None,
+                     out_dir: str, device: str = "auto", nproc: int = 1,
+                     on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+    """Train one stage; with nproc > 1 in torchrun's DDP processes (per-epoch metrics come afterwards)."""
+    if nproc == 1:
+        return train_stage(stage, settings, arch_path, data_root, previous_path, out_dir, device, on_epoch_end)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "tasks.train", "--stage", stage, "--settings", json.dumps(asdict(settings)), "--arch", arch_path,
+           "--data", data_root, "--out", out_dir, "--device", device]
+    if previous_path:
+        cmd += ["--previous", previous_path]
+    print(f"[{stage}] launching {nproc} DDP processes: {' '.join(cmd[:6])} ...")
+    proc = subprocess.run(cmd)
+    if proc.returncode != 0:
+        raise RuntimeError(f"[{stage}] torchrun exited with status {proc.returncode}; the checkpoint in "
+                           f"{Path(out_dir) / CHECKPOINTS} resumes the run")
+    summary = json.loads((Path(out_dir) / METRICS).read_text())
+    if on_epoch_end is not None:
+        for epoch, metrics in enumerate(summary["history"]):
+            on_epoch_end(epoch, metrics)
+    return summary
+
+
+@task(name="skip-stage", cache_policy=NO_CACHE)
+def skip_stage_task(stage: str, arch_path: str, previous_path: str | None, out_dir: str) -> dict:
+    """Switched off: write the previous model (or 'scratch') through, with the skip in its lineage."""
+    arch = Architecture.load(arch_path)
+    previous = load_payload(previous_path) if previous_path else None
+    payload = skip_payload(stage, arch, previous)
+    out = Path(out_dir)
+    save_payload(out / MODEL, payload)
+    atomic_write_json(out / LINEAGE, payload["lineage"])
+    summary = {"stage": stage, "status": "skipped", "passes_on": payload["lineage"][-1]["passes_on"]}
+    atomic_write_json(out / METRICS, summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="torchrun worker of one retraining stage")
+    for name in ("--stage", "--settings", "--arch", "--data", "--out"):
+        p.add_argument(name, required=True)
+    p.add_argument("--previous")
+    p.add_argument("--device", default="auto")
+    a = p.parse_args(argv)
+    train_stage(a.stage, StageSettings.from_dict(json.loads(a.settings)), a.arch, a.data, a.previous, a.out, a.device)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""The training engine: exact resume after a kill, the NaN stop, stale checkpoints, sharding, DDP."""
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from nas_core.schedules import build_schedule
+from nas_core.train import (EpochBatchSampler, NonFiniteLossError, load_checkpoint, make_train_loader, train)
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCHS, BATCH = 4, 4
+
+
+class NoisyToy(Dataset):
+    """12 fixed 8x8 images plus augmentation noise drawn from torch's global generator, like the
+    data layer's transforms: resume is exact only if that randomness is restored too."""
+
+    def __init__(self, n: int = 12):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 3, 8, 8, generator=g)
+        self.y = torch.randint(0, 3, (n,), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i] + 0.1 * torch.randn(3, 8, 8), self.y[i]
+
+
+def toy_net() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 3))
+
+
+def run(ckpt_dir, *, step_hook=None, on_epoch_end=None, checkpoint_every=0, loss_fn=nn.functional.cross_entropy,
+        fingerprint="toy", epochs=EPOCHS):
+    torch.set_num_threads(1)
+    model = toy_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    loader = make_train_loader(NoisyToy(), BATCH, seed=3)
+    schedule = build_schedule("step", epochs, (2,) if epochs > 2 else ())  # the same lr in every run's epochs 0-1
+    result = train(model, loss_fn, loader, optimizer, schedule, epochs, ckpt_dir,
+                   step_hook=step_hook, on_epoch_end=on_epoch_end, checkpoint_every=checkpoint_every,
+                   fingerprint=fingerprint, log=lambda _: None)
+    return model, result
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return run(tmp_path_factory.mktemp("full"))
+
+
+@pytest.mark.parametrize("kill_at,checkpoint_every,resumes_at", [
+    ((1, 2), 0, (1, 0)),  # mid-epoch, epoch checkpoints only: the epoch is redone
+    ((1, 2), 2, (1, 2)),  # mid-epoch with a checkpoint every 2 batches: continues at batch 2
+    ((2, 0), 1, (2, 1)),
+], ids=["epoch-ckpt", "batch-ckpt", "first-batch"])
+def test_resume_after_a_kill_mid_epoch_equals_the_uninterrupted_run(tmp_path, uninterrupted, kill_at,
+                                                                     checkpoint_every, resumes_at):
+    def kill(epoch, batch, loss):
+        if (epoch, batch) == kill_at:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(tmp_path, step_hook=kill, checkpoint_every=checkpoint_every)
+    model, result = run(tmp_path, checkpoint_every=checkpoint_every)
+    full_model, full = uninterrupted
+    assert result.resumed_from == resumes_at
+    assert same_weights(model, full_model)
+    assert [h["loss"] for h in result.history] == [h["loss"] for h in full.history]
+
+
+def test_a_kill_in_the_epoch_callback_resumes_at_that_epoch(tmp_path, uninterrupted):
+    def kill(epoch, metrics, model):
+        if epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(tmp_path, on_epoch_end=kill)
+    model, result = run(tmp_path)
+    assert result.resumed_from == (2, 0)
+    assert same_weights(model, uninterrupted[0])
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    steps_per_epoch = 12 // BATCH
+    calls = {"n": 0}
+
+    def poisoned(logits, target):
+        calls["n"] += 1
+        loss = nn.functional.cross_entropy(logits, target)
+        return loss * float("nan") if calls["n"] == 2 * steps_per_epoch + 2 else loss
+
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 3, batch 2.*last good checkpoint .*last\.pt"):
+        run(tmp_path, loss_fn=poisoned)
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert (state["epoch"], state["batch"]) == (2, 0)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    two_epochs, _ = run(tmp_path / "two", epochs=2)  # same schedule milestone (2) as the poisoned run
+    assert all(torch.equal(state["model"][k], v) for k, v in two_epochs.state_dict().items())
+
+
+def test_inf_loss_before_any_checkpoint_says_none_was_written(tmp_path):
+    def inf_loss(logits, target):
+        return nn.functional.cross_entropy(logits, target) + float("inf")
+
+    with pytest.raises(NonFiniteLossError, match="loss is inf at epoch 1, batch 1.*none was written yet"):
+        run(tmp_path, loss_fn=inf_loss)
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_a_checkpoint_of_another_configuration_is_not_resumed(tmp_path):
+    run(tmp_path, epochs=2, fingerprint="a")
+    _, result = run(tmp_path, epochs=2, fingerprint="b")
+    assert result.resumed_from is None and len(result.history) == 2
+
+
+def test_a_finished_run_resumes_to_its_end_without_training(tmp_path):
+    first, _ = run(tmp_path)
+    again, result = run(tmp_path)
+    assert result.resumed_from == (EPOCHS, 0) and len(result.history) == EPOCHS
+    assert same_weights(first, again)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_epoch_sampler_shards_are_disjoint_equal_and_reshuffled_each_epoch(world_size):
+    shards = []
+    for rank in range(world_size):
+        s = EpochBatchSampler(20, 2, seed=5, rank=rank, world_size=world_size)
+        s.set_epoch(0)
+        shards.append([i for batch in s for _, i in batch])
+    assert len({len(x) for x in shards}) == 1
+    flat = [i for x in shards for i in x]
+    assert len(flat) == len(set(flat))
+    s = EpochBatchSampler(20, 2, seed=5)
+    s.set_epoch(1)
+    assert [i for batch in s for _, i in batch] != shards[0] or world_size > 1
+
+
+def test_epoch_sampler_starts_at_the_requested_batch():
+    s = EpochBatchSampler(10, 3, seed=0)
+    s.set_epoch(4)
+    full = list(s)
+    s.set_epoch(4, start_batch=2)
+    assert list(s) == full[2:] and len(s) == 3
+
+
+def test_batch_larger_than_the_shard_is_an_error_naming_batch_size():
+    with pytest.raises(ValueError, match="batch_size"):
+        EpochBatchSampler(6, 4, world_size=2)
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {root!r})
+    from tests.test_train import NoisyToy, toy_net
+    from nas_core.schedules import build_schedule
+    from nas_core.train import init_distributed, make_train_loader, train
+    info = init_distributed("cpu")
+    model = toy_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loader = make_train_loader(NoisyToy(), 2, seed=3, dist_info=info)
+    result = train(model, torch.nn.functional.cross_entropy, loader, opt, build_schedule("constant", 2), 2,
+                   {ckpt!r}, dist_info=info, log=lambda _: None)
+    torch.save(model.state_dict(), {ckpt!r} + f"/rank{{info.rank}}.pt")
+""")
+
+
+@pytest.mark.slow
+def test_ddp_under_torchrun_on_cpu_keeps_the_replicas_identical(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(root=str(ROOT), ckpt=str(tmp_path)))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    params = [k for k in rank0 if "running" not in k and "num_batches" not in k]
+    assert all(torch.equal(rank0[k], rank1[k]) for k in params)  # gradients were all-reduced
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["epoch"] == 2 and len(state["history"]) == 2

@@ -1,0 +1,127 @@
+"""The four retraining stages: encoder transfer, stage skipping with lineage, and the Prefect flows
+with their MLflow runs, on tiny generated datasets."""
+import json
+
+import pytest
+import torch
+
+from nas_core.classifier import Classifier, encoder_state_dict, load_encoder
+from nas_core.data import generate_cityscapes, generate_coco, generate_imagenet
+from nas_core.network import SegmentationNetwork
+from nas_core.retrain import StageSettings, load_payload
+from nas_core.zoo import PUBLISHED
+from tasks.train import skip_stage_task, train_stage
+
+ARCH = PUBLISHED["squeezenas_lat_small"]
+TINY = StageSettings(epochs=1, lr=0.02, patch=(64, 64), batch_size=2, amp=False, log_every=100)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    generate_cityscapes(root / "cityscapes", num_train=4, num_val=2, num_extra=2, size=(64, 128), seed=0)
+    generate_coco(root / "coco", num_train=4, num_val=2, size=(64, 96), seed=0)
+    generate_imagenet(root / "imagenet", num_classes=2, train_per_class=2, val_per_class=1, size=32, seed=0)
+    ARCH.save(root / "chosen_architecture.json")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+def test_classifier_encoder_carries_into_the_segmentation_network_unchanged():
+    torch.manual_seed(0)
+    classifier = Classifier(ARCH, num_classes=5)
+    seg = SegmentationNetwork(ARCH, 19)
+    decoder_before = {k: v.clone() for k, v in seg.decoder.state_dict().items()}
+    copied = load_encoder(seg, classifier.state_dict(), "imagenet model")
+    encoder = encoder_state_dict(classifier)
+    assert copied == len(encoder) > 0
+    assert all(torch.equal(seg.state_dict()[k], v) for k, v in encoder.items())
+    assert all(torch.equal(seg.decoder.state_dict()[k], v) for k, v in decoder_before.items())
+
+
+def test_an_encoder_of_another_architecture_is_refused_naming_the_source():
+    other = Classifier(PUBLISHED["squeezenas_mac_large"], num_classes=5)
+    with pytest.raises(ValueError, match="^imagenet model: its encoder does not fit"):
+        load_encoder(SegmentationNetwork(ARCH, 19), other.state_dict(), "imagenet model")
+
+
+def test_a_trained_chain_hands_each_model_to_the_next_stage(tmp_path, data):
+    arch = str(data / "chosen_architecture.json")
+    imagenet = train_stage("pretrain_imagenet", StageSettings(**{**TINY.__dict__, "patch": (32, 32)}), arch,
+                           str(data / "imagenet"), None, str(tmp_path / "pretrain_imagenet"), "cpu")
+    coco = train_stage("pretrain_coco", TINY, arch, str(data / "coco"), str(tmp_path / "pretrain_imagenet/model.pt"),
+                       str(tmp_path / "pretrain_coco"), "cpu")
+    assert (imagenet["init"], coco["init"], coco["starts_from"]) == ("scratch", "encoder", "pretrain_imagenet")
+    assert 0 <= imagenet["final"]["top1"] <= 1 and 0 <= coco["final"]["class_miou"] <= 1
+    payload = load_payload(tmp_path / "pretrain_coco/model.pt")
+    assert payload["task"] == "segmentation" and payload["num_classes"] == 19
+    assert [e["stage"] for e in payload["lineage"]] == ["pretrain_imagenet", "pretrain_coco"]
+    assert not (tmp_path / "pretrain_coco" / "checkpoints").exists()  # a finished stage leaves no checkpoint
+
+
+def test_a_switched_off_middle_stage_passes_the_previous_weights_on(tmp_path, data):
+    arch = str(data / "chosen_architecture.json")
+    train_stage("train_coarse", TINY, arch, str(data / "cityscapes"), None, str(tmp_path / "train_coarse"), "cpu")
+    skipped = skip_stage_task.fn("train_fine", arch, str(tmp_path / "train_coarse/model.pt"), str(tmp_path / "fine"))
+    assert skipped == {"stage": "train_fine", "status": "skipped", "passes_on": "train_coarse"}
+    before, after = load_payload(tmp_path / "train_coarse/model.pt"), load_payload(tmp_path / "fine/model.pt")
+    assert all(torch.equal(before["state_dict"][k], v) for k, v in after["state_dict"].items())
+    assert after["lineage"][-1] == {"stage": "train_fine", "status": "skipped", "passes_on": "train_coarse"}
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):  # the shared CPU can be slow to start it
+        yield
+
+
+def test_flows_skip_switched_off_stages_and_record_the_lineage_in_mlflow(tmp_path, data, monkeypatch,
+                                                                          prefect_harness):
+    import mlflow
+
+    from flows.train import FLOWS
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "chosen_architecture.json").write_text(ARCH.to_json())
+    stage = "{epochs: 1, patch: {height: 64, width: 64}, batch_size: 2}"
+    (tmp_path / "params.yaml").write_text(
+        f"paths: {{cityscapes: {data / 'cityscapes'}, coco: {data / 'coco'}, imagenet: {data / 'imagenet'}, "
+        f"samples: samples, train: train}}\n"
+        "tracking: {mlflow_uri: 'sqlite:///mlflow.db', experiment: t}\n"
+        f"train: {{device: cpu, num_workers: 0, lr: 0.02, pretrain_imagenet: {{enabled: false}}, "
+        f"pretrain_coco: {{enabled: false}}, train_coarse: {stage}, train_fine: {stage}}}\n")
+    summaries = {name: flow("params.yaml") for name, flow in FLOWS.items()}
+    assert summaries["pretrain_imagenet"]["passes_on"] == summaries["pretrain_coco"]["passes_on"] == "scratch"
+    assert (summaries["train_coarse"]["starts_from"], summaries["train_coarse"]["init"]) == ("scratch", "scratch")
+    assert (summaries["train_fine"]["starts_from"], summaries["train_fine"]["init"]) == ("train_coarse", "full")
+    lineage = json.loads((tmp_path / "train/train_fine/lineage.json").read_text())
+    assert [(e["stage"], e["status"]) for e in lineage] == [
+        ("pretrain_imagenet", "skipped"), ("pretrain_coco", "skipped"), ("train_coarse", "trained"),
+        ("train_fine", "trained")]
+    assert load_payload(tmp_path / "train/pretrain_coco/model.pt")["state_dict"] is None
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = {r.data.tags["squeezenas.stage"]: r for r in mlflow.search_runs(experiment_names=["t"], output_format="list")}
+    assert set(runs) == set(FLOWS)
+    assert runs["pretrain_coco"].data.tags["squeezenas.enabled"] == "false"
+    fine = runs["train_fine"]
+    assert 0 <= fine.data.metrics["final_class_miou"] <= 1
+    history = mlflow.MlflowClient().get_metric_history(fine.info.run_id, "val_class_miou")
+    assert [m.step for m in history] == [1]
+    assert fine.data.params["stage.epochs"] == "1"
+
+
+def test_a_missing_chosen_architecture_is_an_error_naming_the_file(tmp_path, monkeypatch):
+    from flows.train import run_train_stage
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("paths: {samples: nowhere}\n")
+    with pytest.raises(FileNotFoundError, match="nowhere/chosen_architecture.json"):
+        run_train_stage("train_fine", "params.yaml")
