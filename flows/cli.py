@@ -13,6 +13,8 @@ COMMANDS = {
     "data": "flows.cmd_stages",
     "cost-tables": "flows.cmd_stages",
     "miou": "flows.cmd_miou",
+    "sample": "flows.cmd_sample",
+    "select": "flows.cmd_sample",
     "lineage": "flows.cmd_lineage",
     "run": "flows.run",
     "train": "flows.cmd_train",

@@ -186,6 +186,45 @@ class BenchmarkParams(Section):
         return self
 
 
+CostKind = Literal["macs", "params", "latency_ms"]
+# published networks ('{space}' stands for the searched space) and MobileNetV3 (macs/params only)
+_REFERENCE = r"^(squeezenas_(mac|lat)_(small|large|xlarge|\{space\})|mobilenetv3_(small|large))$"
+
+
+class ChoiceParams(Section):
+    """How the network to retrain is chosen from the estimated front (paper section 5.3.1): cost
+    nearest to a target, or the best mIoU under a budget; the target/budget is `target` (table
+    units: MACs, parameters or ms) or, when that is unset, the cost of the `reference` network."""
+
+    rule: Literal["nearest_cost", "best_under_budget"] = "nearest_cost"
+    metric: CostKind = "macs"
+    reference: str | None = Field("squeezenas_mac_{space}", pattern=_REFERENCE)
+    target: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _a_target(self):
+        if self.reference is None and self.target is None:
+            raise ValueError("set target (a cost) or reference (a network whose cost is the target)")
+        return self
+
+
+class SampleParams(Section):
+    """Sample K architectures from the searched distribution and score each through the supernet."""
+
+    num_samples: int = Field(200, ge=1)
+    seed: int = 0
+    bn_recalibration_batches: int = Field(0, ge=0)  # train batches to re-estimate BN per path (paper: 0)
+    batch_size: int = Field(2, ge=1)
+    val_images: int = Field(0, ge=0)  # the first n val images (0: all, as the paper)
+    costs: tuple[CostKind, ...] = ("macs", "params", "latency_ms")  # recorded when their table exists
+    workers: int = Field(2, ge=1)  # parallel evaluations; torch threads per worker = cores // workers
+    runner: Literal["threads", "dask"] = "threads"  # dask: prefect-dask, a local cluster or dask_address
+    dask_address: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # several GPUs: paths are dealt out across them
+    val_cache_mb: int = Field(2048, ge=0)  # keep the val (and BN) images in memory up to this size
+    choice: ChoiceParams = ChoiceParams()
+
+
 class Params(Section):
     paths: Paths = Paths()
     tracking: Tracking = Tracking()
@@ -193,6 +232,7 @@ class Params(Section):
     cost_tables: CostTablesParams = CostTablesParams()
     train: TrainParams = TrainParams()
     benchmark: BenchmarkParams = BenchmarkParams()
+    sample: SampleParams = SampleParams()
 
 
 def _format(err: ValidationError, source: str) -> str:
