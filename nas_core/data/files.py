@@ -24,7 +24,10 @@ def _open(path: Path) -> Image.Image:
 
 def read_rgb(path: str | Path) -> np.ndarray:
     """Decode an image file to an (H, W, 3) uint8 array."""
-    return np.array(_open(Path(path)).convert("RGB"))  # a writable copy, as torch.from_numpy requires
+    image = _open(Path(path))
+    if image.mode != "RGB":  # convert() copies, so only pay for it when needed
+        image = image.convert("RGB")
+    return np.array(image)  # a writable copy, as torch.from_numpy requires
 
 
 def read_index_png(path: str | Path) -> np.ndarray:
