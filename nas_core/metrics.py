@@ -1,9 +1,6 @@
-"""Segmentation metric: class and category IoU from a confusion matrix, as the official Cityscapes evaluation.
-
-Scores follow cityscapesscripts' evalPixelLevelSemanticLabeling exactly: pixels whose ground truth is
-ignored do not count; a prediction outside the 19 classes on a scored pixel is a false negative of the
-true class; an IoU with an empty denominator is NaN and the means average only over non-NaN entries.
-"""
+"""Segmentation metric (Sec. 5.3): class and category IoU from a confusion matrix, exactly as cityscapesscripts'
+evalPixelLevelSemanticLabeling: ignored ground truth never counts, a prediction outside the 19 classes is a false
+negative, an IoU with an empty denominator is NaN, and means average the non-NaN entries only."""
 from __future__ import annotations
 
 import math

@@ -199,3 +199,14 @@ def test_unreadable_image_is_refused_naming_it(tree):
 def test_unknown_split_is_refused(tree):
     with pytest.raises(DatasetError, match="coarse_train"):
         CityscapesSegmentation(tree[0], "test")
+
+
+@pytest.mark.parametrize("corrupt", [_label_of_wrong_size, _label_with_unknown_ids, _label_truncated],
+                         ids=["wrong_size", "unknown_ids", "truncated"])
+def test_verify_checks_every_file_up_front(tree, corrupt):
+    root, _ = tree
+    dataset = CityscapesSegmentation(root, "coarse_train")
+    assert dataset.verify() == 4
+    corrupt(root / "gtCoarse/train_extra/bad-honnef/bad-honnef_000000_000019_gtCoarse_labelIds.png")
+    with pytest.raises(DatasetError, match="bad-honnef_000000_000019_gtCoarse_labelIds.png"):
+        dataset.verify()

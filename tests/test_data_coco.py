@@ -110,3 +110,12 @@ def test_image_of_wrong_size_is_refused_naming_it(tmp_path):
     Image.new("RGB", (W + 1, H)).save(path)
     with pytest.raises(DatasetError, match=re.escape(str(path))):
         CocoSegmentation(tmp_path, "val")[0]
+
+
+def test_verify_decodes_every_image_and_mask(tmp_path):
+    generate_coco(tmp_path, num_train=1, num_val=2, size=(H, W))
+    dataset = CocoSegmentation(tmp_path, "val")
+    assert dataset.verify() == 2
+    (tmp_path / "val2017" / "000000100002.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DatasetError, match="000000100002.jpg"):
+        dataset.verify()

@@ -87,3 +87,13 @@ def test_malformed_folders_are_refused_naming_the_path(tmp_path, breaker):
 def test_generator_refuses_more_classes_than_patterns(tmp_path):
     with pytest.raises(ValueError, match="num_classes"):
         generate_imagenet(tmp_path, num_classes=7)
+
+
+def test_verify_decodes_every_image(tmp_path):
+    generate_imagenet(tmp_path, num_classes=2, train_per_class=2, val_per_class=1, size=16)
+    dataset = ImageNetFolder(tmp_path, "train")
+    assert dataset.verify() == 4
+    path = dataset.files[-1][0]
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(DatasetError, match=re.escape(str(path))):
+        dataset.verify()

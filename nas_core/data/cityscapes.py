@@ -1,7 +1,5 @@
-"""Cityscapes semantic segmentation in its official folder layout (fine train/val, coarse train + train_extra).
-
-Layout: leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png with the matching
-gtFine|gtCoarse/<split>/<city>/<city>_<seq>_<frame>_gt{Fine,Coarse}_labelIds.png.
+"""Cityscapes semantic segmentation in its official layout (fine train/val, coarse train + train_extra; Sec. 5.3.2):
+leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png + gt{Fine,Coarse}/.../*_gt{Fine,Coarse}_labelIds.png.
 """
 from __future__ import annotations
 
@@ -124,3 +122,9 @@ class CityscapesSegmentation(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, train_ids = read_label_pair(*self.files[index])
         return self.transform(image, train_ids)
+
+    def verify(self) -> int:
+        """Decode and check every pair now (readability, sizes, label ids) instead of when first loaded; returns the count."""
+        for pair in self.files:
+            read_label_pair(*pair)
+        return len(self.files)

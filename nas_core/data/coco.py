@@ -1,5 +1,4 @@
 """COCO instance annotations as Cityscapes-class semantic masks, for the COCO segmentation stage (Sec. 5.3.2).
-
 Layout: <root>/annotations/instances_<split>2017.json and <root>/<split>2017/<file_name>.
 """
 from __future__ import annotations
@@ -124,10 +123,19 @@ class CocoSegmentation(Dataset):
         except (ValueError, TypeError, KeyError) as error:  # pycocotools rejects malformed polygons with these
             raise DatasetError(f"{self.json_path}: bad segmentation for image {self.files[index]} ({error!r})") from error
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image = read_rgb(self.files[index])
         info = self.images[index]
         if image.shape[:2] != (info["height"], info["width"]):
             raise DatasetError(f"image {self.files[index]} is {image.shape[1]}x{image.shape[0]} but "
                                f"{self.json_path} says {info['width']}x{info['height']}")
-        return self.transform(image, self.label(index))
+        return image, self.label(index)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(*self._pair(index))
+
+    def verify(self) -> int:
+        """Decode every image and mask now (readability, sizes, segmentations); returns the count."""
+        for index in range(len(self)):
+            self._pair(index)
+        return len(self)

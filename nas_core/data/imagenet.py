@@ -1,5 +1,4 @@
 """ImageNet-style class folders and the usual classification transforms, for backbone pretraining (Sec. 5.3.2).
-
 Layout: <root>/{train,val}/<wnid>/<image>.JPEG; class indices follow the sorted wnids of train/.
 """
 from __future__ import annotations
@@ -118,3 +117,9 @@ class ImageNetFolder(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, target = self.files[index]
         return self.transform(read_rgb(path)), target
+
+    def verify(self) -> int:
+        """Decode every image now rather than when first loaded; returns the count."""
+        for path, _ in self.files:
+            read_rgb(path)
+        return len(self.files)

@@ -1,8 +1,6 @@
 """A seeded painter of street-like scenes with exact Cityscapes label ids, the default stand-in for Cityscapes.
-
-Shapes are rasterized by PIL polygons (as cityscapesscripts' json2labelImg does) into a segment map;
-colours and textures are then applied per segment with vectorised numpy, so a frame costs milliseconds.
-"""
+Shapes are PIL polygons (as cityscapesscripts' json2labelImg draws labels) in a segment map; colours and
+textures are applied per segment with vectorised numpy, so a frame costs milliseconds."""
 from __future__ import annotations
 
 import numpy as np
