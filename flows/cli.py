@@ -12,6 +12,7 @@ COMMANDS = {
     "describe": "flows.cmd_describe",
     "data": "flows.cmd_stages",
     "cost-tables": "flows.cmd_stages",
+    "profile": "flows.cmd_profile",
     "miou": "flows.cmd_miou",
     "sample": "flows.cmd_sample",
     "select": "flows.cmd_sample",

@@ -1,0 +1,49 @@
+"""Flow for the DVC stage `latency_table` (paper section 5.2): device facts, a latency table per
+space measured on the target, and the fidelity check of the table, logged to MLflow with the
+device's facts as tags."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from nas_core.config import load_params
+from nas_core.io import atomic_write_json
+from nas_core.profiling.targets import device_name
+from tasks import tracking
+from tasks.profile import device_facts_task, fidelity_task, latency_table_task
+
+FACT_TAGS = ("hostname", "os", "cpu", "gpu", "jetson_model", "onnxruntime", "tensorrt", "power_mode", "target")
+
+
+@flow(name="latency-table")
+def profile_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
+    params = load_params(params_file, overrides)
+    cfg, out_dir = params.latency, params.paths.latency
+    # one tag per device, so that a Prefect concurrency limit can keep one profile per device
+    opts = dict(retries=cfg.retries, retry_delay_seconds=cfg.backoff_s, tags=[f"device:{device_name(cfg)}"])
+    facts = device_facts_task.with_options(**opts)(cfg, out_dir)
+    tables = {s: latency_table_task.with_options(**opts)(s, cfg, out_dir) for s in cfg.spaces}
+    if cfg.fidelity.num_networks:
+        fidelity = fidelity_task.with_options(**opts)(cfg, out_dir)
+    else:
+        fidelity = {"skipped": "latency.fidelity.num_networks is 0"}
+        atomic_write_json(Path(out_dir) / "fidelity.json", fidelity)
+
+    metrics = {f"{s}.{k}": v for s, t in tables.items() for k, v in t.items() if isinstance(v, (int, float))}
+    metrics.update({f"fidelity.{k}": v for k, v in fidelity.items() if isinstance(v, (int, float))})
+    tags = {f"device.{k}": str(facts[k])[:500] for k in FACT_TAGS if facts.get(k) is not None}
+    with tracking.stage_run(params.tracking, "latency_table", params=cfg.model_dump(mode="json"), tags=tags):
+        tracking.log_metrics(metrics)
+        for t in tables.values():
+            tracking.log_artifact(t["path"], "latency")
+        for name in ("device.json", "fidelity.json", "fidelity.png"):
+            if (Path(out_dir) / name).is_file():
+                tracking.log_artifact(Path(out_dir) / name, "latency")
+    for s, t in tables.items():
+        print(f"[latency_table] {s}: {t['rows']} rows, networks {t['min_ms']:.2f}-{t['max_ms']:.2f} ms on "
+              f"{facts.get('target')} -> {t['path']}")
+    if "kendall_tau" in fidelity:
+        print(f"[latency_table] fidelity over {fidelity['n']} networks: Kendall tau {fidelity['kendall_tau']:.3f}, "
+              f"{100 * fidelity['within_10pct']:.0f}% within +-10%, MAPE {100 * fidelity['mape']:.1f}%")
+    return {"facts": facts, "tables": tables, "fidelity": fidelity}

@@ -1,0 +1,6 @@
+"""Latency cost tables measured on a target device (paper section 5.2: C(i, j) = Latency_ij) and
+the check that their sums predict whole-network latency.
+
+export.py builds and exports what is timed, runner.py times it on the device, targets.py/ssh.py
+drive the device, profile.py keeps the table and resumes, fidelity.py scores the prediction.
+"""

@@ -1,0 +1,75 @@
+"""The latency_table stage end to end: Prefect flow and MLflow run, the CLI, DVC in a fresh repository."""
+import json
+
+import pytest
+
+from nas_core.cost_table import read_cost_table
+from tests.repo_copy import make_repo_copy, run
+
+SMALL_RUN = {"input_size": {"height": 32, "width": 64}, "warmup": 0, "runs": 2, "min_time_s": 0.0,
+             "clock": "thread", "fidelity": {"num_networks": 3, "seed": 1, "space": "small"}}
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
+@pytest.mark.slow
+def test_flow_writes_table_facts_fidelity_and_an_mlflow_run(tmp_path, monkeypatch, prefect_harness):
+    import mlflow
+    import yaml
+
+    from flows.profile import profile_flow
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "tracking": {"mlflow_uri": "sqlite:///mlflow.db", "experiment": "t"}, "paths": {"latency": "lat"},
+        "latency": SMALL_RUN}))
+    out = profile_flow("params.yaml")
+    table = read_cost_table(tmp_path / "lat" / "latency_small.parquet")
+    assert (table["input_h"] == 32).all() and table["latency_ms"].notna().all()
+    facts = json.loads((tmp_path / "lat" / "device.json").read_text())
+    assert facts["protocol"]["runs"] == 2 and facts["target"].startswith("local:")
+    fidelity = json.loads((tmp_path / "lat" / "fidelity.json").read_text())
+    assert fidelity["n"] == 3 and len(fidelity["networks"]) == 3 and -1 <= fidelity["kendall_tau"] <= 1
+    assert (tmp_path / "lat" / "fidelity.png").is_file()
+    assert out["tables"]["small"]["profile_measured"] == out["tables"]["small"]["profile_units"] == 128
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run_,) = mlflow.search_runs(experiment_names=["t"], output_format="list")
+    tags = run_.data.tags
+    assert tags["squeezenas.stage"] == "latency_table"
+    assert tags["device.hostname"] == facts["hostname"] and tags["device.onnxruntime"] == facts["onnxruntime"]
+    assert run_.data.params["backend"] == "onnxruntime" and run_.data.params["fidelity.num_networks"] == "3"
+    assert "fidelity.kendall_tau" in run_.data.metrics and "small.max_ms" in run_.data.metrics
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_.info.run_id, "latency")}
+    assert {"latency/latency_small.parquet", "latency/device.json", "latency/fidelity.png"} <= arts
+
+    # a second run finds every measurement stored: nothing is measured again
+    again = profile_flow("params.yaml")
+    assert again["tables"]["small"]["profile_measured"] == 0
+
+
+@pytest.mark.slow
+def test_dvc_repro_latency_table_resumes_from_stored_measurements(tmp_path):
+    import yaml
+
+    repo = make_repo_copy(tmp_path / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["latency"].update(SMALL_RUN)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "commit", "-qam", "small profile"], repo)
+    first = run(["dvc", "repro", "latency_table"], repo)
+    assert "[profile] 128/128" in first.stdout + first.stderr
+    table = read_cost_table(repo / "outputs" / "latency" / "latency_small.parquet")
+    assert (table["kind"] == "block").sum() == 20 * 13
+    metrics = json.loads((repo / "outputs" / "latency" / "fidelity.json").read_text())
+    assert metrics["n"] == 3
+    # forced rerun: DVC deletes the outputs, the measurement store survives, nothing is re-measured
+    forced = run(["dvc", "repro", "-f", "latency_table"], repo)
+    assert "[profile] 1/128" not in forced.stdout + forced.stderr
+    assert read_cost_table(repo / "outputs" / "latency" / "latency_small.parquet")["latency_ms"].equals(table["latency_ms"])
