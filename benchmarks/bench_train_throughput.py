@@ -16,13 +16,15 @@ import time
 import torch
 import torch.nn.functional as F
 
-from nas_core.benchmark import baseline_network
+from nas_core.mobilenetv3 import VARIANTS, mobilenetv3_lraspp
 from nas_core.train import autocast
+from nas_core.zoo import published_network
 
 
 def images_per_s(name: str, device: str, patch: tuple[int, int], batch: int, steps: int, warmup: int,
                  amp: bool) -> float:
-    model, _, _ = baseline_network(name)
+    torch.manual_seed(0)
+    model = mobilenetv3_lraspp(name) if name in VARIANTS else published_network(name)
     model.to(device).train()
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)

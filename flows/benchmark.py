@@ -22,7 +22,8 @@ def benchmark_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] 
     out_dir, model_path = Path(paths.benchmark), stage_dir(paths, "train_fine") / MODEL
     onnx_dir = out_dir / ONNX_DIR
     common = dict(onnx_dir=str(onnx_dir), input_size=cfg.input_size.hw, target=cfg.target, threads=cfg.threads,
-                  warmup=cfg.warmup, runs=cfg.runs, cityscapes_root=paths.cityscapes, atol=cfg.onnx_atol)
+                  warmup=cfg.warmup, runs=cfg.runs, cityscapes_root=paths.cityscapes, atol=cfg.onnx_atol,
+                  latency_cfg=getattr(params, "latency", None))  # the profiling stage's section, once it exists
     # one network at a time: concurrent latency runs would share the cores and disturb each other
     rows = [benchmark_network_task(OURS, str(model_path), None, **common)]
     rows += [benchmark_network_task(name, None, cfg.weights.get(name), **common) for name in cfg.baselines]

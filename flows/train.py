@@ -55,7 +55,7 @@ def run_train_stage(stage: str, params_file: str = "params.yaml", overrides: tup
                 tracking.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
 
             summary = train_stage_task(stage, stage_settings(cfg, stage), str(arch), dataset_root(paths, stage),
-                                       previous, out_dir, cfg.device, cfg.nproc, log_epoch)
+                                       previous, out_dir, cfg.device, cfg.nproc, log_epoch, cfg.threads)
             tracking.log_metrics({f"final_{k}": v for k, v in summary["final"].items()})
             print(f"[{stage}] trained from {summary['starts_from']} ({summary['init']}): {summary['final']}")
         for name in (LINEAGE, METRICS):

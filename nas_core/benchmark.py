@@ -18,8 +18,8 @@ from nas_core.profiling.export import Unit, export_onnx
 from nas_core.search_space import Architecture
 from nas_core.zoo import PUBLISHED, load_official_weights, published_network
 
-# measure(onnx_path, input_shape) -> {"median_ms", "p10_ms", "p90_ms", "runs"}: the target's latency protocol
-Measure = Callable[[Path, tuple[int, ...]], dict]
+# measure(unit, onnx_path) -> {"median_ms", "p10_ms", "p90_ms", "runs"}: the target's latency protocol
+Measure = Callable[[Unit, Path], dict]
 
 
 @dataclass(frozen=True)
@@ -97,10 +97,15 @@ def onnx_parity(model: nn.Module, onnx_path: str | Path, input_shape: tuple[int,
     return float(np.abs(got - expected).max())
 
 
+def network_unit(name: str, model: nn.Module, input_size: tuple[int, int]) -> Unit:
+    """`model` at batch 1 as the profiling code's unit of timing."""
+    return Unit(f"benchmark:{name}:{input_size[0]}x{input_size[1]}", ((1, 3, *input_size),), lambda: model.eval())
+
+
 def export_checked(model: nn.Module, path: str | Path, input_size: tuple[int, int], atol: float = 1e-4) -> float:
     """Export `model` to ONNX at batch 1 and check it against PyTorch; returns the max abs difference."""
     shape = (1, 3, *input_size)
-    export_onnx(Unit(f"net:{Path(path).stem}", (shape,), lambda: model.eval()), path)
+    export_onnx(network_unit(Path(path).stem, model, input_size), path)
     diff = onnx_parity(model, path, shape)
     if not diff <= atol:  # also catches NaN
         raise ValueError(f"{path}: ONNX logits differ from PyTorch by {diff:.3g} > {atol:g}")
@@ -116,7 +121,7 @@ def benchmark_network(name: str, model: nn.Module, arch: Architecture | None, we
     log(f"[benchmark] {name}: export to ONNX at {input_size[0]}x{input_size[1]} and parity check")
     diff = export_checked(model, onnx_path, input_size, atol)
     log(f"[benchmark] {name}: latency on the target")
-    lat = measure(Path(onnx_path), (1, 3, *input_size))
+    lat = measure(network_unit(name, model, input_size), Path(onnx_path))
     miou = None
     if eval_loader is not None:
         log(f"[benchmark] {name}: class mIoU on the validation set")
@@ -129,17 +134,28 @@ def benchmark_network(name: str, model: nn.Module, arch: Architecture | None, we
     return row
 
 
-def local_measure(threads: int = 1, warmup: int = 3, runs: int = 20) -> Measure:
-    """The profiling runner's onnxruntime protocol on this machine (pinned threads, sequential execution;
-    thread CPU time when single-threaded, as the runner does on shared machines)."""
-    from nas_core.profiling import runner
+def target_measure(target) -> Measure:
+    """Latency on a profiling target (nas_core.profiling.targets.Target), with its own protocol."""
+    from nas_core.profiling.targets import Job
 
-    manifest = {"threads": threads, "providers": ["CPUExecutionProvider"], "warmup": warmup, "runs": runs,
-                "clock": "thread" if threads == 1 else "wall"}
-
-    def measure(onnx_path: Path, input_shape: tuple[int, ...]) -> dict:
-        return runner.measure_onnxruntime(manifest, {"file": str(onnx_path), "inputs": [list(input_shape)]})
+    def measure(unit: Unit, onnx_path: Path) -> dict:
+        results: list[dict] = []
+        with target:
+            target.measure([Job(unit, Path(onnx_path) if target.needs_onnx else None)], results.append)
+        if len(results) != 1:
+            raise RuntimeError(f"{target.name}: expected one latency for {onnx_path}, got {len(results)}")
+        r = results[0]
+        return {"median_ms": r["latency_ms"], "p10_ms": r["latency_p10_ms"], "p90_ms": r["latency_p90_ms"],
+                "runs": r["runs"]}
     return measure
+
+
+def local_target(threads: int = 1, warmup: int = 3, runs: int = 20):
+    """onnxruntime on this machine through the profiling runner (pinned threads, sequential execution;
+    thread CPU time when single-threaded, as the profiling stage does on shared machines)."""
+    from nas_core.profiling.targets import LocalTarget, Protocol
+
+    return LocalTarget(Protocol(warmup=warmup, runs=runs, threads=threads, clock="thread" if threads == 1 else "wall"))
 
 
 def _fmt(v: float | None, spec: str) -> str:

@@ -129,6 +129,7 @@ class TrainParams(Section):
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     nproc: int = Field(1, ge=1)  # > 1: DDP (SyncBatchNorm on GPU) in that many torchrun processes
+    threads: int | None = Field(None, ge=1)  # torch CPU threads per process (None: torch's default)
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-5, ge=0)
@@ -168,8 +169,10 @@ class BenchmarkParams(Section):
     """The final Table-1-style benchmark: our network and the baselines, measured the same way."""
 
     input_size: Size = Size(height=1024, width=2048)  # latency and MACs, batch 1 (the paper's)
-    target: str = "local"  # where latency is measured: 'local' = onnxruntime on this machine's CPU
-    threads: int = Field(1, ge=1)  # onnxruntime intra-op threads on the target (1: the profiling protocol)
+    # where latency is measured: 'local' = onnxruntime on this machine's CPU (threads, warmup, runs below);
+    # 'profiling' = the latency profiling stage's target and protocol (its params section)
+    target: Literal["local", "profiling"] = "local"
+    threads: int = Field(1, ge=1)  # onnxruntime (and torch evaluation) threads (1: the profiling protocol)
     warmup: int = Field(3, ge=0)
     runs: int = Field(20, ge=1)
     baselines: tuple[Baseline, ...] = ("squeezenas_lat_small", "mobilenetv3_small", "mobilenetv3_large")

@@ -9,7 +9,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from torch.utils.data import DataLoader
 
-from nas_core.benchmark import BenchmarkRow, Measure, baseline_network, benchmark_network, local_measure, report_markdown
+from nas_core.benchmark import (BenchmarkRow, Measure, baseline_network, benchmark_network, local_target, report_markdown,
+                                target_measure)
 from nas_core.data import CityscapesSegmentation
 from nas_core.data.labels import TRAIN_ID_NAMES
 from nas_core.evaluate import evaluate_constant, evaluate_segmentation, majority_class
@@ -22,11 +23,18 @@ REPORT, METRICS_JSON, ONNX_DIR = "report.md", "metrics.json", "onnx"
 OURS = "ours"
 
 
-def make_measure(target: str, threads: int, warmup: int, runs: int) -> Measure:
-    """The latency protocol of `target` ('local': onnxruntime on this machine, the profiling runner's protocol)."""
+def make_measure(target: str, threads: int, warmup: int, runs: int, latency_cfg=None) -> Measure:
+    """'local': onnxruntime on this machine (the profiling runner, threads/warmup/runs from benchmark);
+    'profiling': the target and protocol of the latency profiling stage (params.yaml's `latency`)."""
     if target == "local":
-        return local_measure(threads, warmup, runs)
-    raise ValueError(f"benchmark.target: {target!r} is not available; valid targets are: local")
+        return target_measure(local_target(threads, warmup, runs))
+    if target == "profiling":
+        if latency_cfg is None:
+            raise ValueError("benchmark.target: 'profiling' needs the latency section of params.yaml")
+        from nas_core.profiling.targets import build_target
+
+        return target_measure(build_target(latency_cfg))
+    raise ValueError(f"benchmark.target: unknown target {target!r}; valid targets are: local, profiling")
 
 
 def val_loader(cityscapes_root: str) -> DataLoader:
@@ -37,8 +45,9 @@ def val_loader(cityscapes_root: str) -> DataLoader:
 @task(name="benchmark-network", cache_policy=NO_CACHE)
 def benchmark_network_task(name: str, model_path: str | None, weights: str | None, onnx_dir: str,
                            input_size: tuple[int, int], target: str, threads: int, warmup: int, runs: int,
-                           cityscapes_root: str, atol: float) -> dict:
+                           cityscapes_root: str, atol: float, latency_cfg=None) -> dict:
     """One row: our trained network (from model_path) or the baseline `name` (with `weights` if given)."""
+    torch.set_num_threads(threads)  # the evaluation too: the shared CPU punishes extra threads
     if model_path is not None:
         model = segmentation_network(load_payload(model_path), model_path)
         arch, label = model.arch, "trained here"
@@ -48,7 +57,7 @@ def benchmark_network_task(name: str, model_path: str | None, weights: str | Non
         model, arch, label = baseline_network(name, weights, NUM_CLASSES)
     loader = val_loader(cityscapes_root) if label != "random" else None
     row = benchmark_network(name, model, arch, label, Path(onnx_dir) / f"{name}.onnx", input_size,
-                            make_measure(target, threads, warmup, runs), loader, NUM_CLASSES, atol)
+                            make_measure(target, threads, warmup, runs, latency_cfg), loader, NUM_CLASSES, atol)
     return row.to_dict()
 
 

@@ -239,8 +239,9 @@ def log_model(model, onnx_path: str | Path, name: str, registered_model: str | N
 
     # explicit requirements: inferring them would import-scan in a subprocess (slow, and may try the network)
     torch_req = f"torch=={torch.__version__.split('+')[0]}"
+    # pickled, not 'pt2': a traced graph would be fixed to one input size (the decoder's pool depends on it)
     pt = mlflow.pytorch.log_model(model, name=f"{name}_pytorch", registered_model_name=registered_model,
-                                  pip_requirements=[torch_req])
+                                  pip_requirements=[torch_req], serialization_format="pickle")
     ox = mlflow.onnx.log_model(onnx.load(str(onnx_path)), name=f"{name}_onnx", save_as_external_data=False,
                                registered_model_name=f"{registered_model}-onnx" if registered_model else None,
                                pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"])

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -30,8 +31,11 @@ def _scalars(d: dict) -> dict:
 
 
 def train_stage(stage: str, settings: StageSettings, arch_path: str, data_root: str, previous_path: str | None,
-                out_dir: str, device: str = "auto", on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+                out_dir: str, device: str = "auto", on_epoch_end: Callable[[int, dict], None] | None = None,
+                threads: int | None = None) -> dict:
     """Train `stage` and write model.pt, lineage.json and metrics.json into `out_dir` (rank 0)."""
+    if threads:
+        torch.set_num_threads(threads)
     info = init_distributed(device)
     arch = Architecture.load(arch_path)
     previous = load_payload(previous_path) if previous_path else None
@@ -58,15 +62,18 @@ def train_stage(stage: str, settings: StageSettings, arch_path: str, data_root: 
 @task(name="train-stage", cache_policy=NO_CACHE)
 def train_stage_task(stage: str, settings: StageSettings, arch_path: str, data_root: str, previous_path: str | None,
                      out_dir: str, device: str = "auto", nproc: int = 1,
-                     on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+                     on_epoch_end: Callable[[int, dict], None] | None = None, threads: int | None = None) -> dict:
     """Train one stage; with nproc > 1 in torchrun's DDP processes (per-epoch metrics come afterwards)."""
     if nproc == 1:
-        return train_stage(stage, settings, arch_path, data_root, previous_path, out_dir, device, on_epoch_end)
+        return train_stage(stage, settings, arch_path, data_root, previous_path, out_dir, device, on_epoch_end,
+                           threads)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "tasks.train", "--stage", stage, "--settings", json.dumps(asdict(settings)), "--arch", arch_path,
            "--data", data_root, "--out", out_dir, "--device", device]
     if previous_path:
         cmd += ["--previous", previous_path]
+    if threads:
+        cmd += ["--threads", str(threads)]
     print(f"[{stage}] launching {nproc} DDP processes: {' '.join(cmd[:6])} ...")
     proc = subprocess.run(cmd)
     if proc.returncode != 0:
@@ -99,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(name, required=True)
     p.add_argument("--previous")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int)
     a = p.parse_args(argv)
-    train_stage(a.stage, StageSettings.from_dict(json.loads(a.settings)), a.arch, a.data, a.previous, a.out, a.device)
+    train_stage(a.stage, StageSettings.from_dict(json.loads(a.settings)), a.arch, a.data, a.previous, a.out, a.device,
+                threads=a.threads)
     return 0
 
 

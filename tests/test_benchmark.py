@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from nas_core.benchmark import (BenchmarkRow, baseline_network, benchmark_network, export_checked, network_macs,
-                                report_markdown)
+from nas_core.benchmark import (BenchmarkRow, baseline_network, benchmark_network, export_checked, local_target,
+                                network_macs, report_markdown, target_measure)
 from nas_core.cost_table import architecture_cost, build_cost_table
 from nas_core.mobilenetv3 import VARIANTS, count_conv_macs
 from nas_core.zoo import PUBLISHED
@@ -52,17 +52,15 @@ def test_published_lat_small_at_full_resolution_has_the_foundations_mac_count():
     assert network_macs(model, arch, (1024, 2048), 19) == architecture_cost(table, arch, "macs")
 
 
-def fake_measure(onnx_path, input_shape):
-    assert onnx_path.is_file() and input_shape == (1, 3, *SIZE)
-    return {"median_ms": 20.0, "p10_ms": 18.0, "p90_ms": 25.0, "runs": 5}
-
-
-def test_benchmark_row_figures(tmp_path):
+def test_benchmark_row_on_the_local_target(tmp_path):
     model, arch, label = baseline_network("squeezenas_mac_small")
-    row = benchmark_network("squeezenas_mac_small", model, arch, label, tmp_path / "m.onnx", SIZE, fake_measure,
+    measure = target_measure(local_target(threads=1, warmup=1, runs=3))
+    row = benchmark_network("squeezenas_mac_small", model, arch, label, tmp_path / "m.onnx", SIZE, measure,
                             log=lambda _: None)
+    assert (tmp_path / "m.onnx").is_file() and row.runs == 3
+    assert 0 < row.latency_p10_ms <= row.latency_ms <= row.latency_p90_ms
     assert row.macs == architecture_cost(build_cost_table("small", SIZE, 19), arch, "macs")
-    assert row.gmacs_per_s == pytest.approx(row.macs / 1e9 / 0.020)
+    assert row.gmacs_per_s == pytest.approx(row.macs / 1e9 / (row.latency_ms / 1e3))
     assert row.params == sum(p.numel() for p in model.parameters())
     assert row.class_miou is None and row.weights == "random"
     assert json.loads(json.dumps(row.to_dict()))["params_m"] == pytest.approx(row.params / 1e6)

@@ -165,6 +165,38 @@ def test_batch_larger_than_the_shard_is_an_error_naming_batch_size():
         EpochBatchSampler(6, 4, world_size=2)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_amp_on_cuda_runs_in_float16_and_resumes_exactly(tmp_path, monkeypatch):
+    from nas_core.train import DistInfo
+
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    info = DistInfo(device=torch.device("cuda"))
+    dtypes = set()
+
+    def go(ckpt_dir, hook=None):
+        model = toy_net()
+        model[0].register_forward_hook(lambda m, i, out: dtypes.add(out.dtype))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        loader = make_train_loader(NoisyToy(), BATCH, seed=3, dist_info=info)
+        result = train(model, nn.functional.cross_entropy, loader, optimizer, build_schedule("constant", 3), 3,
+                       ckpt_dir, amp=True, dist_info=info, checkpoint_every=1, step_hook=hook, log=lambda _: None)
+        return model, result
+
+    def kill(epoch, batch, loss):
+        if (epoch, batch) == (1, 1):
+            raise Killed
+
+    full, _ = go(tmp_path / "full")
+    with pytest.raises(Killed):
+        go(tmp_path / "killed", kill)
+    resumed, result = go(tmp_path / "killed")
+    assert dtypes == {torch.float16}
+    assert result.resumed_from == (1, 2)
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["scaler"]["scale"] > 0
+    assert same_weights(full, resumed)
+
+
 DDP_SCRIPT = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, {root!r})

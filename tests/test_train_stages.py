@@ -81,6 +81,7 @@ def prefect_harness():
         yield
 
 
+@pytest.mark.slow
 def test_flows_skip_switched_off_stages_and_record_the_lineage_in_mlflow(tmp_path, data, monkeypatch,
                                                                           prefect_harness):
     import mlflow
@@ -90,7 +91,7 @@ def test_flows_skip_switched_off_stages_and_record_the_lineage_in_mlflow(tmp_pat
     monkeypatch.chdir(tmp_path)
     (tmp_path / "samples").mkdir()
     (tmp_path / "samples" / "chosen_architecture.json").write_text(ARCH.to_json())
-    stage = "{epochs: 1, patch: {height: 64, width: 64}, batch_size: 2}"
+    stage = "{epochs: 1, milestones: [], patch: {height: 64, width: 64}, batch_size: 2}"
     (tmp_path / "params.yaml").write_text(
         f"paths: {{cityscapes: {data / 'cityscapes'}, coco: {data / 'coco'}, imagenet: {data / 'imagenet'}, "
         f"samples: samples, train: train}}\n"
