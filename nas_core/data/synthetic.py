@@ -36,16 +36,22 @@ class _Canvas:
         self.instances = {name: 0 for name in INSTANCE_CLASSES}
 
     def segment(self, name: str, texture: int = PLAIN, colour: str | None = None, period: tuple[float, float] = (8, 8),
-                instance: bool = False, label_name: str | None = None) -> int:
-        label_name = label_name or name
-        label_id = LABEL_ID[label_name]
+                instance: bool = False, part_of: int | None = None, rgb: tuple[float, float, float] | None = None) -> int:
+        """A new segment of class `name` coloured from palette `colour` (default: the class's own); returns its index.
+
+        `instance` starts a new instance; `part_of` (a segment index) joins that segment's instance instead.
+        """
+        label_id = LABEL_ID[name]
         instance_id = label_id
         if instance:
-            instance_id = label_id * 1000 + self.instances[label_name]
-            self.instances[label_name] += 1
+            instance_id = label_id * 1000 + self.instances[name]
+            self.instances[name] += 1
+        if part_of is not None:
+            instance_id = self.rows[part_of][1]
         palette = PALETTES[colour or name]
+        # drawn even when `rgb` overrides it, so each frame's random stream does not depend on such details
         base = np.array(palette[self.rng.integers(len(palette))], dtype=float) + self.rng.normal(0, 12, 3)
-        self.rows.append((label_id, instance_id, tuple(np.clip(base, 0, 255)), texture, *period))
+        self.rows.append((label_id, instance_id, rgb or tuple(np.clip(base, 0, 255)), texture, *period))
         return len(self.rows) - 1
 
     def polygon(self, seg: int, points) -> None:
@@ -130,11 +136,8 @@ def _draw_layout(c: _Canvas) -> None:
 def _car(c: _Canvas, x: float, y: float, m: float) -> None:
     width, height = 1.8 * m, 1.5 * m
     body = c.segment("car", instance=True)
-    instance = c.rows[body][1]
-    window = c.segment("car", colour="road")
-    c.rows[window] = c.rows[window][:1] + (instance,) + c.rows[window][2:]
-    tyre = c.segment("car", colour="road")
-    c.rows[tyre] = (c.rows[tyre][0], instance, (20.0, 20.0, 20.0)) + c.rows[tyre][3:]
+    window = c.segment("car", colour="road", part_of=body)
+    tyre = c.segment("car", colour="road", part_of=body, rgb=(20.0, 20.0, 20.0))
     for wx in (x - width * 0.4, x + width * 0.3):
         c.rect(tyre, wx, y - 0.25 * m, wx + width * 0.1, y)
     c.rect(body, x - width / 2, y - height * 0.6, x + width / 2, y - 0.2 * m)
@@ -147,11 +150,8 @@ def _car(c: _Canvas, x: float, y: float, m: float) -> None:
 def _person(c: _Canvas, x: float, y: float, m: float) -> None:
     tall = 1.75 * m * c.rng.uniform(0.85, 1.1)
     clothes = c.segment("person", instance=True, colour=["car", "building", "vegetation"][c.rng.integers(3)])
-    instance = c.rows[clothes][1]
-    head = c.segment("person", colour="skin")
-    c.rows[head] = c.rows[head][:1] + (instance,) + c.rows[head][2:]
-    legs = c.segment("person", colour="road")
-    c.rows[legs] = c.rows[legs][:1] + (instance,) + c.rows[legs][2:]
+    head = c.segment("person", colour="skin", part_of=clothes)
+    legs = c.segment("person", colour="road", part_of=clothes)
     half = tall * 0.13
     c.polygon(legs, [(x - half, y), (x - half * 0.2, y - tall * 0.48), (x + half * 0.2, y - tall * 0.48), (x + half, y)])
     c.polygon(clothes, [(x - half, y - tall * 0.45), (x + half, y - tall * 0.45), (x + half * 0.8, y - tall * 0.85),
