@@ -9,6 +9,7 @@ from prefect import flow
 
 from flows.train import stage_dir
 from nas_core.config import load_params
+from nas_core.profiling.targets import device_name
 from nas_core.retrain import load_payload, segmentation_network
 from tasks import tracking
 from tasks.benchmark import ONNX_DIR, OURS, benchmark_network_task, references_task, write_report_task
@@ -23,12 +24,15 @@ def benchmark_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] 
     onnx_dir = out_dir / ONNX_DIR
     common = dict(onnx_dir=str(onnx_dir), input_size=cfg.input_size.hw, target=cfg.target, threads=cfg.threads,
                   warmup=cfg.warmup, runs=cfg.runs, cityscapes_root=paths.cityscapes, atol=cfg.onnx_atol,
-                  latency_cfg=getattr(params, "latency", None))  # the profiling stage's section, once it exists
+                  latency_cfg=params.latency)
     # one network at a time: concurrent latency runs would share the cores and disturb each other
     rows = [benchmark_network_task(OURS, str(model_path), None, **common)]
     rows += [benchmark_network_task(name, None, cfg.weights.get(name), **common) for name in cfg.baselines]
     references = references_task(str(model_path), paths.cityscapes, params.train.seed)
-    written = write_report_task(rows, references, str(out_dir), cfg.target, cfg.input_size.hw)
+    lat = params.latency
+    where = (f"local:{device_name(lat)} (onnxruntime CPU, {cfg.threads} thread(s), {cfg.runs} runs)"
+             if cfg.target == "local" else f"{lat.target}:{device_name(lat)} ({lat.backend}, {lat.runs}+ runs)")
+    written = write_report_task(rows, references, str(out_dir), where, cfg.input_size.hw)
 
     with tracking.stage_run(params.tracking, "benchmark", params=cfg.model_dump(mode="json")):
         for r in rows:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nas_core.benchmark import (BenchmarkRow, baseline_network, benchmark_network, export_checked, local_target,
-                                network_macs, report_markdown, target_measure)
+                                network_macs, network_unit, report_markdown, target_measure)
 from nas_core.cost_table import architecture_cost, build_cost_table
 from nas_core.mobilenetv3 import VARIANTS, count_conv_macs
 from nas_core.zoo import PUBLISHED
@@ -64,6 +64,18 @@ def test_benchmark_row_on_the_local_target(tmp_path):
     assert row.params == sum(p.numel() for p in model.parameters())
     assert row.class_miou is None and row.weights == "random"
     assert json.loads(json.dumps(row.to_dict()))["params_m"] == pytest.approx(row.params / 1e6)
+
+
+@pytest.mark.parametrize("target", ["local", "profiling"])
+def test_both_targets_time_the_exported_network(tmp_path, target):
+    from nas_core.config import LatencyParams
+    from tasks.benchmark import make_measure
+
+    model, _, _ = baseline_network("mobilenetv3_small")
+    export_checked(model, tmp_path / "m.onnx", SIZE)
+    measure = make_measure(target, 1, 1, 3, LatencyParams(warmup=1, runs=3, min_time_s=0))
+    result = measure(network_unit("m", model, SIZE), tmp_path / "m.onnx")
+    assert result["runs"] == 3 and 0 < result["p10_ms"] <= result["median_ms"] <= result["p90_ms"]
 
 
 def test_report_lists_every_network_and_the_references():

@@ -126,3 +126,15 @@ def test_a_missing_chosen_architecture_is_an_error_naming_the_file(tmp_path, mon
     (tmp_path / "params.yaml").write_text("paths: {samples: nowhere}\n")
     with pytest.raises(FileNotFoundError, match="nowhere/chosen_architecture.json"):
         run_train_stage("train_fine", "params.yaml")
+
+
+@pytest.mark.slow
+def test_a_stage_in_two_ddp_processes_writes_one_model_and_the_history(tmp_path, data):
+    from tasks.train import train_stage_task
+
+    seen = []
+    summary = train_stage_task.fn("train_fine", TINY, str(data / "chosen_architecture.json"), str(data / "cityscapes"),
+                                  None, str(tmp_path / "fine"), "cpu", 2, lambda e, m: seen.append(e), 1)
+    assert summary["world_size"] == 2 and summary["init"] == "scratch"
+    assert seen == [0] and 0 <= summary["final"]["class_miou"] <= 1
+    assert load_payload(tmp_path / "fine/model.pt")["lineage"][-1]["stage"] == "train_fine"
