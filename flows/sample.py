@@ -71,7 +71,8 @@ def sample_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
     log_rows = list(done.values())
     pending = [(i, c) for i, c in enumerate(choices) if ",".join(c) not in done]
     devices = _devices(cfg.device)
-    threads = max(1, (os.cpu_count() or 1) // cfg.workers) if devices == ["cpu"] else 1
+    # workers x threads <= cores: more threads than cores make every op wait on the slowest
+    threads = cfg.threads_per_worker or (max(1, (os.cpu_count() or 1) // cfg.workers) if devices == ["cpu"] else 1)
     print(f"[sample] evaluating {len(pending)} paths ({len(choices) - len(pending)} already in {partial_path}) "
           f"with {cfg.workers} {cfg.runner} worker(s) on {', '.join(devices)}, {threads} torch thread(s) each")
     previous_threads = torch.get_num_threads()

@@ -111,7 +111,8 @@ def plot_architectures(rows: Sequence[tuple[str, Architecture]], path: str | Pat
             ax.add_patch(Rectangle((x - 0.42, y0 - h / 2), 0.84, h, fc=KERNEL_COLOURS[(cand.kernel, cand.dilation)],
                                    ec=edge, lw=lw, hatch="////" if cand.groups == 2 else None))
             ax.text(x, y0, f"e{cand.expansion}", ha="center", va="center", fontsize=6, color="white")
-    legend = [Patch(fc=c, label=f"{k}x{k}" + (f" dilated {d}" if d > 1 else "")) for (k, d), c in KERNEL_COLOURS.items()]
+    legend = [Patch(fc=c, label=f"{k}x{k}" + (f" dilated {d}" if d > 1 else ""))
+              for (k, d), c in KERNEL_COLOURS.items()]
     legend += [Patch(fc="white", ec="k", hatch="////", label="groups = 2"),
                Patch(fc="white", ec=DOWNSAMPLE_COLOUR, lw=2, label="downsampling block"),
                Patch(fc=SKIP_COLOUR, label="skip"),

@@ -220,7 +220,8 @@ class SampleParams(Section):
     batch_size: int = Field(2, ge=1)
     val_images: int = Field(0, ge=0)  # the first n val images (0: all, as the paper)
     costs: tuple[CostKind, ...] = ("macs", "params", "latency_ms")  # recorded when their table exists
-    workers: int = Field(2, ge=1)  # parallel evaluations; torch threads per worker = cores // workers
+    workers: int = Field(2, ge=1)  # parallel evaluations
+    threads_per_worker: int = Field(0, ge=0)  # torch threads of each (0: cores // workers)
     runner: Literal["threads", "dask"] = "threads"  # dask: prefect-dask, a local cluster or dask_address
     dask_address: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"  # several GPUs: paths are dealt out across them

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from torch.utils.data import DataLoader, Subset
 
 from nas_core.cost_table import architecture_cost, read_cost_table
@@ -108,7 +109,7 @@ def write_partial(path: str | Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
-@task(name="draw-architectures")
+@task(name="draw-architectures", cache_policy=NO_CACHE)
 def draw_task(supernet_path: str, theta_path: str, num: int, seed: int) -> dict:
     """Draw `num` distinct architectures from theta.parquet's distribution, the argmax first."""
     supernet = cached_supernet(supernet_path)
@@ -123,7 +124,7 @@ def draw_task(supernet_path: str, theta_path: str, num: int, seed: int) -> dict:
             "draws": s.draws, "duplicates": s.duplicates, "support": s.support, "exhausted": s.exhausted}
 
 
-@task(name="evaluate-architecture", task_run_name="evaluate-{index}")
+@task(name="evaluate-architecture", task_run_name="evaluate-{index}", cache_policy=NO_CACHE)
 def evaluate_task(index: int, space: str, choices: list[str], supernet_path: str, data_root: str,
                   eval_cfg: dict, device: str = "cpu", torch_threads: int = 1) -> dict:
     """mIoU of one sampled path through the supernet on the val split (one result row)."""

@@ -7,7 +7,7 @@ import torch
 from nas_core.candidates import CANDIDATE_NAMES, NUM_CANDIDATES
 from nas_core.evaluate import evaluate_segmentation
 from nas_core.io import atomic_torch_save, atomic_write_parquet
-from nas_core.sampling import (evaluate_path, load_supernet, read_probabilities, recalibrate_bn,
+from nas_core.sampling import (class_map, evaluate_path, load_supernet, read_probabilities, recalibrate_bn,
                                sample_architectures)
 from nas_core.search_space import get_space
 from nas_core.supernet import extract_network
@@ -123,6 +123,14 @@ def test_estimated_miou_is_the_extracted_networks_miou(supernet, probs):
         est = evaluate_path(supernet, arch, batches, 19)
         real = evaluate_segmentation(extract_network(supernet, arch), batches, 19)
         assert est["class_miou"] == real["class_miou"] and est["images"] == 4 and est["bn_images"] == 0
+
+
+def test_class_map_is_argmax_with_the_first_index_on_ties():
+    logits = torch.randn(2, 19, 8, 16, generator=torch.Generator().manual_seed(0))
+    logits[:, 7] = logits[:, 3]  # exact ties
+    logits[0, :, 0, 0] = 1.0  # a pixel where every class ties
+    assert torch.equal(class_map(logits), logits.argmax(1))
+    assert class_map(logits)[0, 0, 0] == 0
 
 
 def test_bn_recalibration_never_changes_the_supernet(supernet, probs):

@@ -35,8 +35,9 @@ def searched_supernet(seed: int = 0) -> Supernet:
 def write_search_outputs(directory: Path, supernet: Supernet) -> tuple[Path, Path]:
     """supernet.pt and theta.parquet as the search stage writes them (theta of every epoch)."""
     supernet_path, theta_path = directory / "supernet.pt", directory / "theta.parquet"
-    atomic_torch_save(supernet_path, {"format": "squeezenas.supernet.v1", "space": supernet.space.name, "num_classes": supernet.num_classes,
-                                      "live_mask": supernet.live_mask(), "supernet": supernet.state_dict()})
+    atomic_torch_save(supernet_path, {"format": "squeezenas.supernet.v1", "space": supernet.space.name,
+                                      "num_classes": supernet.num_classes, "live_mask": supernet.live_mask(),
+                                      "supernet": supernet.state_dict()})
     start = [dict(r, logit=0.0, probability=1 / 13, live=True) for r in theta_rows(supernet, 0)]
     atomic_write_parquet(theta_path, pd.DataFrame(start + theta_rows(supernet, 3)))
     return supernet_path, theta_path
