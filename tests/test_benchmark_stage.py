@@ -40,7 +40,8 @@ def test_benchmark_flow_reports_every_network_and_registers_both_flavours(tmp_pa
     weights = shared_dir / "reference" / "weights" / "squeezenas_lat_small.pth"
     (tmp_path / "params.yaml").write_text(
         "paths: {cityscapes: cityscapes, train: train, benchmark: bench}\n"
-        "tracking: {mlflow_uri: 'sqlite:///mlflow.db', experiment: t, registered_model: tiny}\n"
+        # absolute: MLflow caches its store per URI, and another test may have used the same relative one
+        f"tracking: {{mlflow_uri: 'sqlite:///{tmp_path / 'mlflow.db'}', experiment: t, registered_model: tiny}}\n"
         "benchmark: {input_size: {height: 64, width: 128}, warmup: 1, runs: 3, "
         f"baselines: [squeezenas_lat_small, mobilenetv3_small], weights: {{squeezenas_lat_small: {weights}}}}}\n")
     result = benchmark_flow("params.yaml")

@@ -95,7 +95,7 @@ def test_flows_skip_switched_off_stages_and_record_the_lineage_in_mlflow(tmp_pat
     (tmp_path / "params.yaml").write_text(
         f"paths: {{cityscapes: {data / 'cityscapes'}, coco: {data / 'coco'}, imagenet: {data / 'imagenet'}, "
         f"samples: samples, train: train}}\n"
-        "tracking: {mlflow_uri: 'sqlite:///mlflow.db', experiment: t}\n"
+        f"tracking: {{mlflow_uri: 'sqlite:///{tmp_path / 'mlflow.db'}', experiment: t}}\n"
         f"train: {{device: cpu, num_workers: 0, lr: 0.02, pretrain_imagenet: {{enabled: false}}, "
         f"pretrain_coco: {{enabled: false}}, train_coarse: {stage}, train_fine: {stage}}}\n")
     summaries = {name: flow("params.yaml") for name, flow in FLOWS.items()}
