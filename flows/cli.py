@@ -20,6 +20,7 @@ COMMANDS = {
     "run": "flows.run",
     "train": "flows.cmd_train",
     "benchmark": "flows.cmd_train",
+    "search": "flows.cmd_search",
 }
 
 

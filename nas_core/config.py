@@ -297,6 +297,125 @@ class LatencyParams(Section):
         return self
 
 
+class SearchParams(Section):
+    """The supernet search (paper sections 4.1-4.3). Schema defaults: the paper's stated choices
+    (768x768 patches, tau 5 -> 1, pruning under 0.5%, joint co-optimisation) and FBNet's where the
+    paper is silent (90 epochs, Adam on theta at 0.01); params.yaml holds the small CPU run."""
+
+    space: SpaceName = "small"
+    # C(i, j): a MAC table of the cost_tables stage or a latency table of the profiling stage
+    cost_table: str = "outputs/cost_tables/macs_small.parquet"
+    cost_metric: CostKind = "macs"
+    cost_reference: float | None = Field(None, gt=0)  # table units; unset: expected block cost at uniform theta
+    alpha: float = Field(0.2, ge=0)
+    epochs: int = Field(90, ge=1)
+    scheme: Literal["joint", "fbnet"] = "joint"
+    fbnet_split: float = Field(0.8, gt=0, lt=1)  # fbnet: the weights' share of the training set
+    warmup_epochs: int = Field(0, ge=0)  # weights only
+    tau_schedule: Literal["linear", "exponential"] = "linear"
+    tau_start: float = Field(5.0, gt=0)
+    tau_end: float = Field(1.0, gt=0)
+    tau_decay: float | None = Field(None, gt=0, le=1)  # exponential: fixed factor per epoch (FBNet 0.956)
+    hard: bool = False  # straight-through one-hot samples
+    patch: Size = Size(height=768, width=768)
+    scale: tuple[float, float] = (0.5, 2.0)
+    batch_size: int = Field(8, ge=1)  # per process
+    weight_lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-5, ge=0)
+    theta_lr: float = Field(0.01, gt=0)
+    theta_weight_decay: float = Field(0.0, ge=0)
+    prune_threshold: float = Field(0.005, ge=0, lt=1 / 13)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    nproc: int = Field(1, ge=1)  # > 1: DDP in that many torchrun processes (SyncBatchNorm on GPU)
+    amp: bool = True  # float16 autocast on CUDA; ignored on CPU
+    num_workers: int = Field(0, ge=0)
+    threads: int = Field(0, ge=0)  # torch CPU threads per process (0: torch's default)
+    checkpoint_every: int = Field(0, ge=0)  # steps between mid-epoch checkpoints (0: epoch ends only)
+    log_every: int = Field(10, ge=1)
+    eval_images: int = Field(0, ge=0)  # val images for the argmax architecture's mIoU (0: all)
+    num_classes: int = Field(19, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
+        if not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"scale must be 0 < min <= max, got {list(self.scale)}")
+        return self
+
+
+class FidelityParams(Section):
+    """Does the table predict real latency: K sampled networks measured end to end, same target."""
+
+    num_networks: int = Field(30, ge=0)  # 0 skips the check
+    seed: int = 0
+    space: SpaceName = "small"  # one of latency.spaces
+
+
+class LatencyParams(Section):
+    """Latency cost tables measured on a target device (paper section 5.2), `squeezenas profile`.
+    SSH authenticates with key_file or an ssh-agent only: a password has no place here."""
+
+    target: Literal["local", "ssh"] = "local"
+    host: str | None = None
+    port: int = Field(22, ge=1, le=65535)
+    user: str | None = None
+    key_file: str | None = None
+    known_hosts: str = "~/.ssh/known_hosts"  # the only file host keys are checked against
+    backend: Literal["onnxruntime", "trtexec", "torch_cuda"] = "onnxruntime"
+    fp16: bool = False  # trtexec --fp16, or half precision for torch_cuda
+    threads: int = Field(1, ge=1)  # onnxruntime intra-op threads (pinned)
+    optimization: Literal["basic", "extended", "all"] = "all"  # onnxruntime graph optimisation level
+    clock: Literal["wall", "thread"] = "wall"  # thread: CPU time of the inference thread (shared CPUs)
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)  # onnxruntime execution providers
+    remote_python: str = "python3"
+    remote_workdir: str = "/tmp"  # a private squeezenas-* directory is made in it and removed after
+    trtexec: str = "/usr/src/tensorrt/bin/trtexec"
+    trtexec_warmup_ms: int = Field(200, ge=0)
+    power_mode: int | None = Field(None, ge=0)  # nvpmodel -m N first (AGX Xavier 30 W: 3 = MODE_30W_ALL)
+    pin_clocks: bool = False  # jetson_clocks first
+    warmup: int = Field(10, ge=0)
+    runs: int = Field(50, ge=1)  # at least this many timed runs per model ...
+    min_time_s: float = Field(0.3, ge=0)  # ... lasting at least this long
+    rounds: int = Field(1, ge=1)  # onnxruntime: > 1 interleaves all models over rounds (busy machines)
+    edge_correction: bool = True  # remove the measured costs a unit pays only when timed alone
+    input_size: Size = Size(height=256, width=512)
+    spaces: tuple[SpaceName, ...] = ("small",)
+    num_classes: int = Field(19, ge=1)
+    timeout_s: float = Field(600.0, gt=0)  # no result from the device for this long: retry
+    keepalive_s: float = Field(15.0, gt=0)
+    retries: int = Field(3, ge=0)  # reconnects without progress, and Prefect task retries
+    backoff_s: float = Field(2.0, ge=0)  # first retry delay, doubled each time
+    fidelity: FidelityParams = FidelityParams()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_password(cls, data):
+        secret = [k for k in data if "pass" in str(k).lower()] if isinstance(data, dict) else []
+        if secret:
+            for k in secret:
+                data[k] = "<redacted>"  # the error message echoes its input: never the secret
+            raise ValueError(f"latency.{secret[0]}: passwords are never accepted; use key_file or an ssh-agent")
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if not self.spaces:
+            raise ValueError(f"latency.spaces: list at least one space of: {', '.join(SPACES)}")
+        if self.target == "ssh" and not self.host:
+            raise ValueError("latency.host: target 'ssh' needs a host")
+        if self.target == "ssh" and self.backend == "torch_cuda":
+            raise ValueError("latency.backend: torch_cuda times PyTorch on this machine; use target 'local'")
+        if self.clock == "thread" and (self.threads != 1 or self.backend != "onnxruntime"):
+            raise ValueError("latency.clock: 'thread' measures one CPU thread: needs backend onnxruntime, threads 1")
+        if self.fidelity.num_networks and self.fidelity.space not in self.spaces:
+            raise ValueError(f"latency.fidelity.space {self.fidelity.space!r} is not among latency.spaces "
+                             f"{list(self.spaces)}")
+        return self
+
+
 class Params(Section):
     paths: Paths = Paths()
     tracking: Tracking = Tracking()
@@ -306,6 +425,7 @@ class Params(Section):
     train: TrainParams = TrainParams()
     benchmark: BenchmarkParams = BenchmarkParams()
     sample: SampleParams = SampleParams()
+    search: SearchParams = SearchParams()
 
 
 def _format(err: ValidationError, source: str) -> str:

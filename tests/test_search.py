@@ -1,5 +1,6 @@
 """The search loop: reproducibility, exact kill-and-resume, pruning log, FBNet warm-up, the loss."""
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,9 +9,9 @@ from torch.utils.data import Dataset
 
 from nas_core.candidates import CANDIDATE_NAMES
 from nas_core.cost_table import build_cost_table, cost_matrix
-from nas_core.gumbel import TauSchedule
 from nas_core.search import SearchConfig, distribution_stats, resource_loss, run_search
 from nas_core.search_data import search_loader, split_dataset
+from nas_core.search_space import SPACES
 from nas_core.supernet import build_supernet
 from tests.test_supernet_fixtures import TINY, TINY_CLASSES, TinySegmentation, tiny_space  # noqa: F401
 
@@ -67,10 +68,17 @@ def _assert_same_search(a, b):
     assert res_a.curves.drop(columns="seconds").equals(res_b.curves.drop(columns="seconds"))
 
 
-def test_same_seed_gives_the_same_theta_trajectory_and_another_seed_another(tmp_path):
-    a = _search(tmp_path / "a")
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:  # module scope: the tiny_space fixture is per test
+        mp.setitem(SPACES, "tiny", TINY)
+        yield _search(tmp_path_factory.mktemp("base"))
+
+
+def test_same_seed_gives_the_same_theta_trajectory_and_another_seed_another(tmp_path, base_run):
+    a = base_run
     _assert_same_search(a, _search(tmp_path / "b"))
-    other = _search(tmp_path / "c", SearchConfig(**{**BASE.to_dict(), "tau": TauSchedule(), "seed": 1}))
+    other = _search(tmp_path / "c", replace(BASE, seed=1))
     assert not torch.equal(a[0].arch_logits(), other[0].arch_logits())
 
 
@@ -81,8 +89,7 @@ def test_same_seed_gives_the_same_theta_trajectory_and_another_seed_another(tmp_
     ("fbnet", 1, 22),  # warm-up 8 reads, weights 8, then killed in the middle of the theta phase
 ], ids=["epoch-checkpoint", "step-checkpoint", "after-pruning", "fbnet-theta-phase"])
 def test_killed_and_resumed_search_equals_the_uninterrupted_one(tmp_path, scheme, every, reads):
-    config = SearchConfig(**{**BASE.to_dict(), "tau": TauSchedule(), "scheme": scheme, "checkpoint_every": every,
-                             "warmup_epochs": 1 if scheme == "fbnet" else 0})
+    config = replace(BASE, scheme=scheme, checkpoint_every=every, warmup_epochs=1 if scheme == "fbnet" else 0)
     reference = _search(tmp_path / "ref", config)
     assert len(reference[1].pruning_log) > 0  # the resumed run must also restore a pruned supernet
     with pytest.raises(Killed):
@@ -93,8 +100,8 @@ def test_killed_and_resumed_search_equals_the_uninterrupted_one(tmp_path, scheme
     assert resumed[2] == [1, 2, 3]  # finished epochs are replayed to on_epoch_end
 
 
-def test_a_checkpoint_of_another_configuration_is_ignored(tmp_path):
-    _search(tmp_path / "run", SearchConfig(**{**BASE.to_dict(), "tau": TauSchedule(), "alpha": 0.0}))
+def test_a_checkpoint_of_another_configuration_is_ignored(tmp_path, base_run):
+    _search(tmp_path / "run", replace(BASE, alpha=0.0))
     lines = []
     torch.manual_seed(0)
     net = build_supernet(TINY, TINY_CLASSES)
@@ -102,11 +109,11 @@ def test_a_checkpoint_of_another_configuration_is_ignored(tmp_path):
                         fixed_cost=FIXED, log=lines.append)
     assert result.resumed_from is None
     assert any("ignoring" in line and "differs in config" in line for line in lines)
-    _assert_same_search((net, result, None), _search(tmp_path / "fresh"))
+    _assert_same_search((net, result, None), base_run)
 
 
-def test_pruning_is_logged_with_its_epoch_and_matches_the_live_mask(tmp_path):
-    net, result, _ = _search(tmp_path)
+def test_pruning_is_logged_with_its_epoch_and_matches_the_live_mask(base_run):
+    net, result, _ = base_run
     log = result.pruning_log
     assert set(log.columns) == {"epoch", "block", "candidate", "probability"}
     assert (log["probability"] < BASE.prune_threshold).all()
@@ -120,8 +127,8 @@ def test_pruning_is_logged_with_its_epoch_and_matches_the_live_mask(tmp_path):
     assert list(result.curves["live_candidates"]) == sorted(result.curves["live_candidates"], reverse=True)
 
 
-def test_history_holds_every_epoch_and_probabilities_sum_to_one(tmp_path):
-    _, result, epochs = _search(tmp_path)
+def test_history_holds_every_epoch_and_probabilities_sum_to_one(base_run):
+    _, result, epochs = base_run
     h = result.history
     assert epochs == [1, 2, 3]
     assert sorted(h["epoch"].unique()) == [0, 1, 2, 3]
@@ -131,8 +138,7 @@ def test_history_holds_every_epoch_and_probabilities_sum_to_one(tmp_path):
 
 
 def test_fbnet_warmup_trains_the_weights_only(tmp_path):
-    config = SearchConfig(**{**BASE.to_dict(), "tau": TauSchedule(), "scheme": "fbnet", "warmup_epochs": 2,
-                             "prune_threshold": 0.0})
+    config = replace(BASE, scheme="fbnet", warmup_epochs=2, prune_threshold=0.0)
     _, result, _ = _search(tmp_path, config)
     h = result.history
     assert (h.query("epoch <= 2")["logit"] == 0).all()
@@ -146,9 +152,8 @@ def test_fbnet_scheme_needs_the_theta_split(tmp_path):
 
 
 def test_a_large_alpha_ends_with_a_clearly_cheaper_expected_cost(tmp_path):
-    config = {**BASE.to_dict(), "tau": TauSchedule(), "prune_threshold": 0.005}
-    free = _search(tmp_path / "a", SearchConfig(**{**config, "alpha": 0.0}))[1].curves.iloc[-1]
-    cheap = _search(tmp_path / "b", SearchConfig(**{**config, "alpha": 5.0}))[1].curves.iloc[-1]
+    free = _search(tmp_path / "a", replace(BASE, alpha=0.0, prune_threshold=0.005))[1].curves.iloc[-1]
+    cheap = _search(tmp_path / "b", replace(BASE, alpha=5.0, prune_threshold=0.005))[1].curves.iloc[-1]
     assert cheap["expected_cost"] - FIXED <= 0.7 * (free["expected_cost"] - FIXED)
 
 

@@ -1,0 +1,140 @@
+"""Task of the search stage: supernet, data and cost matrix from paths and settings, then
+`nas_core.search.run_search`, then the stage's outputs, written atomically (rank 0).
+
+Run as `python -m tasks.search ...` it is the torchrun worker: the same search, no Prefect, no MLflow."""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from torch.utils.data import DataLoader, Subset
+
+from nas_core.config import SearchParams
+from nas_core.cost_table import cost_matrix, read_cost_table
+from nas_core.data import CityscapesSegmentation, EvalTransform, TrainTransform
+from nas_core.gumbel import TauSchedule
+from nas_core.io import atomic_torch_save, atomic_write_json, atomic_write_parquet, atomic_write_text
+from nas_core.search import SearchConfig, evaluate_architecture, run_search
+from nas_core.search_data import search_loader, split_dataset
+from nas_core.search_plots import plot_probabilities
+from nas_core.supernet import build_supernet
+from nas_core.train import init_distributed
+
+SUPERNET, THETA, HISTORY, PRUNING = "supernet.pt", "theta.parquet", "theta_history.parquet", "pruning_log.csv"
+CURVES, METRICS, PLOT, CHECKPOINTS = "search_curves.csv", "metrics.json", "probabilities.png", "checkpoints"
+
+
+def search_config(cfg: SearchParams) -> SearchConfig:
+    """The nas_core config of a params.yaml `search:` section."""
+    return SearchConfig(
+        epochs=cfg.epochs, alpha=cfg.alpha, cost_reference=cfg.cost_reference,
+        tau=TauSchedule(cfg.tau_schedule, cfg.tau_start, cfg.tau_end, cfg.tau_decay), hard=cfg.hard,
+        scheme=cfg.scheme, warmup_epochs=cfg.warmup_epochs, weight_lr=cfg.weight_lr, momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay, theta_lr=cfg.theta_lr, theta_weight_decay=cfg.theta_weight_decay,
+        prune_threshold=cfg.prune_threshold, checkpoint_every=cfg.checkpoint_every, amp=cfg.amp, seed=cfg.seed,
+        log_every=cfg.log_every)
+
+
+def load_cost(cfg: SearchParams) -> tuple:
+    """C (num_blocks, 13) and the fixed parts' cost from the configured table; errors name the file."""
+    table = read_cost_table(cfg.cost_table)
+    if table["space"].iloc[0] != cfg.space:
+        raise ValueError(f"{cfg.cost_table}: a table of the {table['space'].iloc[0]} space, but search.space is "
+                         f"{cfg.space}")
+    try:
+        return cost_matrix(table, cfg.cost_metric)
+    except ValueError as e:
+        raise ValueError(f"{cfg.cost_table}: {e} (search.cost_metric)") from None
+
+
+def _loaders(cfg: SearchParams, data_root: str, rank: int, world: int, pin: bool):
+    train = CityscapesSegmentation(data_root, "train", TrainTransform(cfg.patch.hw, cfg.scale))
+    make = lambda ds: search_loader(ds, cfg.batch_size, cfg.seed, num_workers=cfg.num_workers, rank=rank,  # noqa: E731
+                                    world_size=world, pin_memory=pin)
+    if cfg.scheme == "fbnet":
+        weights, theta = split_dataset(train, cfg.fbnet_split, cfg.seed)
+        return make(weights), make(theta), len(train)
+    return make(train), None, len(train)
+
+
+def write_outputs(out: Path, supernet, result, cfg: SearchParams, summary: dict) -> None:
+    history = result.history
+    atomic_write_parquet(out / THETA, history[history["epoch"] == history["epoch"].max()])
+    atomic_write_parquet(out / HISTORY, history)
+    atomic_write_text(out / PRUNING, result.pruning_log.to_csv(index=False))
+    atomic_write_text(out / CURVES, result.curves.to_csv(index=False))
+    atomic_torch_save(out / SUPERNET, {
+        "format": "squeezenas.supernet.v1", "space": cfg.space, "num_classes": cfg.num_classes,
+        "live_mask": supernet.live_mask().cpu(), "supernet": {k: v.cpu() for k, v in supernet.state_dict().items()},
+        "config": cfg.model_dump(mode="json"), "epochs": int(history["epoch"].max())})
+    plot_probabilities(history, out / PLOT, f"search: {cfg.space} space, {cfg.cost_metric}, alpha {cfg.alpha}")
+    atomic_write_json(out / METRICS, summary)
+
+
+def search(cfg: SearchParams, data_root: str, out_dir: str,
+           on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+    """Run the search and write the outputs into `out_dir`; returns the summary (rank 0)."""
+    info = init_distributed(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    cost, fixed = load_cost(cfg)
+    torch.manual_seed(cfg.seed)  # the supernet's initial weights
+    supernet = build_supernet(cfg.space, cfg.num_classes).to(info.device)
+    train, arch, n_train = _loaders(cfg, data_root, info.rank, info.world_size, info.device.type == "cuda")
+    out = Path(out_dir)
+    result = run_search(supernet, train, cost, search_config(cfg), out / CHECKPOINTS, arch_loader=arch,
+                        fixed_cost=fixed, on_epoch_end=on_epoch_end if info.is_main else None)
+    if not info.is_main:
+        return {}
+    val = CityscapesSegmentation(data_root, "val", EvalTransform())
+    if cfg.eval_images:
+        val = Subset(val, range(min(cfg.eval_images, len(val))))
+    scores = evaluate_architecture(supernet, result.architecture, DataLoader(val, batch_size=1), cfg.num_classes)
+    final = result.curves.iloc[-1].to_dict()
+    summary = {"space": cfg.space, "cost_table": cfg.cost_table, "cost_metric": cfg.cost_metric, "alpha": cfg.alpha,
+               "world_size": info.world_size, "train_images": n_train, "val_images": len(val),
+               "architecture": list(result.architecture.choices), "resumed_from": result.resumed_from,
+               "argmax_class_miou": scores["class_miou"], "argmax_category_miou": scores["category_miou"],
+               **{k: v for k, v in final.items() if k not in ("epoch", "seconds")}, "epochs": int(final["epoch"])}
+    write_outputs(out, supernet, result, cfg, summary)
+    return summary
+
+
+@task(name="search", cache_policy=NO_CACHE)
+def search_task(cfg: SearchParams, data_root: str, out_dir: str,
+                on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+    """Search in this process, or with nproc > 1 in torchrun's DDP processes (metrics replayed afterwards)."""
+    if cfg.nproc == 1:
+        return search(cfg, data_root, out_dir, on_epoch_end)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}",
+           "-m", "tasks.search", "--settings", cfg.model_dump_json(), "--data", data_root, "--out", out_dir]
+    print(f"[search] launching {cfg.nproc} DDP processes: {' '.join(cmd[:6])} ...")
+    if subprocess.run(cmd).returncode != 0:
+        raise RuntimeError(f"[search] torchrun failed; {Path(out_dir) / CHECKPOINTS} resumes the search")
+    summary = json.loads((Path(out_dir) / METRICS).read_text())
+    if on_epoch_end is not None:
+        import pandas as pd
+
+        for row in pd.read_csv(Path(out_dir) / CURVES).to_dict("records"):
+            on_epoch_end(int(row["epoch"]), row)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="torchrun worker of the search stage")
+    for name in ("--settings", "--data", "--out"):
+        p.add_argument(name, required=True)
+    a = p.parse_args(argv)
+    search(SearchParams.model_validate_json(a.settings), a.data, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
