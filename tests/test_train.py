@@ -39,7 +39,7 @@ def toy_net() -> nn.Module:
 
 
 def run(ckpt_dir, *, step_hook=None, on_epoch_end=None, checkpoint_every=0, loss_fn=nn.functional.cross_entropy,
-        fingerprint="toy", epochs=EPOCHS):
+        fingerprint="toy", epochs=EPOCHS, grad_clip=None):
     torch.set_num_threads(1)
     model = toy_net()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
@@ -47,7 +47,7 @@ def run(ckpt_dir, *, step_hook=None, on_epoch_end=None, checkpoint_every=0, loss
     schedule = build_schedule("step", epochs, (2,) if epochs > 2 else ())  # the same lr in every run's epochs 0-1
     result = train(model, loss_fn, loader, optimizer, schedule, epochs, ckpt_dir,
                    step_hook=step_hook, on_epoch_end=on_epoch_end, checkpoint_every=checkpoint_every,
-                   fingerprint=fingerprint, log=lambda _: None)
+                   fingerprint=fingerprint, grad_clip=grad_clip, log=lambda _: None)
     return model, result
 
 
@@ -135,6 +135,17 @@ def test_a_finished_run_resumes_to_its_end_without_training(tmp_path):
     again, result = run(tmp_path)
     assert result.resumed_from == (EPOCHS, 0) and len(result.history) == EPOCHS
     assert same_weights(first, again)
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    start = dict(toy_net().named_parameters())
+
+    def moved(model):  # parameters only: BN running statistics move without gradients
+        return max((p - start[k]).abs().max().item() for k, p in model.named_parameters())
+
+    free, _ = run(tmp_path / "free", epochs=1)
+    clipped, _ = run(tmp_path / "clipped", epochs=1, grad_clip=1e-6)
+    assert moved(clipped) < 0.05 * moved(free)
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])

@@ -63,6 +63,15 @@ def test_a_trained_chain_hands_each_model_to_the_next_stage(tmp_path, data):
     assert not (tmp_path / "pretrain_coco" / "checkpoints").exists()  # a finished stage leaves no checkpoint
 
 
+def test_a_stage_trained_twice_on_cpu_gives_the_same_weights_and_scores(tmp_path, data):
+    arch, root = str(data / "chosen_architecture.json"), str(data / "cityscapes")
+    first = train_stage("train_coarse", TINY, arch, root, None, str(tmp_path / "a"), "cpu", threads=1)
+    second = train_stage("train_coarse", TINY, arch, root, None, str(tmp_path / "b"), "cpu", threads=1)
+    assert first["final"] == second["final"]
+    a, b = load_payload(tmp_path / "a/model.pt"), load_payload(tmp_path / "b/model.pt")
+    assert all(torch.equal(v, b["state_dict"][k]) for k, v in a["state_dict"].items())
+
+
 def test_a_switched_off_middle_stage_passes_the_previous_weights_on(tmp_path, data):
     arch = str(data / "chosen_architecture.json")
     train_stage("train_coarse", TINY, arch, str(data / "cityscapes"), None, str(tmp_path / "train_coarse"), "cpu")
