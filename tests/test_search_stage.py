@@ -35,7 +35,8 @@ def workdir(tmp_path_factory):
     generate_cityscapes(root / "cityscapes", num_train=6, num_val=2, num_extra=0, size=(64, 128), seed=0)
     write_cost_table(build_cost_table("small"), root / "costs" / "macs_small.parquet")
     (root / "params.yaml").write_text(
-        "tracking: {mlflow_uri: 'sqlite:///mlflow.db', experiment: t}\n"
+        # absolute: MLflow caches its store per URI, and another test may have used the same relative one
+        f"tracking: {{mlflow_uri: 'sqlite:///{root / 'mlflow.db'}', experiment: t}}\n"
         "paths: {cityscapes: cityscapes, search: out}\n" + SEARCH)
     return root
 
