@@ -19,7 +19,7 @@ def cost_tables_flow(params_file: str = "params.yaml", overrides: tuple[str, ...
     futures = {s: build_cost_table_task.submit(s, cfg.input_size.hw, cfg.num_classes, out_dir) for s in cfg.spaces}
     summaries = {s: f.result() for s, f in futures.items()}
     metrics = {f"{space}.{k}": v for space, s in summaries.items() for k, v in s.items() if k not in ("path", "rows")}
-    summary_path = Path(out_dir) / "summary.json"
+    summary_path = Path(params.paths.metrics) / "cost_tables.json"
     atomic_write_json(summary_path, summaries)
 
     with tracking.stage_run(params.tracking, "cost_tables", params=cfg.model_dump(mode="json")):

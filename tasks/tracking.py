@@ -77,7 +77,12 @@ def dvc_input_hashes(stage: str, root: str | Path = ".") -> dict[str, str]:
     deps = _paths((spec.get("stages", {}).get(stage) or {}).get("deps"), params)
     produced = {out["path"].rstrip("/"): out.get("md5") or out.get("hash", "")
                 for entry in (lock.get("stages") or {}).values() for out in entry.get("outs", [])}
-    return {d: produced[d] for d in deps if d in produced}
+    hashes = {}
+    for dep in deps:  # a dependency is an output, or a file inside an output directory
+        for out, md5 in produced.items():
+            if dep == out or dep.startswith(out + "/"):
+                hashes[out] = md5
+    return hashes
 
 
 @contextmanager

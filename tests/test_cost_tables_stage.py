@@ -24,13 +24,13 @@ def test_flow_writes_tables_and_mlflow_run(tmp_path, monkeypatch, prefect_harnes
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(
         "tracking: {mlflow_uri: 'sqlite:///mlflow.db', experiment: t}\n"
-        "paths: {cost_tables: out}\n"
+        "paths: {cost_tables: out, metrics: metrics}\n"
         "cost_tables: {spaces: [small, xlarge], input_size: {height: 512, width: 1024}, num_classes: 7}\n")
     summaries = cost_tables_flow("params.yaml")
     assert set(summaries) == {"small", "xlarge"}
     table = read_cost_table(tmp_path / "out" / "macs_small.parquet")
     assert (table["input_h"] == 512).all() and (table["num_classes"] == 7).all()
-    assert json.loads((tmp_path / "out" / "summary.json").read_text())["xlarge"]["rows"] == 22 * 13 + 3
+    assert json.loads((tmp_path / "metrics" / "cost_tables.json").read_text())["xlarge"]["rows"] == 22 * 13 + 3
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["t"], output_format="list")
