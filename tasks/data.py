@@ -52,9 +52,13 @@ def generate_imagenet_task(root: str, num_classes: int, train_per_class: int, va
 
 @task(name="check-datasets")
 def check_datasets_task(cityscapes: str, coco: str, imagenet: str) -> dict:
-    """Open every split of the configured (real) datasets; the readers raise on any defect."""
-    counts = {f"cityscapes.{s}": len(CityscapesSegmentation(cityscapes, s)) for s in ("train", "val", "coarse_train")}
+    """Verify every file of every split of the configured (real) datasets; a defect raises, naming the file."""
+    def checked(dataset) -> int:
+        dataset.verify()
+        return len(dataset)
+
+    counts = {f"cityscapes.{s}": checked(CityscapesSegmentation(cityscapes, s)) for s in ("train", "val", "coarse_train")}
     for path, reader, name in ((coco, CocoSegmentation, "coco"), (imagenet, ImageNetFolder, "imagenet")):
         if Path(path).exists():
-            counts.update({f"{name}.{s}": len(reader(path, s)) for s in ("train", "val")})
+            counts.update({f"{name}.{s}": checked(reader(path, s)) for s in ("train", "val")})
     return counts
