@@ -3,7 +3,7 @@ plain forward passes of the N extracted networks over the same val images, and t
 parallel workers. All three are measured in this one run, on this machine.
 
   plain:     extract each network, time only its forward passes over the preloaded val batches
-  stage x1:  `run_sample` with 1 thread worker: drawing, supernet paths, Prefect task scheduling,
+  stage x1:  `sample_flow` with 1 thread worker: drawing, supernet paths, Prefect task scheduling,
              the resumable log, costs, parquet, MLflow
   stage xW:  the same with W thread workers
 All with 1 torch thread per worker: on a shared machine, more OpenMP threads than free cores make
@@ -84,10 +84,10 @@ def plain_seconds(root: Path, choices: list[str], batch: int) -> tuple[float, fl
 
 
 def stage_seconds(num: int, workers: int, threads: int, samples_dir: str) -> tuple[float, pd.DataFrame]:
-    """`run_sample` for the first `num` samples; those already in `samples_dir`'s log are not redone."""
-    from flows.sample import run_sample
+    """`sample_flow` for the first `num` samples; those already in `samples_dir`'s log are not redone."""
+    from flows.sample import sample_flow
 
-    metrics = run_sample("params.yaml", (f"sample.num_samples={num}", f"sample.workers={workers}",
+    metrics = sample_flow("params.yaml", (f"sample.num_samples={num}", f"sample.workers={workers}",
                                          f"sample.threads_per_worker={threads}", f"paths.samples={samples_dir}"))
     return metrics["seconds"], pd.read_parquet(Path(samples_dir) / "samples.parquet")
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 
 def _sample(args) -> int:
-    from flows.sample import run_sample
+    from flows.sample import sample_flow
 
-    run_sample(args.params, tuple(args.overrides))
+    sample_flow(args.params, tuple(args.overrides))
     return 0
 
 

@@ -45,10 +45,33 @@ def _devices(device: str) -> list[str]:
     return ["cpu"]
 
 
-def run_sample(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
-    """The `sample` stage with the configured task runner."""
-    cfg = load_params(params_file, overrides).sample
-    return sample_flow.with_options(task_runner=make_task_runner(cfg))(params_file, overrides)
+@flow(name="evaluate-samples")
+def evaluate_flow(pending: list[tuple[int, list[str]]], space: str, supernet_path: str, data_root: str,
+                  eval_cfg: dict, devices: list[str], threads: int, partial_path: str, fingerprint: str) -> list[dict]:
+    """Fan the pending paths out over the task runner; each finished row joins the log at once."""
+    log_rows = list(read_partial(partial_path, fingerprint).values())
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the thread runner's workers share this process's intra-op pool
+    futures = [evaluate_task.submit(i, space, c, supernet_path, data_root, eval_cfg, devices[k % len(devices)],
+                                    threads) for k, (i, c) in enumerate(pending)]
+    failures = []
+    try:
+        for n, future in enumerate(as_completed(futures), 1):
+            try:
+                row = future.result()
+            except Exception as e:  # keep the others; the rerun evaluates only what failed
+                failures.append(str(e))
+                continue
+            log_rows.append({**row, "fingerprint": fingerprint})
+            write_partial(partial_path, log_rows)
+            print(f"[sample] {n}/{len(pending)}: sample {row['sample']} mIoU {row['class_miou']:.4f} "
+                  f"({row['seconds']:.2f} s on {row['device']})")
+    finally:
+        torch.set_num_threads(previous_threads)
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {len(pending)} evaluations failed (the others are kept in "
+                           f"{partial_path}; rerun to evaluate only the rest); first error: {failures[0]}")
+    return log_rows
 
 
 @flow(name="sample")
@@ -68,34 +91,18 @@ def sample_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
     fingerprint = evaluation_fingerprint(supernet_path, paths.cityscapes, eval_cfg)
     partial_path = out / PARTIAL_NAME
     done = read_partial(partial_path, fingerprint)
-    log_rows = list(done.values())
     pending = [(i, c) for i, c in enumerate(choices) if ",".join(c) not in done]
     devices = _devices(cfg.device)
     # workers x threads <= cores: more threads than cores make every op wait on the slowest
     threads = cfg.threads_per_worker or (max(1, (os.cpu_count() or 1) // cfg.workers) if devices == ["cpu"] else 1)
     print(f"[sample] evaluating {len(pending)} paths ({len(choices) - len(pending)} already in {partial_path}) "
           f"with {cfg.workers} {cfg.runner} worker(s) on {', '.join(devices)}, {threads} torch thread(s) each")
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)  # the thread runner's workers share this process's intra-op pool
-    futures = [evaluate_task.submit(i, space, c, supernet_path, paths.cityscapes, eval_cfg,
-                                    devices[k % len(devices)], threads) for k, (i, c) in enumerate(pending)]
-    failures = []
-    try:
-        for n, future in enumerate(as_completed(futures), 1):
-            try:
-                row = future.result()
-            except Exception as e:  # keep the others; the rerun evaluates only what failed
-                failures.append(str(e))
-                continue
-            log_rows.append({**row, "fingerprint": fingerprint})
-            write_partial(partial_path, log_rows)
-            print(f"[sample] {n}/{len(pending)}: sample {row['sample']} mIoU {row['class_miou']:.4f} "
-                  f"({row['seconds']:.2f} s on {row['device']})")
-    finally:
-        torch.set_num_threads(previous_threads)
-    if failures:
-        raise RuntimeError(f"{len(failures)} of {len(pending)} evaluations failed (the others are kept in "
-                           f"{partial_path}; rerun to evaluate only the rest); first error: {failures[0]}")
+    log_rows = list(done.values())
+    if pending:
+        runner = make_task_runner(cfg)
+        log_rows = evaluate_flow.with_options(task_runner=runner)(
+            pending, space, supernet_path, paths.cityscapes, eval_cfg, devices, threads, str(partial_path),
+            fingerprint)
     evaluation_seconds = time.perf_counter() - tic
 
     by_key = {r["choices"]: r for r in log_rows}

@@ -2,6 +2,7 @@
 evaluation, costs from every available table, the choice, its fronts and pictures."""
 import json
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -39,8 +40,6 @@ MLFLOW_URI = ""
 
 
 def stage_runs(root, stage):
-    import mlflow
-
     mlflow.set_tracking_uri(MLFLOW_URI)
     return [r for r in mlflow.search_runs(experiment_names=[root.name], output_format="list")
             if r.data.tags["squeezenas.stage"] == stage]
@@ -60,13 +59,13 @@ def make_workdir(root):
 @pytest.fixture(scope="module")
 def sampled(tmp_path_factory, prefect_harness):
     """One sample run shared by the select tests: (workdir, supernet, metrics)."""
-    from flows.sample import run_sample
+    from flows.sample import sample_flow
 
     root = tmp_path_factory.mktemp("stage")
     supernet = make_workdir(root)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        metrics = run_sample("params.yaml")
+        metrics = sample_flow("params.yaml")
     return root, supernet, metrics
 
 
@@ -103,26 +102,26 @@ def test_sample_writes_distinct_evaluated_architectures_with_costs(sampled):
 
 
 def test_a_rerun_after_a_partial_run_evaluates_only_the_rest(tmp_path, prefect_harness, monkeypatch):
-    from flows.sample import run_sample
+    from flows.sample import sample_flow
 
     make_workdir(tmp_path)
     monkeypatch.chdir(tmp_path)
-    run_sample("params.yaml")
+    sample_flow("params.yaml")
     full = read(tmp_path)
     log = tmp_path / "samples" / "partial_evaluations.jsonl"
     # a killed run leaves whole rows only (the log is rewritten atomically after each evaluation)
     lines = log.read_text().splitlines()
     log.write_text("\n".join(lines[:2]) + "\n")
-    metrics = run_sample("params.yaml")
+    metrics = sample_flow("params.yaml")
     assert metrics["evaluated"] == 4 and metrics["reused"] == 2
     pd.testing.assert_frame_equal(read(tmp_path).drop(columns=["seconds", "pid", "device"]),
                                   full.drop(columns=["seconds", "pid", "device"]))
     # more samples of the same seed: the first 6 are the same architectures, only 3 are new
-    metrics = run_sample("params.yaml", ("sample.num_samples=9",))
+    metrics = sample_flow("params.yaml", ("sample.num_samples=9",))
     assert metrics["evaluated"] == 3 and metrics["reused"] == 6
     assert read(tmp_path)["choices"][:6].tolist() == full["choices"].tolist()
     # another evaluation setting invalidates the log: everything is evaluated again
-    metrics = run_sample("params.yaml", ("sample.val_images=2",))
+    metrics = sample_flow("params.yaml", ("sample.val_images=2",))
     assert metrics["evaluated"] == 6 and read(tmp_path)["images"].eq(2).all()
 
 
@@ -170,14 +169,14 @@ def test_select_under_a_budget(sampled, monkeypatch):
 
 
 def test_a_latency_table_adds_latency_costs_and_a_latency_choice(tmp_path, prefect_harness, monkeypatch):
-    from flows.sample import run_sample, select_flow
+    from flows.sample import sample_flow, select_flow
 
     make_workdir(tmp_path)
     table = build_cost_table("small")
     table["latency_ms"] = table["macs"] / 1e8 + np.where(table["candidate"] == "skip", 0.0, 0.3)
     write_cost_table(table, tmp_path / "latency" / "latency_small.parquet")
     monkeypatch.chdir(tmp_path)
-    metrics = run_sample("params.yaml", ("sample.num_samples=4",))
+    metrics = sample_flow("params.yaml", ("sample.num_samples=4",))
     assert metrics["cost_kinds"] == ["latency_ms", "macs", "params"]
     df = read(tmp_path)
     arch = Architecture("small", df["choices"][1].split(","))
@@ -193,14 +192,14 @@ def test_a_latency_table_adds_latency_costs_and_a_latency_choice(tmp_path, prefe
 @pytest.mark.slow
 def test_dask_runner_gives_the_thread_runners_results(tmp_path, prefect_harness, monkeypatch):
     pytest.importorskip("prefect_dask")
-    from flows.sample import run_sample
+    from flows.sample import sample_flow
 
     make_workdir(tmp_path)
     monkeypatch.chdir(tmp_path)
-    run_sample("params.yaml", ("sample.num_samples=3",))
+    sample_flow("params.yaml", ("sample.num_samples=3",))
     threads = read(tmp_path)
     (tmp_path / "samples" / "partial_evaluations.jsonl").unlink()
-    metrics = run_sample("params.yaml", ("sample.num_samples=3", "sample.runner=dask"))
+    metrics = sample_flow("params.yaml", ("sample.num_samples=3", "sample.runner=dask"))
     dask = read(tmp_path)
     assert metrics["evaluated"] == 3
     assert dask["class_miou"].tolist() == threads["class_miou"].tolist()
