@@ -3,7 +3,8 @@ costs add up): profile a space, measure K sampled whole networks end to end with
 protocol, and compare. Prints nn-Meter's metrics (RMSE, RMSPE, share within +-10%) and Kendall tau.
 
   .venv/bin/python benchmarks/bench_latency_fidelity.py [--space small] [--size 256 512] [-k 30]
-      [--clock wall|thread] [--runs 50] [--min-time 0.3] [--out outputs/bench_fidelity]
+      [--clock thread|wall] [--optimization extended|all] [--rounds 1] [--runs 50] [--min-time 0.5]
+      [--edge-correction] [--out outputs/bench_fidelity]
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from pathlib import Path
 
 from nas_core.profiling.fidelity import (fidelity_metrics, predicted_latencies, sample_architectures,
                                          scatter_plot)
-from nas_core.profiling.profile import MeasurementStore, measure_networks, profile_space, store_path
-from nas_core.profiling.targets import LocalTarget, Protocol
+from nas_core.cost_table import build_cost_table
+from nas_core.profiling.profile import MeasurementStore, latency_table, measure_networks, profile_space, store_path
+from nas_core.profiling.targets import LocalTarget, Protocol, TorchCudaTarget
 
 
 def main() -> None:
@@ -25,18 +27,22 @@ def main() -> None:
     ap.add_argument("--size", type=int, nargs=2, default=(256, 512), metavar=("H", "W"))
     ap.add_argument("-k", type=int, default=30, help="sampled networks")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--clock", choices=("wall", "thread"), default="wall")
+    ap.add_argument("--clock", choices=("wall", "thread"), default="thread")
+    ap.add_argument("--backend", choices=("onnxruntime", "torch_cuda"), default="onnxruntime")
     ap.add_argument("--runs", type=int, default=50)
-    ap.add_argument("--optimization", choices=("basic", "extended", "all"), default="all")
+    ap.add_argument("--rounds", type=int, default=1, help="interleave all models over this many rounds")
+    ap.add_argument("--optimization", choices=("basic", "extended", "all"), default="extended")
+    ap.add_argument("--edge-correction", action="store_true", help="also measure edge probes; report both tables")
     ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--min-time", type=float, default=0.3, help="minimum timed seconds per model")
+    ap.add_argument("--min-time", type=float, default=0.5, help="minimum timed seconds per model")
     ap.add_argument("--out", default="outputs/bench_fidelity")
     ap.add_argument("--fresh", action="store_true", help="ignore measurements stored by an earlier run")
     args = ap.parse_args()
 
-    protocol = Protocol(warmup=args.warmup, runs=args.runs, min_time_s=args.min_time, clock=args.clock, threads=1,
-                        optimization=args.optimization)
-    target = LocalTarget(protocol)
+    protocol = Protocol(backend=args.backend, warmup=args.warmup, runs=args.runs, min_time_s=args.min_time,
+                        clock=args.clock, threads=1, optimization=args.optimization,
+                        rounds=args.rounds)
+    target = TorchCudaTarget(protocol) if args.backend == "torch_cuda" else LocalTarget(protocol)
     out = Path(args.out)
     store_file = store_path(out / "measurements", target)
     if args.fresh:
@@ -44,22 +50,35 @@ def main() -> None:
     store = MeasurementStore(store_file)
     quiet = lambda s: None  # noqa: E731
     t0 = time.perf_counter()
-    table, stats = profile_space(args.space, tuple(args.size), 19, target, store, out / "onnx", log=quiet)
+    table, stats = profile_space(args.space, tuple(args.size), 19, target, store, out / "onnx",
+                                 edge_correction=args.edge_correction, log=quiet)
     print(f"table: {stats['units']} units, {stats['wall_s']:.1f} s ({100 * stats['overhead']:.1f}% overhead)")
     archs = sample_architectures(args.space, args.k, args.seed)
     measured = measure_networks(archs, tuple(args.size), 19, target, store, out / "onnx", log=quiet)
     predicted = predicted_latencies(table, archs)
     metrics = fidelity_metrics(predicted, measured)
+    if args.edge_correction:
+        raw = latency_table(build_cost_table(args.space, tuple(args.size), 19), store)
+        uncorrected = fidelity_metrics(predicted_latencies(raw, archs), measured)
+        print("without the edge correction: " + ", ".join(f"{k} {v:.4f}" for k, v in uncorrected.items()
+                                                          if k in ("kendall_tau", "within_10pct", "mape", "mean_bias")))
     for a, p, m in zip(archs, predicted, measured):
         print(f"  {'-'.join(c.replace('_', '') for c in a.choices)[:60]:60s} pred {p:7.3f}  meas {m:7.3f}"
               f"  {100 * (p - m) / m:+5.1f}%")
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}, indent=1))
+    if args.backend == "torch_cuda":  # host time of the call alone: what timing without a sync reports
+        from nas_core.profiling.export import network_unit
+
+        launch = [store.records[network_unit(a, tuple(args.size), 19).key]["launch_ms"] for a in archs]
+        print(f"networks: median CUDA-event time {sorted(measured)[len(measured) // 2]:.3f} ms, host-side "
+              f"launch time without synchronising {sorted(launch)[len(launch) // 2]:.3f} ms")
     print(f"bar (tau >= 0.9 and >= 90% within 10%): "
           f"{'PASS' if metrics['kendall_tau'] >= 0.9 and metrics['within_10pct'] >= 0.9 else 'FAIL'}; "
-          f"clock {args.clock}, optimization {args.optimization}, {args.space} {args.size[0]}x{args.size[1]}, load average {os.getloadavg()[0]:.2f}, "
+          f"clock {args.clock}, optimization {args.optimization}, rounds {args.rounds}, "
+          f"edge correction {args.edge_correction}, {args.space} {args.size[0]}x{args.size[1]}, load average {os.getloadavg()[0]:.2f}, "
           f"total {time.perf_counter() - t0:.0f} s")
-    scatter_plot(predicted, measured, out / f"fidelity_{args.space}_{args.clock}_{args.optimization}.png",
-                 f"{args.space} {args.size[0]}x{args.size[1]}, local CPU, clock {args.clock}")
+    scatter_plot(predicted, measured, out / f"fidelity_{args.space}_{args.backend}_{args.clock}_{args.optimization}.png",
+                 f"{args.space} {args.size[0]}x{args.size[1]}, {target.name}, {args.backend}, clock {args.clock}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from prefect import flow
 
 from nas_core.config import load_params
 from nas_core.io import atomic_write_json
+from nas_core.profiling.fidelity import placeholder_plot
 from nas_core.profiling.targets import device_name
 from tasks import tracking
 from tasks.profile import device_facts_task, fidelity_task, latency_table_task
@@ -29,6 +30,7 @@ def profile_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = 
     else:
         fidelity = {"skipped": "latency.fidelity.num_networks is 0"}
         atomic_write_json(Path(out_dir) / "fidelity.json", fidelity)
+        placeholder_plot(Path(out_dir) / "fidelity.png", "fidelity check skipped (latency.fidelity.num_networks: 0)")
 
     metrics = {f"{s}.{k}": v for s, t in tables.items() for k, v in t.items() if isinstance(v, (int, float))}
     metrics.update({f"fidelity.{k}": v for k, v in fidelity.items() if isinstance(v, (int, float))})

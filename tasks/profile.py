@@ -50,7 +50,8 @@ def latency_table_task(space: str, cfg, out_dir: str) -> dict:
     """Profile `space` (resuming from stored measurements), write its table atomically."""
     target = build_target(cfg)
     table, stats = profile_space(space, cfg.input_size.hw, cfg.num_classes, target, _store(out_dir, target),
-                                 Path(out_dir) / "onnx", retries=cfg.retries, backoff_s=cfg.backoff_s)
+                                 Path(out_dir) / "onnx", edge_correction=cfg.edge_correction, retries=cfg.retries,
+                                 backoff_s=cfg.backoff_s)
     path = latency_table_path(out_dir, space)
     write_cost_table(table, path)
     matrix, fixed = cost_matrix(table, "latency_ms")

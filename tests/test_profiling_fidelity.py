@@ -61,3 +61,10 @@ def test_scatter_plot_is_a_png(tmp_path):
     scatter_plot(measured * rng.uniform(0.95, 1.05, 30), measured, tmp_path / "f.png", "test")
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["f.png"]  # no temporary file left
+
+
+def test_placeholder_plot_when_the_check_is_skipped(tmp_path):
+    from nas_core.profiling.fidelity import placeholder_plot
+
+    placeholder_plot(tmp_path / "f.png", "skipped")
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"

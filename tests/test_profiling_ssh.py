@@ -135,3 +135,22 @@ def test_protocol_reaches_the_remote_runner(sshd, tiny, tmp_path):
     store = MeasurementStore(tmp_path / "s.jsonl")
     measure_units(target, _tiny_units()[:1], store, tmp_path / "onnx", log=quiet)
     assert next(iter(store.records.values()))["runs"] == 7
+
+
+def test_trust_host_is_an_explicit_cli_action(sshd, tmp_path, capsys):
+    import yaml
+
+    from flows.cli import main
+
+    known = tmp_path / "known_hosts"
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"latency": {"target": "ssh", "host": sshd.host, "port": sshd.port,
+                                                  "known_hosts": str(known)}}))
+    assert main(["profile", "--params", str(params), "--trust-host"]) == 0
+    shown = capsys.readouterr().out
+    fp = fingerprint(fetch_host_key(sshd.host, sshd.port))
+    assert fp in shown and not known.exists()  # printing the fingerprint trusts nothing
+    assert main(["profile", "--params", str(params), "--trust-host", "SHA256:wrong"]) == 2
+    assert not known.exists()
+    assert main(["profile", "--params", str(params), "--trust-host", fp]) == 0
+    assert known.read_text().startswith(f"[{sshd.host}]:{sshd.port} ssh-ed25519 ")

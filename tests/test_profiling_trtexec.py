@@ -101,3 +101,61 @@ def test_nonzero_exit_status_fails_even_with_a_summary():
 def test_truncated_trace_is_an_error():
     with pytest.raises(TrtexecError, match="computeMs"):
         parse_trtexec(_read("trt8.5.2_xavier", ".log"), '[{"startComputeMs": 1.0}]')
+
+
+def _fake_trtexec(tmp_path, fixture: str, rc: int = 0) -> Path:
+    """A stand-in for the trtexec binary (no TensorRT on CPU machines): it records its arguments,
+    prints a fixture log and writes the fixture trace where --exportTimes asks."""
+    import sys
+
+    script = tmp_path / "trtexec"
+    times = FIXTURES / f"{fixture}_times.json"
+    script.write_text(f"""#!{sys.executable}
+import json, shutil, sys
+args = sys.argv[1:]
+with open({str(tmp_path / 'calls.jsonl')!r}, "a") as f:
+    f.write(json.dumps(args) + "\\n")
+out = [a.split("=", 1)[1] for a in args if a.startswith("--exportTimes=")]
+if {rc} == 0 and out:
+    shutil.copy({str(times)!r}, out[0])
+sys.stdout.write(open({str(FIXTURES / (fixture + '.log'))!r}).read())
+sys.exit({rc})
+""")
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("fixture", ("trt8.2.1_xavier", "trt10.3.0_orin"))
+def test_runner_drives_trtexec_and_the_target_parses_it(tmp_path, fixture):
+    from nas_core.cost_table import build_cost_table
+    from nas_core.profiling.export import table_units
+    from nas_core.profiling.profile import MeasurementStore, measure_units
+    from nas_core.profiling.targets import LocalTarget, Protocol
+
+    fake = _fake_trtexec(tmp_path, fixture)
+    units = table_units(build_cost_table("small", (64, 128), 19), "small")[:2]
+    target = LocalTarget(Protocol(backend="trtexec", trtexec=str(fake), runs=200, min_time_s=2.5, fp16=True))
+    store = MeasurementStore(tmp_path / "s.jsonl")
+    measure_units(target, units, store, tmp_path / "onnx", log=lambda s: None)
+    expected = parse_trtexec(_read(fixture, ".log"), _read(fixture, "_times.json"))
+    for u in units:
+        rec = store.records[u.key]
+        assert rec["latency_ms"] == pytest.approx(expected.median_ms) and rec["runs"] == 200
+        assert rec["source"] == "export_times"
+    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    assert len(calls) == 2
+    assert {"--warmUp=200", "--iterations=200", "--duration=3", "--fp16"} <= set(calls[0])
+    assert Path(next(a for a in calls[0] if a.startswith("--onnx=")).split("=", 1)[1]).is_file()
+
+
+def test_a_failing_trtexec_fails_the_model_by_name(tmp_path):
+    from nas_core.cost_table import build_cost_table
+    from nas_core.profiling.export import table_units
+    from nas_core.profiling.profile import MeasurementStore, measure_units
+    from nas_core.profiling.targets import LocalTarget, MeasurementError, Protocol
+
+    fake = _fake_trtexec(tmp_path, "trt8.5.2_parse_failure", rc=1)
+    unit = table_units(build_cost_table("small", (64, 128), 19), "small")[0]
+    target = LocalTarget(Protocol(backend="trtexec", trtexec=str(fake)))
+    with pytest.raises(MeasurementError, match="Failed to parse onnx file"):
+        measure_units(target, [unit], MeasurementStore(tmp_path / "s.jsonl"), tmp_path / "onnx", log=lambda s: None)

@@ -46,6 +46,23 @@ def predicted_latencies(table: pd.DataFrame, archs: list[Architecture]) -> list[
     return [architecture_cost(table, a, "latency_ms") for a in archs]
 
 
+def placeholder_plot(path: str | Path, text: str) -> None:
+    """A PNG saying why there is no scatter plot (the stage's output must exist)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nas_core.io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(5, 2), dpi=100)
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
 def scatter_plot(predicted, measured, path: str | Path, title: str = "") -> None:
     """Predicted vs measured latency with the +-10% band, written atomically as PNG."""
     import matplotlib

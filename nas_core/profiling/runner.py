@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import random
 import re
 import socket
 import subprocess
@@ -123,38 +124,82 @@ def _ort_session(m, path):
     return ort.InferenceSession(path, so, providers=m["providers"])
 
 
-def measure_onnxruntime(m, job):
-    import numpy as np
-    import onnxruntime as ort
+class OrtModel:
+    """One model ready to run: a session with bound inputs and preallocated outputs."""
 
-    t0 = time.perf_counter()
-    sess = _ort_session(m, job["file"])
-    rng = np.random.default_rng(0)
-    feeds = {i.name: rng.standard_normal(tuple(s), dtype=np.float32)
-             for i, s in zip(sess.get_inputs(), job["inputs"])}
-    # inputs bound once and outputs written into preallocated buffers: a run is the model alone,
-    # without the per-call conversion and output copies of sess.run (paid once per network, not
-    # once per block, so they would bias the additive table)
-    binding = sess.io_binding()
-    for name, value in feeds.items():
-        binding.bind_cpu_input(name, value)
-    for out, value in zip(sess.get_outputs(), sess.run(None, feeds)):
-        binding.bind_ortvalue_output(out.name, ort.OrtValue.ortvalue_from_numpy(np.empty_like(value)))
-    t1 = time.perf_counter()
-    for _ in range(m["warmup"]):
-        sess.run_with_iobinding(binding)
-    t2 = time.perf_counter()
+    def __init__(self, m, job):
+        import numpy as np
+        import onnxruntime as ort
+
+        t0 = time.perf_counter()
+        self.key, self.sess = job["key"], _ort_session(m, job["file"])
+        rng = np.random.default_rng(0)
+        feeds = {i.name: rng.standard_normal(tuple(s), dtype=np.float32)
+                 for i, s in zip(self.sess.get_inputs(), job["inputs"])}
+        # inputs bound once and outputs written into preallocated buffers: a run is the model alone,
+        # without the per-call conversion and output copies of sess.run (paid once per network, not
+        # once per block, so they would bias the additive table)
+        self.binding = self.sess.io_binding()
+        for name, value in feeds.items():
+            self.binding.bind_cpu_input(name, value)
+        for out, value in zip(self.sess.get_outputs(), self.sess.run(None, feeds)):
+            self.binding.bind_ortvalue_output(out.name, ort.OrtValue.ortvalue_from_numpy(np.empty_like(value)))
+        self.setup_s, self.warmup_s, self.timed_s, self.times = time.perf_counter() - t0, 0.0, 0.0, []
+
+    def run(self, warmup, runs, min_time_s, clock):
+        """`warmup` untimed runs, then at least `runs` timed runs lasting at least `min_time_s`."""
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            self.sess.run_with_iobinding(self.binding)
+        t1 = time.perf_counter()
+        deadline, n = t1 + min_time_s, 0
+        while n < runs or time.perf_counter() < deadline:
+            a = clock()
+            self.sess.run_with_iobinding(self.binding)
+            self.times.append((clock() - a) * 1e3)
+            n += 1
+        self.warmup_s += t1 - t0
+        self.timed_s += time.perf_counter() - t1
+
+    def result(self):
+        return dict(summarize(self.times), setup_s=self.setup_s, warmup_s=self.warmup_s, timed_s=self.timed_s,
+                    event="result", key=self.key)
+
+
+def _clock(m):
     # thread CPU time excludes time the OS gave to other processes (shared machines); it equals
     # the latency only for single-threaded inference, which the config enforces
-    clock = time.thread_time if m["clock"] == "thread" else time.perf_counter
-    # at least `runs` runs and at least `min_time_s` of them (like trtexec's --iterations/--duration)
-    times, deadline = [], t2 + m["min_time_s"]
-    while len(times) < m["runs"] or time.perf_counter() < deadline:
-        a = clock()
-        sess.run_with_iobinding(binding)
-        times.append((clock() - a) * 1e3)
-    t3 = time.perf_counter()
-    return dict(summarize(times), setup_s=t1 - t0, warmup_s=t2 - t1, timed_s=t3 - t2)
+    return time.thread_time if m["clock"] == "thread" else time.perf_counter
+
+
+def measure_onnxruntime(m, jobs):
+    """Each model in turn; with `rounds` > 1, all models in shuffled order per round instead, each
+    round a warm-up run and its share of the timed runs, so that a busy moment of a shared machine
+    lands on every model alike rather than on a few (results then come at the last round)."""
+    rounds = m.get("rounds", 1)
+    if rounds <= 1:
+        for job in jobs:
+            try:
+                model = OrtModel(m, job)
+                model.run(m["warmup"], m["runs"], m["min_time_s"], _clock(m))
+                emit(model.result())
+            except Exception as e:  # report and go on: one bad model must not cost the others
+                emit({"event": "error", "key": job["key"], "message": "%s: %s" % (type(e).__name__, e)})
+        return
+    models = []
+    for job in jobs:
+        try:
+            models.append(OrtModel(m, job))
+            models[-1].run(m["warmup"], 0, 0.0, _clock(m))
+        except Exception as e:
+            emit({"event": "error", "key": job["key"], "message": "%s: %s" % (type(e).__name__, e)})
+    rng = random.Random(0)
+    for _ in range(rounds):
+        rng.shuffle(models)
+        for model in models:
+            model.run(1, math.ceil(m["runs"] / rounds), m["min_time_s"] / rounds, _clock(m))
+    for model in models:
+        emit(model.result())
 
 
 def measure_trtexec(m, job, workdir):
@@ -183,15 +228,12 @@ def main(argv):
         setup_power(m)
         emit({"event": "facts", "facts": device_facts(m)})
         return 0
-    workdir = os.path.dirname(os.path.abspath(argv[2]))
-    for job in m["jobs"]:
-        try:
-            if m["backend"] == "trtexec":
-                emit(dict(measure_trtexec(m, job, workdir), event="trtexec", key=job["key"]))
-            else:
-                emit(dict(measure_onnxruntime(m, job), event="result", key=job["key"]))
-        except Exception as e:  # report and go on: one bad model must not cost the others
-            emit({"event": "error", "key": job["key"], "message": "%s: %s" % (type(e).__name__, e)})
+    if m["backend"] == "trtexec":
+        workdir = os.path.dirname(os.path.abspath(argv[2]))
+        for job in m["jobs"]:
+            emit(dict(measure_trtexec(m, job, workdir), event="trtexec", key=job["key"]))
+    else:
+        measure_onnxruntime(m, m["jobs"])
     emit({"event": "done"})
     return 0
 

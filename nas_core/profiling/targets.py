@@ -45,8 +45,9 @@ class Protocol:
     warmup: int = 10  # untimed runs first (trtexec: warm-up time in ms, `trtexec_warmup_ms`)
     runs: int = 50  # at least this many timed runs ...
     min_time_s: float = 0.0  # ... and at least this long (trtexec: --duration, whole seconds)
+    rounds: int = 1  # onnxruntime: > 1 interleaves all models over this many rounds (shared machines)
     threads: int = 1  # onnxruntime intra-op threads, pinned
-    optimization: str = "all"  # onnxruntime graph optimisation level: basic | extended | all
+    optimization: str = "extended"  # onnxruntime graph optimisation level: basic | extended | all
     clock: str = "wall"  # wall | thread (CPU time of the inference thread; needs threads == 1)
     fp16: bool = False
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
@@ -267,6 +268,7 @@ class TorchCudaTarget(Target):
 def build_target(cfg) -> Target:
     """The target of a `latency` params section (nas_core.config.LatencyParams)."""
     protocol = Protocol(backend=cfg.backend, warmup=cfg.warmup, runs=cfg.runs, min_time_s=cfg.min_time_s,
+                        rounds=cfg.rounds,
                         threads=cfg.threads, optimization=cfg.optimization, clock=cfg.clock, fp16=cfg.fp16,
                         providers=tuple(cfg.providers), trtexec=cfg.trtexec, trtexec_warmup_ms=cfg.trtexec_warmup_ms,
                         power_mode=cfg.power_mode, pin_clocks=cfg.pin_clocks)
