@@ -142,8 +142,8 @@ def run_search(supernet: Supernet, train_loader, cost: np.ndarray, config: Searc
     """Search on `supernet` (already on its device) and return the curves and theta history.
 
     Args:
-        train_loader: batches of (image, label); a `search_data.search_loader` so a resumed run
-            can replay its order. For the fbnet scheme, the 80% weight split.
+        train_loader: batches of (image, label) from a `search_data.search_loader`, whose batch
+            sampler replays any epoch from any batch. For the fbnet scheme, the 80% weight split.
         cost: C, (num_blocks, 13) in table units (`cost_table.cost_matrix`); `fixed_cost` is the
             stem/post-encoder/decoder total, reported in `expected_cost`.
         checkpoint_dir: `last.pt` there is written atomically every epoch (and every
@@ -151,7 +151,7 @@ def run_search(supernet: Supernet, train_loader, cost: np.ndarray, config: Searc
         on_epoch_end: called on rank 0 as (epoch, metrics), epoch counting from 1; on resume the
             finished epochs are replayed to it first.
     Under torch.distributed the supernet is wrapped in DDP (SyncBatchNorm on CUDA); every rank
-    must call this with its own share of the data (`search_loader(rank=, world_size=)`).
+    must call this with its own shard of the data (`search_loader(rank=, world_size=)`).
     """
     device = next(supernet.parameters()).device
     rank, world = _dist()
@@ -172,7 +172,10 @@ def run_search(supernet: Supernet, train_loader, cost: np.ndarray, config: Searc
     opt_w = _weight_optimizer(supernet, config)
     opt_t = torch.optim.Adam(supernet.arch_parameters(), lr=config.theta_lr, weight_decay=config.theta_weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    data = [(len(loader), loader.batch_size) for loader in (train_loader, arch_loader) if loader is not None]
+    for loader in (train_loader, arch_loader):
+        if loader is not None and not hasattr(loader.batch_sampler, "set_epoch"):
+            raise ValueError("run_search needs resumable loaders (nas_core.search_data.search_loader)")
+    data = [(len(loader), loader.batch_sampler.batch_size) for loader in (train_loader, arch_loader) if loader is not None]
     ckpt = Checkpointer(checkpoint_dir, config, supernet, cost, fixed_cost, world, data, rank)
     state = {"epoch": 0, "phase": 0, "batch": 0, "step": 0, "tau": config.tau.start,
              "sums": torch.zeros(4, dtype=torch.float64),  # ce, L_E, loss, batches of the epoch so far
@@ -192,7 +195,7 @@ def run_search(supernet: Supernet, train_loader, cost: np.ndarray, config: Searc
         started = time.perf_counter()
         for phase_index in range(state["phase"], len(plan[epoch])):
             name, loader, update_w, update_t = plan[epoch][phase_index]
-            loader.sampler.set_epoch(epoch, start=state["batch"] * loader.batch_size)
+            loader.batch_sampler.set_epoch(epoch, state["batch"])  # skip the batches done before a stop
             tick = time.perf_counter()
             for x, y in loader:
                 step = state["step"]

@@ -54,10 +54,9 @@ def load_cost(cfg: SearchParams) -> tuple:
         raise ValueError(f"{cfg.cost_table}: {e} (search.cost_metric)") from None
 
 
-def _loaders(cfg: SearchParams, data_root: str, rank: int, world: int, pin: bool):
+def _loaders(cfg: SearchParams, data_root: str, rank: int, world: int, device):
     train = CityscapesSegmentation(data_root, "train", TrainTransform(cfg.patch.hw, cfg.scale))
-    make = lambda ds: search_loader(ds, cfg.batch_size, cfg.seed, num_workers=cfg.num_workers, rank=rank,  # noqa: E731
-                                    world_size=world, pin_memory=pin)
+    make = lambda ds: search_loader(ds, cfg.batch_size, cfg.seed, cfg.num_workers, rank, world, device)  # noqa: E731
     if cfg.scheme == "fbnet":
         weights, theta = split_dataset(train, cfg.fbnet_split, cfg.seed)
         return make(weights), make(theta), len(train)
@@ -87,7 +86,7 @@ def search(cfg: SearchParams, data_root: str, out_dir: str,
     cost, fixed = load_cost(cfg)
     torch.manual_seed(cfg.seed)  # the supernet's initial weights
     supernet = build_supernet(cfg.space, cfg.num_classes).to(info.device)
-    train, arch, n_train = _loaders(cfg, data_root, info.rank, info.world_size, info.device.type == "cuda")
+    train, arch, n_train = _loaders(cfg, data_root, info.rank, info.world_size, info.device)
     out = Path(out_dir)
     result = run_search(supernet, train, cost, search_config(cfg), out / CHECKPOINTS, arch_loader=arch,
                         fixed_cost=fixed, on_epoch_end=on_epoch_end if info.is_main else None)

@@ -38,8 +38,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 def _keys(loader):
-    loader.sampler.set_epoch(0)
-    return [list(loader.sampler)]
+    loader.batch_sampler.set_epoch(0)
+    return list(loader.batch_sampler)
 
 
 def test_two_process_search_ends_with_identical_theta_on_both_ranks(tmp_path):
