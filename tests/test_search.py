@@ -195,3 +195,9 @@ def test_bad_search_settings_are_rejected_with_the_field(kwargs, message):
 def test_a_cost_matrix_of_the_wrong_shape_is_rejected(tmp_path):
     with pytest.raises(ValueError, match=r"cost matrix must be .* got shape \(3, 13\)"):
         run_search(build_supernet(TINY, TINY_CLASSES), search_loader(TinySegmentation(8), 4), COST[:3], BASE, tmp_path)
+
+
+def test_straight_through_hard_samples_train_theta_too(tmp_path):
+    _, result, _ = _search(tmp_path, replace(BASE, hard=True, epochs=1, prune_threshold=0.0))
+    theta = result.history.query("epoch == 1")["logit"]
+    assert np.isfinite(theta).all() and (theta != 0).any()
