@@ -159,9 +159,10 @@ def run_search(supernet: Supernet, train_loader, cost: np.ndarray, config: Searc
     if world > 1 and device.type == "cuda":  # SyncBatchNorm has no CPU kernel; gloo runs keep BN
         supernet = nn.SyncBatchNorm.convert_sync_batchnorm(supernet)
     cost = np.asarray(cost, dtype=np.float64)
-    if cost.shape != (len(supernet.blocks), NUM_CANDIDATES) or not np.isfinite(cost).all() or (cost < 0).any():
-        raise ValueError(f"cost matrix must be finite, >= 0 and ({len(supernet.blocks)}, {NUM_CANDIDATES}), "
-                         f"got shape {cost.shape}")
+    if cost.shape != (len(supernet.blocks), NUM_CANDIDATES):
+        raise ValueError(f"cost matrix must be ({len(supernet.blocks)}, {NUM_CANDIDATES}), got shape {cost.shape}")
+    if not np.isfinite(cost).all() or (cost < 0).any():
+        raise ValueError("cost matrix must be finite and >= 0 (a latency table with missing measurements?)")
     reference = config.cost_reference or float(cost.mean(axis=1).sum())
     if reference <= 0:
         raise ValueError("cost reference is 0: the cost table has no cost to trade off; set cost_reference")
@@ -169,12 +170,12 @@ def run_search(supernet: Supernet, train_loader, cost: np.ndarray, config: Searc
     plan = _plan(config, train_loader, arch_loader)
     total_steps = sum(len(phase[1]) for epoch in plan for phase in epoch)
 
-    opt_w = _weight_optimizer(supernet, config)
-    opt_t = torch.optim.Adam(supernet.arch_parameters(), lr=config.theta_lr, weight_decay=config.theta_weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     for loader in (train_loader, arch_loader):
         if loader is not None and not hasattr(loader.batch_sampler, "set_epoch"):
             raise ValueError("run_search needs resumable loaders (nas_core.search_data.search_loader)")
+    opt_w = _weight_optimizer(supernet, config)
+    opt_t = torch.optim.Adam(supernet.arch_parameters(), lr=config.theta_lr, weight_decay=config.theta_weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
     data = [(len(loader), loader.batch_sampler.batch_size) for loader in (train_loader, arch_loader) if loader is not None]
     ckpt = Checkpointer(checkpoint_dir, config, supernet, cost, fixed_cost, world, data, rank)
     state = {"epoch": 0, "phase": 0, "batch": 0, "step": 0, "tau": config.tau.start,

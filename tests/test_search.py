@@ -193,8 +193,11 @@ def test_bad_search_settings_are_rejected_with_the_field(kwargs, message):
 
 
 def test_a_cost_matrix_of_the_wrong_shape_is_rejected(tmp_path):
-    with pytest.raises(ValueError, match=r"cost matrix must be .* got shape \(3, 13\)"):
+    with pytest.raises(ValueError, match=r"cost matrix must be \(6, 13\), got shape \(3, 13\)"):
         run_search(build_supernet(TINY, TINY_CLASSES), search_loader(TinySegmentation(8), 4), COST[:3], BASE, tmp_path)
+    with pytest.raises(ValueError, match="cost matrix must be finite"):
+        run_search(build_supernet(TINY, TINY_CLASSES), search_loader(TinySegmentation(8), 4), COST * np.nan, BASE,
+                   tmp_path)
 
 
 def test_straight_through_hard_samples_train_theta_too(tmp_path):
