@@ -3,8 +3,9 @@ costs add up): profile a space, measure K sampled whole networks end to end with
 protocol, and compare. Prints nn-Meter's metrics (RMSE, RMSPE, share within +-10%) and Kendall tau.
 
   .venv/bin/python benchmarks/bench_latency_fidelity.py [--space small] [--size 256 512] [-k 30]
-      [--clock thread|wall] [--optimization extended|all] [--rounds 1] [--runs 50] [--min-time 0.5]
+      [--clock thread|wall] [--optimization extended|all] [--rounds 10] [--runs 50] [--min-time 0.5]
       [--edge-correction] [--out outputs/bench_fidelity]
+(defaults: the protocol of params.yaml's latency section)
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def main() -> None:
     ap.add_argument("--clock", choices=("wall", "thread"), default="thread")
     ap.add_argument("--backend", choices=("onnxruntime", "torch_cuda"), default="onnxruntime")
     ap.add_argument("--runs", type=int, default=50)
-    ap.add_argument("--rounds", type=int, default=1, help="interleave all models over this many rounds")
+    ap.add_argument("--rounds", type=int, default=10, help="interleave all models over this many rounds")
     ap.add_argument("--optimization", choices=("basic", "extended", "all"), default="extended")
     ap.add_argument("--edge-correction", action="store_true", help="also measure edge probes; report both tables")
     ap.add_argument("--warmup", type=int, default=10)

@@ -34,6 +34,7 @@ def profile_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = 
 
     metrics = {f"{s}.{k}": v for s, t in tables.items() for k, v in t.items() if isinstance(v, (int, float))}
     metrics.update({f"fidelity.{k}": v for k, v in fidelity.items() if isinstance(v, (int, float))})
+    atomic_write_json(Path(params.paths.metrics) / "latency_table.json", metrics)
     tags = {f"device.{k}": str(facts[k])[:500] for k in FACT_TAGS if facts.get(k) is not None}
     with tracking.stage_run(params.tracking, "latency_table", params=cfg.model_dump(mode="json"), tags=tags):
         tracking.log_metrics(metrics)

@@ -27,7 +27,7 @@ def test_flow_writes_table_facts_fidelity_and_an_mlflow_run(tmp_path, monkeypatc
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
-        "tracking": {"mlflow_uri": "sqlite:///mlflow.db", "experiment": "t"}, "paths": {"latency": "lat"},
+        "tracking": {"mlflow_uri": "sqlite:///mlflow.db", "experiment": "t"}, "paths": {"latency": "lat", "metrics": "m"},
         "latency": SMALL_RUN}))
     out = profile_flow("params.yaml")
     table = read_cost_table(tmp_path / "lat" / "latency_small.parquet")
@@ -37,6 +37,8 @@ def test_flow_writes_table_facts_fidelity_and_an_mlflow_run(tmp_path, monkeypatc
     fidelity = json.loads((tmp_path / "lat" / "fidelity.json").read_text())
     assert fidelity["n"] == 3 and len(fidelity["networks"]) == 3 and -1 <= fidelity["kendall_tau"] <= 1
     assert (tmp_path / "lat" / "fidelity.png").is_file()
+    summary = json.loads((tmp_path / "m" / "latency_table.json").read_text())
+    assert summary["fidelity.kendall_tau"] == fidelity["kendall_tau"] and summary["small.rows"] == 263
     assert out["tables"]["small"]["profile_measured"] == out["tables"]["small"]["profile_units"] == 128
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -67,8 +69,8 @@ def test_dvc_repro_latency_table_resumes_from_stored_measurements(tmp_path):
     assert "[profile] 128/128" in first.stdout + first.stderr
     table = read_cost_table(repo / "outputs" / "latency" / "latency_small.parquet")
     assert (table["kind"] == "block").sum() == 20 * 13
-    metrics = json.loads((repo / "outputs" / "latency" / "fidelity.json").read_text())
-    assert metrics["n"] == 3
+    metrics = json.loads((repo / "outputs" / "metrics" / "latency_table.json").read_text())
+    assert metrics["fidelity.n"] == 3
     # forced rerun: DVC deletes the outputs, the measurement store survives, nothing is re-measured
     forced = run(["dvc", "repro", "-f", "latency_table"], repo)
     assert "[profile] 1/128" not in forced.stdout + forced.stderr
