@@ -216,3 +216,10 @@ def test_interleaved_rounds_time_every_model_in_each_round(tiny, tmp_path):
     measure_units(target, units, store, tmp_path / "onnx", log=quiet)
     assert [store.records[u.key]["runs"] for u in units] == [6] * 5
     assert all(store.records[u.key]["warmup_s"] > 0 for u in units)  # one warm-up run per round
+
+
+def test_a_power_mode_the_device_cannot_set_is_fatal():
+    from nas_core.profiling.targets import ProfileError
+
+    with pytest.raises(ProfileError, match="nvpmodel -m 3 failed"):
+        LocalTarget(Protocol(power_mode=3)).facts()

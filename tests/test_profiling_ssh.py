@@ -154,3 +154,15 @@ def test_trust_host_is_an_explicit_cli_action(sshd, tmp_path, capsys):
     assert not known.exists()
     assert main(["profile", "--params", str(params), "--trust-host", fp]) == 0
     assert known.read_text().startswith(f"[{sshd.host}]:{sshd.port} ssh-ed25519 ")
+
+
+def test_trtexec_backend_over_ssh(sshd, tiny, tmp_path):
+    from tests.test_profiling_trtexec import _fake_trtexec
+
+    fake = _fake_trtexec(tmp_path, "trt8.5.2_xavier")
+    target = _target(sshd, tmp_path)
+    target.protocol = Protocol(backend="trtexec", trtexec=str(fake), runs=200)
+    store = MeasurementStore(tmp_path / "s.jsonl")
+    measure_units(target, _tiny_units()[:2], store, tmp_path / "onnx", log=quiet)
+    assert all(r["source"] == "export_times" and r["runs"] == 200 for r in store.records.values())
+    assert list((tmp_path / "remote").iterdir()) == []
