@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_client
+from prefect.concurrency.sync import concurrency
 
 from nas_core.config import load_params
 from nas_core.io import atomic_write_json
@@ -17,11 +18,28 @@ from tasks.profile import device_facts_task, fidelity_task, latency_table_task
 FACT_TAGS = ("hostname", "os", "cpu", "gpu", "jetson_model", "onnxruntime", "tensorrt", "power_mode", "target")
 
 
+def device_slot(device: str) -> str:
+    """A global concurrency limit of 1 for `device`, created on first use: one profile per device
+    at a time, across every flow run that reaches this Prefect server."""
+    name = f"device:{device}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except Exception:  # absent: create it (a concurrent creator may win; upsert tolerates that)
+            client.upsert_global_concurrency_limit_by_name(name, limit=1)
+    return name
+
+
 @flow(name="latency-table")
 def profile_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
     params = load_params(params_file, overrides)
+    with concurrency(device_slot(device_name(params.latency)), occupy=1):
+        return _profile(params)
+
+
+def _profile(params) -> dict:
     cfg, out_dir = params.latency, params.paths.latency
-    # one tag per device, so that a Prefect concurrency limit can keep one profile per device
+    # the tag also lets operators set a task-level limit per device (`prefect concurrency-limit create`)
     opts = dict(retries=cfg.retries, retry_delay_seconds=cfg.backoff_s, tags=[f"device:{device_name(cfg)}"])
     facts = device_facts_task.with_options(**opts)(cfg, out_dir)
     tables = {s: latency_table_task.with_options(**opts)(s, cfg, out_dir) for s in cfg.spaces}
