@@ -84,7 +84,10 @@ def evaluation_fingerprint(supernet_path: str, data_root: str, eval_cfg: dict) -
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     h.update(data_fingerprint(data_root).encode())
-    h.update(json.dumps({k: eval_cfg[k] for k in EVAL_KEYS}, sort_keys=True).encode())
+    settings = {k: eval_cfg[k] for k in EVAL_KEYS}
+    if not settings["bn_recalibration_batches"]:  # the seed only orders the recalibration batches
+        settings.pop("seed")
+    h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 

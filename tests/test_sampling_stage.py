@@ -120,6 +120,11 @@ def test_a_rerun_after_a_partial_run_evaluates_only_the_rest(tmp_path, prefect_h
     metrics = sample_flow("params.yaml", ("sample.num_samples=9",))
     assert metrics["evaluated"] == 3 and metrics["reused"] == 6
     assert read(tmp_path)["choices"][:6].tolist() == full["choices"].tolist()
+    # another seed draws other architectures, but those already evaluated are reused (no recalibration)
+    logged = set(read(tmp_path)["choices"])
+    metrics = sample_flow("params.yaml", ("sample.seed=5",))
+    reused = set(read(tmp_path)["choices"]) & logged
+    assert metrics["reused"] == len(reused) >= 1 and full["choices"][0] in reused  # the argmax at least
     # another evaluation setting invalidates the log: everything is evaluated again
     metrics = sample_flow("params.yaml", ("sample.val_images=2",))
     assert metrics["evaluated"] == 6 and read(tmp_path)["images"].eq(2).all()
