@@ -7,7 +7,7 @@ given; K architectures drawn as the `sample` stage draws them; each one scored t
 and then trained from scratch for --epochs with the training engine (nas_core/train.py) and scored.
 
 Usage: python benchmarks/bench_rank_correlation.py [--num 10] [--epochs 12] [--search-epochs N]
-       [--search-dir DIR] [--init scratch|supernet] [--out results.csv]
+       [--bn-batches N] [--search-dir DIR] [--init scratch|supernet] [--out results.csv]
 """
 from __future__ import annotations
 
@@ -75,6 +75,7 @@ def main() -> None:
     ap.add_argument("--init", choices=("scratch", "supernet"), default="scratch")
     ap.add_argument("--search-dir", type=Path)
     ap.add_argument("--search-epochs", type=int, help="override params.yaml's search.epochs")
+    ap.add_argument("--bn-batches", type=int, default=0, help="recalibrate BN on this many train batches of 2")
     ap.add_argument("--data", type=Path, help="a Cityscapes-layout root (default: generated 32 + 12 images)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
@@ -89,9 +90,11 @@ def main() -> None:
         probs = read_probabilities(search_dir / "theta.parquet", len(supernet.blocks))
         archs = sample_architectures(probs, supernet.space.name, args.num, args.seed).architectures
         val = DataLoader(CityscapesSegmentation(data, "val", EvalTransform()), batch_size=2)
+        bn = [b for _, b in zip(range(args.bn_batches), DataLoader(CityscapesSegmentation(data, "train"), 2))] \
+            if args.bn_batches else None
         rows = []
         for i, arch in enumerate(archs):
-            estimate = evaluate_path(supernet, arch, val, supernet.num_classes)["class_miou"]
+            estimate = evaluate_path(supernet, arch, val, supernet.num_classes, bn)["class_miou"]
             torch.manual_seed(args.seed + i)
             net = extract_network(supernet, arch) if args.init == "supernet" else \
                 SegmentationNetwork(arch, supernet.num_classes)
@@ -107,7 +110,8 @@ def main() -> None:
     rho, p = spearmanr(df["supernet_miou"], df["standalone_miou"])
     tau, p_tau = kendalltau(df["supernet_miou"], df["standalone_miou"])
     print(df[["sample", "supernet_miou", "standalone_miou"]].to_string(index=False))
-    print(f"Spearman rho (supernet estimate vs {args.epochs}-epoch standalone, {args.init} init, "
+    print(f"Spearman rho (supernet estimate, BN recalibrated on {args.bn_batches} batches, vs {args.epochs}-epoch "
+          f"standalone, {args.init} init, "
           f"{len(df)} architectures): {rho:.3f} (p = {p:.3f}); Kendall tau {tau:.3f} (p = {p_tau:.3f})")
 
 
