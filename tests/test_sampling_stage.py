@@ -222,3 +222,21 @@ def test_dask_without_prefect_dask_is_a_clear_error():
             make_task_runner(SampleParams(runner="dask"))
     else:
         assert type(make_task_runner(SampleParams(runner="dask"))).__name__ == "DaskTaskRunner"
+
+
+def test_reference_targets_name_their_network_and_refuse_what_they_cannot_cost():
+    from nas_core.mobilenetv3 import count_conv_macs, mobilenetv3_lraspp
+    from tasks.sample import resolve_target_task
+
+    resolve = resolve_target_task.fn
+    macs, label = resolve("macs", "mobilenetv3_small", None, "large", (256, 512), 19, "latency")
+    assert label == "mobilenetv3_small"
+    assert macs == count_conv_macs(mobilenetv3_lraspp("mobilenetv3_small", 19), (1, 3, 256, 512))
+    value, label = resolve("params", "squeezenas_lat_{space}", None, "large", (256, 512), 19, "latency")
+    assert label == "squeezenas_lat_large"
+    assert value == architecture_cost(build_cost_table("large", (256, 512)), PUBLISHED[label], "params")
+    assert resolve("latency_ms", None, 12.5, "small", (256, 512), 19, "latency") == (12.5, "target 12.5")
+    with pytest.raises(ValueError, match="mobilenetv3_large has no latency table; set sample.choice.target"):
+        resolve("latency_ms", "mobilenetv3_large", None, "small", (256, 512), 19, "latency")
+    with pytest.raises(FileNotFoundError, match="latency_small.parquet"):
+        resolve("latency_ms", "squeezenas_lat_{space}", None, "small", (256, 512), 19, "nowhere")
