@@ -19,6 +19,15 @@ PARENT_RUN_ENV = "SQUEEZENAS_PARENT_RUN_ID"
 UPSTREAM_TAG = "squeezenas.upstream_run_ids"
 
 
+def tracking_uri(uri: str) -> str:
+    """`sqlite:///relative.db` made absolute against the working directory: MLflow caches stores by
+    URI string, so a relative one would follow whichever directory first used it in this process."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
 def git_commit(cwd: str | Path = ".") -> str:
     """HEAD's commit, suffixed '-dirty' when tracked files differ from it; 'unknown' outside git."""
     try:
@@ -91,7 +100,7 @@ def stage_run(tracking, stage: str, params: dict[str, Any] | None = None,
     """An MLflow run for one stage, nested under the pipeline's parent run when there is one."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking.mlflow_uri)
+    mlflow.set_tracking_uri(tracking_uri(tracking.mlflow_uri))
     mlflow.set_experiment(tracking.experiment)
     all_tags = {"squeezenas.stage": stage, "git.commit": git_commit()}
     parent = os.environ.get(PARENT_RUN_ENV)
@@ -138,7 +147,7 @@ def latest_stage_run_id(tracking, stage: str) -> str | None:
     unchanged upstream stage, so the newest run of any pipeline execution is taken."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking.mlflow_uri)
+    mlflow.set_tracking_uri(tracking_uri(tracking.mlflow_uri))
     exp = mlflow.get_experiment_by_name(tracking.experiment)
     if exp is None:
         return None
@@ -182,7 +191,7 @@ def start_pipeline_run(tracking, tags: dict[str, str] | None = None) -> str:
     """Create the parent run of one pipeline execution; stage runs in other processes nest under it."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking.mlflow_uri)
+    mlflow.set_tracking_uri(tracking_uri(tracking.mlflow_uri))
     exp = mlflow.set_experiment(tracking.experiment)
     client = mlflow.MlflowClient()
     run = client.create_run(exp.experiment_id, run_name="pipeline",
@@ -193,7 +202,7 @@ def start_pipeline_run(tracking, tags: dict[str, str] | None = None) -> str:
 def end_pipeline_run(tracking, run_id: str, metrics: dict[str, float], ok: bool) -> None:
     import mlflow
 
-    mlflow.set_tracking_uri(tracking.mlflow_uri)
+    mlflow.set_tracking_uri(tracking_uri(tracking.mlflow_uri))
     client = mlflow.MlflowClient()
     for k, v in metrics.items():
         client.log_metric(run_id, k, float(v))
@@ -204,7 +213,7 @@ def lineage(tracking, model: str) -> list[dict]:
     """The chain from a registered model version (NAME or NAME/VERSION) back through its stage runs."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking.mlflow_uri)
+    mlflow.set_tracking_uri(tracking_uri(tracking.mlflow_uri))
     client = mlflow.MlflowClient()
     name, _, version = model.partition("/")
     if version:
