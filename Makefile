@@ -12,7 +12,7 @@ run: setup
 	source scripts/env.sh && .venv/bin/squeezenas run
 
 test: setup-test
-	source scripts/env.sh && .venv/bin/python -m pytest -q
+	source scripts/env.sh && .venv/bin/python -m pytest -q --durations=15
 
 test-fast: setup
 	source scripts/env.sh && .venv/bin/python -m pytest -q -m "not slow"
