@@ -17,13 +17,22 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from nas_core.io import atomic_write_json
+from nas_core.io import atomic_write_json, atomic_write_text
 from nas_core.retrain import (StageSettings, load_payload, run_stage, save_payload, skip_payload, stage_payload,
                               trained_lineage)
 from nas_core.search_space import Architecture
 from nas_core.train import init_distributed
 
 MODEL, LINEAGE, METRICS, CHECKPOINTS = "model.pt", "lineage.json", "metrics.json", "checkpoints"
+CURVES = "curves.csv"  # per-epoch loss, lr and validation scores: the stage's DVC plot
+CURVE_COLUMNS = ["epoch", "loss", "lr", "val_class_miou", "val_category_miou", "val_top1", "images_per_s"]
+
+
+def write_curves(path: Path, history: list[dict]) -> None:
+    """The per-epoch history as CSV (a header only for a skipped stage), written atomically."""
+    lines = [",".join(CURVE_COLUMNS)]
+    lines += [",".join("" if row.get(c) is None else str(row[c]) for c in CURVE_COLUMNS) for row in history]
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _scalars(d: dict) -> dict:
@@ -54,6 +63,7 @@ def train_stage(stage: str, settings: StageSettings, arch_path: str, data_root: 
                "train_loss": result["history"][-1]["loss"] if result["history"] else None,
                "resumed_from": result["resumed_from"], "history": result["history"]}
     atomic_write_json(out / METRICS, summary)
+    write_curves(out / CURVES, result["history"])
     # the checkpoint only serves an unfinished run: a later run (new code, same params) must start afresh
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     return summary
@@ -97,6 +107,7 @@ def skip_stage_task(stage: str, arch_path: str, previous_path: str | None, out_d
     atomic_write_json(out / LINEAGE, payload["lineage"])
     summary = {"stage": stage, "status": "skipped", "passes_on": payload["lineage"][-1]["passes_on"]}
     atomic_write_json(out / METRICS, summary)
+    write_curves(out / CURVES, [])
     return summary
 
 

@@ -69,6 +69,14 @@ def test_run_reproduces_every_stage_and_prints_where_things_are(pipeline):
     assert report.is_file() and "squeezenas_lat_small" in report.read_text()
 
 
+def test_dvc_plots_render_front_search_and_training_curves(pipeline):
+    repo, _ = pipeline
+    run(["dvc", "plots", "show", "-o", "plots_html"], repo)
+    html = (repo / "plots_html" / "index.html").read_text()
+    for name in ("fronts/front_macs.csv", "search_curves.csv", "train_fine/curves.csv", "pretrain_imagenet/curves.csv"):
+        assert name in html, name
+
+
 def test_lineage_traces_the_registered_model_to_the_dataset_hash(pipeline):
     repo, _ = pipeline
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
