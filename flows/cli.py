@@ -14,13 +14,13 @@ COMMANDS = {
     "cost-tables": "flows.cmd_stages",
     "profile": "flows.cmd_profile",
     "miou": "flows.cmd_miou",
-    "sample": "flows.cmd_sample",
-    "select": "flows.cmd_sample",
+    "sample": "flows.cmd_stages",
+    "select": "flows.cmd_stages",
     "lineage": "flows.cmd_lineage",
     "run": "flows.run",
     "train": "flows.cmd_train",
-    "benchmark": "flows.cmd_train",
-    "search": "flows.cmd_search",
+    "benchmark": "flows.cmd_stages",
+    "search": "flows.cmd_stages",
 }
 
 
@@ -33,16 +33,8 @@ def add_params_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="squeezenas", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    seen = set()
-    for module in COMMANDS.values():
-        if module in seen:
-            continue
-        seen.add(module)
-        try:
-            importlib.import_module(module).add_parser(sub)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
+    for module in dict.fromkeys(COMMANDS.values()):  # each module once, in first-mention order
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 

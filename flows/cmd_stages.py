@@ -1,28 +1,39 @@
-"""Stage subcommands: each runs its Prefect flow with params.yaml (+ --set overrides)."""
+"""The stage subcommands that run one Prefect flow with params.yaml (+ --set overrides).
+
+`profile` (with --trust-host) and `train STAGE` have their own modules.
+"""
 from __future__ import annotations
 
+import importlib
 
-def _cost_tables(args) -> int:
-    from flows.cost_tables import cost_tables_flow
+# subcommand -> (flow "module:function", help)
+STAGE_COMMANDS = {
+    "data": ("flows.data:data_flow", "stage data: generate the default datasets (or check the real ones)"),
+    "cost-tables": ("flows.cost_tables:cost_tables_flow",
+                    "stage cost_tables: MAC/parameter tables of the configured spaces"),
+    "search": ("flows.search:search_flow",
+               "stage search: Gumbel-softmax supernet search with the resource-aware loss of the configured "
+               "cost table (resumes from its checkpoint)"),
+    "sample": ("flows.sample:sample_flow",
+               "stage sample: draw K architectures from the searched distribution and estimate each one's "
+               "mIoU through the supernet (resumable)"),
+    "select": ("flows.sample:select_flow",
+               "stage select: the estimated Pareto fronts, the plots and chosen_architecture.json"),
+    "benchmark": ("flows.benchmark:benchmark_flow",
+                  "stage benchmark: Table-1 report of our network and the baselines"),
+}
 
-    cost_tables_flow(args.params, tuple(args.overrides))
-    return 0
 
-
-def _data(args) -> int:
-    from flows.data import data_flow
-
-    data_flow(args.params, tuple(args.overrides))
+def run_flow(target: str, args) -> int:
+    module, name = target.split(":")
+    getattr(importlib.import_module(module), name)(args.params, tuple(args.overrides))
     return 0
 
 
 def add_parser(sub) -> None:
     from flows.cli import add_params_args
 
-    p = sub.add_parser("data", help="stage data: generate the default datasets (or check the real ones)")
-    add_params_args(p)
-    p.set_defaults(func=_data)
-
-    p = sub.add_parser("cost-tables", help="stage cost_tables: MAC/parameter tables of the configured spaces")
-    add_params_args(p)
-    p.set_defaults(func=_cost_tables)
+    for command, (target, text) in STAGE_COMMANDS.items():
+        p = sub.add_parser(command, help=text)
+        add_params_args(p)
+        p.set_defaults(func=lambda args, target=target: run_flow(target, args))

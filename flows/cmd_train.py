@@ -1,4 +1,4 @@
-"""Subcommands `train STAGE` (one of the four retraining stages) and `benchmark`."""
+"""Subcommand `train STAGE`: one of the four retraining stages (`benchmark` is in cmd_stages)."""
 from __future__ import annotations
 
 from nas_core.retrain import STAGES
@@ -11,13 +11,6 @@ def _train(args) -> int:
     return 0
 
 
-def _benchmark(args) -> int:
-    from flows.benchmark import benchmark_flow
-
-    benchmark_flow(args.params, tuple(args.overrides))
-    return 0
-
-
 def add_parser(sub) -> None:
     from flows.cli import add_params_args
 
@@ -26,7 +19,3 @@ def add_parser(sub) -> None:
     p.add_argument("stage", choices=STAGES)
     add_params_args(p)
     p.set_defaults(func=_train)
-
-    p = sub.add_parser("benchmark", help="stage benchmark: Table-1 report of our network and the baselines")
-    add_params_args(p)
-    p.set_defaults(func=_benchmark)

@@ -121,8 +121,8 @@ def run_pipeline(params_file: str = "params.yaml", targets: tuple[str, ...] = ()
     print(f"\n[run] done in {total / 60:.1f} min: {compute_s / 60:.1f} min in {n_tasks} task runs, "
           f"{100 * timing['orchestration_share']:.0f}% orchestration (Prefect/process start-up, MLflow, DVC)")
     print(f"  report:     {paths.benchmark}/report.md")
-    print(f"  plots:      dvc plots show   (writes dvc_plots/index.html)")
-    print(f"  metrics:    dvc metrics show")
+    print("  plots:      dvc plots show   (writes dvc_plots/index.html)")
+    print("  metrics:    dvc metrics show")
     print(f"  MLflow UI:  mlflow ui --backend-store-uri {params.tracking.mlflow_uri}   (then open http://127.0.0.1:5000)")
     print(f"  lineage:    squeezenas lineage {params.tracking.registered_model}")
     return 0

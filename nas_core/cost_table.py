@@ -22,6 +22,7 @@ import pandas as pd
 
 from nas_core.candidates import CANDIDATE_NAMES, CANDIDATES, Candidate
 from nas_core.decoders import lraspp_pool_geometry
+from nas_core.io import atomic_write_parquet, read_parquet
 from nas_core.search_space import Architecture, BlockSpec, SearchSpace, get_space
 
 SCHEMA_VERSION = 1
@@ -153,21 +154,13 @@ def build_cost_table(space: str | SearchSpace, input_size: tuple[int, int] = (10
 
 
 def write_cost_table(df: pd.DataFrame, path: str | Path) -> None:
-    from nas_core.io import atomic_write_parquet
-
     validate_cost_table(df, str(path))
     atomic_write_parquet(path, df, {"squeezenas.schema_version": SCHEMA_VERSION})
 
 
 def read_cost_table(path: str | Path) -> pd.DataFrame:
     """Read and validate a cost table; errors name the file and the problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: cost table not found")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as e:  # pyarrow raises several types for a corrupt file
-        raise ValueError(f"{path}: not a readable parquet cost table ({e})") from None
+    df = read_parquet(path, "cost table")
     validate_cost_table(df, str(path))
     return df
 

@@ -60,6 +60,19 @@ def atomic_write_parquet(path: str | Path, df, metadata: dict[str, str] | None =
         pq.write_table(table, tmp)
 
 
+def read_parquet(path: str | Path, what: str, hint: str = ""):
+    """A parquet file as a DataFrame; a missing or unreadable file is an error naming it."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found{hint}")
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise ValueError(f"{path}: not a readable parquet {what} ({e})") from None
+
+
 def _jsonable(o: Any) -> Any:
     if hasattr(o, "item"):
         return o.item()

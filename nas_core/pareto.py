@@ -11,6 +11,8 @@ Conventions, for every function here:
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 RULES = ("nearest_cost", "best_under_budget")
@@ -85,3 +87,30 @@ def choose(rule: str, cost, score, target: float, front: np.ndarray | None = Non
     if rule == "best_under_budget":
         return best_under_budget(cost, score, target, front)
     raise ValueError(f"unknown choice rule {rule!r}; valid rules are: {', '.join(RULES)}")
+
+
+def reference_cost(metric: str, reference: str, space: str, input_hw: tuple[int, int], num_classes: int,
+                   latency_table: str | Path) -> float:
+    """The cost, in table units, of a reference network: a published one (`{space}` filled in with the
+    searched space) from the analytic table at the samples' input size or from `latency_table`, or
+    MobileNetV3-Small/-Large for MACs and parameters."""
+    from nas_core.cost_table import architecture_cost, build_cost_table, read_cost_table
+    from nas_core.zoo import PUBLISHED
+
+    name = reference.format(space=space)
+    if name.startswith("mobilenetv3_"):
+        if metric == "latency_ms":
+            raise ValueError(f"sample.choice.reference: {name} has no latency table; set sample.choice.target")
+        from nas_core.mobilenetv3 import count_conv_macs, count_params, mobilenetv3_lraspp
+
+        model = mobilenetv3_lraspp(name, num_classes)
+        return float(count_conv_macs(model, (1, 3, *input_hw)) if metric == "macs" else count_params(model))
+    if name not in PUBLISHED:
+        raise ValueError(f"sample.choice.reference: unknown network {name!r}; use one of {', '.join(PUBLISHED)}, "
+                         "mobilenetv3_small, mobilenetv3_large (or '{space}' in place of the space)")
+    arch = PUBLISHED[name]
+    if metric == "latency_ms":
+        table = read_cost_table(latency_table)
+    else:  # analytic and exact at the samples' input size: the same numbers as the MAC table
+        table = build_cost_table(arch.space, input_hw, num_classes)
+    return float(architecture_cost(table, arch, metric))

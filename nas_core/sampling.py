@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 from nas_core.candidates import CANDIDATE_NAMES, NUM_CANDIDATES
+from nas_core.io import read_parquet
 from nas_core.evaluate import pad_to_multiple
 from nas_core.metrics import ConfusionMatrix
 from nas_core.search_space import Architecture, get_space
@@ -42,12 +42,7 @@ def read_probabilities(path: str | Path, num_blocks: int | None = None) -> np.nd
     as `nas_core.search.theta_rows` writes. Errors name the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: theta table not found (run the search stage first)")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as e:  # pyarrow raises several types for a corrupt file
-        raise ValueError(f"{path}: not a readable parquet theta table ({e})") from None
+    df = read_parquet(path, "theta table", " (run the search stage first)")
     missing = {"block", "candidate"} - set(df.columns)
     if missing or not {"probability", "logit"} & set(df.columns):
         raise ValueError(f"{path}: needs columns block, candidate and probability (or logit); has {list(df.columns)}")

@@ -17,8 +17,10 @@ from torch.utils.data import DataLoader, Subset
 
 from nas_core.cost_table import architecture_cost, read_cost_table
 from nas_core.io import atomic_write_parquet, atomic_write_text
+from nas_core.pareto import choose, pareto_front, reference_cost
 from nas_core.sampling import evaluate_path, load_supernet, read_probabilities, sample_architectures
 from nas_core.search_space import Architecture
+from nas_core.zoo import PUBLISHED
 
 PARTIAL_NAME = "partial_evaluations.jsonl"
 EVAL_KEYS = ("bn_recalibration_batches", "batch_size", "val_images", "seed")
@@ -205,34 +207,14 @@ def resolve_target_task(metric: str, reference: str | None, target: float | None
     """The target cost (or budget) in table units: a number, or the cost of a reference network."""
     if target is not None:
         return float(target), f"target {target:.4g}"
-    from nas_core.cost_table import build_cost_table
-    from nas_core.zoo import PUBLISHED
-
     name = reference.format(space=space)
-    if name.startswith("mobilenetv3_"):
-        if metric == "latency_ms":
-            raise ValueError(f"sample.choice.reference: {name} has no latency table; set sample.choice.target")
-        from nas_core.mobilenetv3 import count_conv_macs, count_params, mobilenetv3_lraspp
-
-        model = mobilenetv3_lraspp(name, num_classes)
-        value = count_conv_macs(model, (1, 3, *input_hw)) if metric == "macs" else count_params(model)
-        return float(value), name
-    if name not in PUBLISHED:
-        raise ValueError(f"sample.choice.reference: unknown network {name!r}; use one of {', '.join(PUBLISHED)}, "
-                         "mobilenetv3_small, mobilenetv3_large (or '{space}' in place of the space)")
-    arch = PUBLISHED[name]
-    if metric == "latency_ms":
-        table = read_cost_table(Path(latency_dir) / f"latency_{arch.space}.parquet")
-    else:  # analytic and exact at the samples' input size: the same numbers as the MAC table
-        table = build_cost_table(arch.space, input_hw, num_classes)
-    return float(architecture_cost(table, arch, metric)), name
+    latency_table = Path(latency_dir) / f"latency_{PUBLISHED[name].space if name in PUBLISHED else space}.parquet"
+    return reference_cost(metric, reference, space, input_hw, num_classes, latency_table), name
 
 
 @task(name="write-fronts")
 def fronts_task(samples_path: str, fronts_dir: str) -> dict[str, list[int]]:
     """front_<cost>.csv per cost kind: the non-dominated samples by cost (DVC plots: x=cost, y=class_miou)."""
-    from nas_core.pareto import pareto_front
-
     df, meta = read_samples(samples_path)
     fronts = {}
     for kind in filter(None, meta.get("cost_kinds", "").split(",")):
@@ -248,8 +230,6 @@ def fronts_task(samples_path: str, fronts_dir: str) -> dict[str, list[int]]:
 @task(name="choose-architecture")
 def choose_task(samples_path: str, rule: str, metric: str, target: float, out_path: str) -> dict:
     """Apply the choice rule on the (metric, class mIoU) front; write the Architecture JSON."""
-    from nas_core.pareto import choose
-
     df, meta = read_samples(samples_path)
     if metric not in df.columns:
         raise ValueError(f"sample.choice.metric: {samples_path} has no {metric!r} costs "
@@ -267,9 +247,6 @@ def plots_task(samples_path: str, chosen: int, metric: str, target: float, targe
                plots_dir: str) -> list[str]:
     """pareto_<cost>.png per cost kind and architecture.png (the choice beside the published networks)."""
     from nas_core.arch_diagram import plot_architectures, plot_pareto
-    from nas_core.pareto import pareto_front
-    from nas_core.zoo import PUBLISHED
-
     df, meta = read_samples(samples_path)
     written = []
     pos = int(df.index[df["sample"] == chosen][0])
