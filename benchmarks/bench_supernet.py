@@ -163,7 +163,10 @@ def memory_cpu(space: str, size: int, budget_gib: float) -> dict:
 
 
 def memory_cuda(space: str, size: int, budget_gib: float, device: torch.device) -> dict:
-    """(c) on a GPU: the allocator's peak over a search step at batch 1 and 2 (AMP)."""
+    """(c) on a GPU: the allocator's peak over a search step at batch 1 and 2 (AMP). cuDNN's
+    autotuning is off here: it takes minutes per new shape for hundreds of candidate convolutions,
+    and its trial workspaces would count in the peak."""
+    torch.backends.cudnn.benchmark = False
     peaks = []
     for batch in (1, 2):
         torch.cuda.empty_cache()
@@ -206,7 +209,7 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                "threads": torch.get_num_threads(), "size": a.size, "batch": a.batch, "spaces": {}}
-    for space in a.spaces.split(","):
+    for space in filter(None, a.spaces.split(",")):  # --spaces "": memory only
         torch.manual_seed(0)
         x = torch.randn(a.batch, 3, a.size, a.size, device=device)
         y = torch.randint(0, 19, (a.batch, a.size, a.size), device=device)
@@ -220,7 +223,7 @@ def main() -> None:
               f"/ unpruned {r['pruning']['unpruned_s'] * 1e3:.1f} ms = {r['pruning']['ratio']:.3f}", flush=True)
         results["spaces"][space] = r
     results["memory"] = {}
-    for space in a.memory_spaces.split(","):
+    for space in filter(None, a.memory_spaces.split(",")):
         m = memory_cuda(space, a.memory_size, a.budget_gib, device) if device.type == "cuda" \
             else memory_cpu(space, a.memory_size, a.budget_gib)
         results["memory"][space] = m
