@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-from flows import quiet_telemetry
+from flows import forkserver, quiet_telemetry
 
 # subcommand -> module providing add_parser(subparsers); explicit, no import-time registry
 COMMANDS = {
@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     quiet_telemetry()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] != ["run"]:  # under `squeezenas run`: a warm child of its fork server does the work
+        code = forkserver.run_via_server(argv)
+        if code is not None:
+            return code
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -8,12 +8,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+from flows import forkserver
 from nas_core.config import load_params
 from nas_core.io import atomic_write_json
 from tasks import tracking
@@ -58,6 +60,42 @@ def prefect_server(home: Path) -> Iterator[tuple[str | None, float]]:
         log.close()
 
 
+@contextmanager
+def warm_stages(env: dict[str, str]) -> Iterator[Callable[[], dict]]:
+    """Launch the fork server the stage commands use (flows/forkserver.py); it preloads while the
+    caller goes on. Yields `ready()`: waits for it, puts its socket into `env` and returns a dict
+    of its start-up seconds and, once the block ends, how many commands it served (empty if it did
+    not start: stages then start cold). SQUEEZENAS_FORKSERVER=off switches it off."""
+    stats: dict = {}
+    env.pop(forkserver.ENV, None)
+    if os.environ.get(forkserver.ENV) == "off":
+        yield lambda: stats
+        return
+    folder = Path(tempfile.mkdtemp(prefix="squeezenas-"))  # short: a unix socket path has ~100 bytes
+    sock, t0 = folder / "stages.sock", time.perf_counter()
+    proc = forkserver.launch(sock, env)
+
+    def ready() -> dict:
+        nonlocal proc
+        if proc is not None and "startup_s" not in stats:
+            if forkserver.wait_ready(proc, sock):
+                stats["startup_s"] = time.perf_counter() - t0
+                env[forkserver.ENV] = str(sock)
+                print(f"[run] stage fork server ready ({stats['startup_s']:.1f} s): stages start warm", flush=True)
+            else:
+                proc = None
+                print("[run] the stage fork server did not start; every stage starts its own process",
+                      file=sys.stderr)
+        return stats
+    try:
+        yield ready
+    finally:
+        if proc is not None:
+            counts = forkserver.stop(proc, sock)
+            stats.update({k: counts[k] for k in ("served", "refused") if k in counts})
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def task_compute_seconds(api_url: str, since: float) -> tuple[float, int]:
     """Wall time covered by Prefect task runs since `since` (the union of their intervals: parallel
     tasks count once), and how many there were. The stages' real work runs inside tasks; everything
@@ -93,18 +131,22 @@ def run_pipeline(params_file: str = "params.yaml", targets: tuple[str, ...] = ()
     t0 = time.perf_counter()
     with prefect_server(Path(".prefect")) as (api_url, prefect_startup):
         print(f"[run] Prefect API {api_url} (start-up {prefect_startup:.1f} s)")
-        parent = tracking.start_pipeline_run(params.tracking, {"squeezenas.targets": ",".join(targets) or "all"})
-        print(f"[run] MLflow parent run {parent} in {params.tracking.mlflow_uri}")
-        env = dict(os.environ, PREFECT_API_URL=api_url, **{tracking.PARENT_RUN_ENV: parent})
+        env = dict(os.environ, PREFECT_API_URL=api_url)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         cmd = ["dvc", "repro", *(["--force"] if force else []), *targets]
-        print(f"[run] {' '.join(cmd)}", flush=True)
-        t_repro, wall_start = time.perf_counter(), time.time()
-        code = subprocess.call(cmd, env=env)
-        repro_s = time.perf_counter() - t_repro
+        with warm_stages(env) as ready:  # the fork server preloads while MLflow opens the parent run
+            parent = tracking.start_pipeline_run(params.tracking, {"squeezenas.targets": ",".join(targets) or "all"})
+            print(f"[run] MLflow parent run {parent} in {params.tracking.mlflow_uri}")
+            env[tracking.PARENT_RUN_ENV] = parent
+            warm = ready()
+            print(f"[run] {' '.join(cmd)}", flush=True)
+            t_repro, wall_start = time.perf_counter(), time.time()
+            code = subprocess.call(cmd, env=env)
+            repro_s = time.perf_counter() - t_repro
         compute_s, n_tasks = task_compute_seconds(api_url, wall_start)
         total = time.perf_counter() - t0
         timing = {"wall_s": total, "repro_s": repro_s, "prefect_startup_s": prefect_startup,
+                  **{f"forkserver_{k}": v for k, v in warm.items()},
                   "task_compute_s": compute_s, "orchestration_s": total - compute_s,
                   "orchestration_share": (total - compute_s) / total, "task_runs": n_tasks}
         tracking.end_pipeline_run(params.tracking, parent, timing, code == 0)

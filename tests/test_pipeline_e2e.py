@@ -65,6 +65,10 @@ def test_run_reproduces_every_stage_and_prints_where_things_are(pipeline):
     spec = yaml.safe_load((repo / "dvc.yaml").read_text())
     assert stages_run(first.stdout) == set(spec["stages"])
     assert "report:" in first.stdout and "mlflow ui --backend-store-uri" in first.stdout
+    # every stage ran warm in a child of the run's fork server (flows/forkserver.py), none fell back
+    timing = json.loads((repo / "outputs" / "metrics" / "pipeline_timing.json").read_text())
+    assert (timing["forkserver_served"], timing["forkserver_refused"]) == (len(spec["stages"]), 0), timing
+    assert "fork server refused" not in first.stderr
     report = repo / "outputs" / "benchmark" / "report.md"
     assert report.is_file() and "squeezenas_lat_small" in report.read_text()
 
