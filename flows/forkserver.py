@@ -182,7 +182,8 @@ def serve(path: str, ready_file: str | None = None, entry: str = "flows.cli:main
     listener.listen(16)
     server_env = _load_time_env(dict(os.environ))
     children: dict[int, socket.socket] = {}
-    counts = {"served": 0, "refused": 0}
+    counts = {"served": 0, "refused": 0, "commands_s": 0.0}  # commands_s: summed wall time of the children
+    started: dict[int, float] = {}
     stop = []
     signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
     if ready_file:
@@ -200,6 +201,7 @@ def serve(path: str, ready_file: str | None = None, entry: str = "flows.cli:main
             if pid == 0:
                 break
             conn = children.pop(pid)
+            counts["commands_s"] += time.perf_counter() - started.pop(pid)
             try:
                 _send(conn, {"exit": os.waitstatus_to_exitcode(status)})
             except OSError:
@@ -232,6 +234,7 @@ def serve(path: str, ready_file: str | None = None, entry: str = "flows.cli:main
             _child(conn, listener, fds, request, entry)  # never returns
         for fd in fds:
             os.close(fd)
+        started[pid] = time.perf_counter()
         _send(conn, {"pid": pid})
         children[pid] = conn
     listener.close()

@@ -92,7 +92,7 @@ def warm_stages(env: dict[str, str]) -> Iterator[Callable[[], dict]]:
     finally:
         if proc is not None:
             counts = forkserver.stop(proc, sock)
-            stats.update({k: counts[k] for k in ("served", "refused") if k in counts})
+            stats.update({k: counts[k] for k in ("served", "refused", "commands_s") if k in counts})
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -149,6 +149,10 @@ def run_pipeline(params_file: str = "params.yaml", targets: tuple[str, ...] = ()
                   **{f"forkserver_{k}": v for k, v in warm.items()},
                   "task_compute_s": compute_s, "orchestration_s": total - compute_s,
                   "orchestration_share": (total - compute_s) / total, "task_runs": n_tasks}
+        if "commands_s" in warm and warm.get("refused") == 0:  # where the orchestration time went
+            timing["dvc_between_stages_s"] = repro_s - warm["commands_s"]
+            timing["stages_outside_tasks_s"] = warm["commands_s"] - compute_s  # flow runs, MLflow, params
+            timing["run_startup_s"] = t_repro - t0  # Prefect server, MLflow parent run, fork server
         tracking.end_pipeline_run(params.tracking, parent, timing, code == 0)
         atomic_write_json(Path(params.paths.metrics) / "pipeline_timing.json", timing)
     if code != 0:
@@ -162,6 +166,11 @@ def run_pipeline(params_file: str = "params.yaml", targets: tuple[str, ...] = ()
     paths = params.paths
     print(f"\n[run] done in {total / 60:.1f} min: {compute_s / 60:.1f} min in {n_tasks} task runs, "
           f"{100 * timing['orchestration_share']:.0f}% orchestration (Prefect/process start-up, MLflow, DVC)")
+    if "dvc_between_stages_s" in timing:
+        print(f"      orchestration: {timing['run_startup_s']:.0f} s start-up (Prefect server, MLflow parent run, "
+              f"fork server), {timing['dvc_between_stages_s']:.0f} s DVC between stages, "
+              f"{timing['stages_outside_tasks_s']:.0f} s in stages outside their tasks (flow runs, MLflow logging); "
+              f"{timing['forkserver_served']} stages started warm")
     print(f"  report:     {paths.benchmark}/report.md")
     print("  plots:      dvc plots show   (writes dvc_plots/index.html)")
     print("  metrics:    dvc metrics show")
