@@ -7,19 +7,27 @@ import sys
 
 def _trust(args) -> int:
     from nas_core.config import load_params
-    from nas_core.profiling.ssh import fetch_host_key, fingerprint, trust_host
+    from nas_core.profiling.ssh import HostKeyError, fetch_host_key, fingerprint, trust_host
 
     cfg = load_params(args.params, tuple(args.overrides)).latency
     if cfg.target != "ssh":
-        raise ValueError("--trust-host needs latency.target: ssh (and latency.host)")
+        raise ValueError("--trust-host needs latency.target: ssh (and latency.host or latency.hosts)")
+    hosts = [d.host for d in cfg.devices()]
     if not args.trust_host:
-        key = fetch_host_key(cfg.host, cfg.port)
-        print(f"{cfg.host}:{cfg.port} presents {key.get_name()} key {fingerprint(key)}\n"
-              f"Verify it on the device (ssh-keygen -lf /etc/ssh/ssh_host_{key.get_name().split('-')[-1]}_key.pub),"
-              f" then run: squeezenas profile --trust-host {fingerprint(key)}")
+        for host in hosts:
+            key = fetch_host_key(host, cfg.port)
+            print(f"{host}:{cfg.port} presents {key.get_name()} key {fingerprint(key)}\n"
+                  f"Verify it on the device (ssh-keygen -lf /etc/ssh/ssh_host_{key.get_name().split('-')[-1]}_key.pub),"
+                  f" then run: squeezenas profile --trust-host {fingerprint(key)}")
         return 0
-    got = trust_host(cfg.host, cfg.port, cfg.known_hosts, args.trust_host)
-    print(f"added {cfg.host}:{cfg.port} ({got}) to {cfg.known_hosts}")
+    if len(hosts) > 1:  # a pool: each device has its own key; add the host(s) presenting this one
+        pool, hosts = hosts, [h for h in hosts if fingerprint(fetch_host_key(h, cfg.port)) == args.trust_host]
+        if not hosts:
+            raise HostKeyError(f"latency.hosts: none of {', '.join(pool)} presents {args.trust_host}; "
+                               f"{cfg.known_hosts} was left unchanged")
+    for host in hosts:  # trust_host checks the fingerprint again and refuses a mismatch
+        got = trust_host(host, cfg.port, cfg.known_hosts, args.trust_host)
+        print(f"added {host}:{cfg.port} ({got}) to {cfg.known_hosts}")
     return 0
 
 

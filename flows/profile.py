@@ -1,50 +1,84 @@
 """Flow for the DVC stage `latency_table` (paper section 5.2): device facts, a latency table per
-space measured on the target, and the fidelity check of the table, logged to MLflow with the
-device's facts as tags."""
+space measured on the target (one device, or a pool of identical devices sharing the units), and
+the fidelity check of the table, logged to MLflow with the device's facts as tags."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow, get_client
-from prefect.concurrency.sync import concurrency
+from prefect import flow
 
+from flows.runners import make_task_runner
 from nas_core.config import load_params
 from nas_core.io import atomic_write_json
 from nas_core.profiling.fidelity import placeholder_plot
-from nas_core.profiling.targets import device_name
+from nas_core.profiling.pool import check_same_hardware, pool_facts, pool_stats
+from nas_core.profiling.targets import ProfileError, device_name
 from tasks import tracking
-from tasks.profile import device_facts_task, fidelity_task, latency_table_task
+from tasks.profile import device_slot  # noqa: F401 (the per-device limit; callers import it from here)
+from tasks.profile import deal_task, device_facts_task, fidelity_task, latency_tables_task, measure_device_task
 
 FACT_TAGS = ("hostname", "os", "cpu", "gpu", "jetson_model", "onnxruntime", "tensorrt", "power_mode", "target")
-
-
-def device_slot(device: str) -> str:
-    """A global concurrency limit of 1 for `device`, created on first use: one profile per device
-    at a time, across every flow run that reaches this Prefect server."""
-    name = f"device:{device}"
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except Exception:  # absent: create it (a concurrent creator may win; upsert tolerates that)
-            client.upsert_global_concurrency_limit_by_name(name, limit=1)
-    return name
 
 
 @flow(name="latency-table")
 def profile_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
     params = load_params(params_file, overrides)
-    with concurrency(device_slot(device_name(params.latency)), occupy=1):
-        return _profile(params)
+    cfg = params.latency
+    # one job per device at a time: more workers than devices would only wait on the slots
+    runner = make_task_runner(cfg, workers=len(cfg.devices()), section="latency")
+    measured = devices_flow.with_options(task_runner=runner)(cfg, params.paths.latency)
+    return _report(params, measured)
 
 
-def _profile(params) -> dict:
-    cfg, out_dir = params.latency, params.paths.latency
-    # the tag also lets operators set a task-level limit per device (`prefect concurrency-limit create`)
-    opts = dict(retries=cfg.retries, retry_delay_seconds=cfg.backoff_s, tags=[f"device:{device_name(cfg)}"])
-    facts = device_facts_task.with_options(**opts)(cfg, out_dir)
-    tables = {s: latency_table_task.with_options(**opts)(s, cfg, out_dir) for s in cfg.spaces}
+def _gather(futures: list) -> list[dict]:
+    """Every job's result; the others finish (and keep their measurements) when one fails."""
+    results, failures = [], []
+    for future in futures:
+        try:
+            results.append(future.result())
+        except Exception as e:
+            failures.append(e)
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        raise ProfileError(f"{len(failures)} of {len(futures)} device jobs failed (measurements so far are kept; "
+                           f"a rerun measures only the rest):\n  " + "\n  ".join(map(str, failures)))
+    return results
+
+
+@flow(name="profile-devices")
+def devices_flow(cfg, out_dir: str) -> dict:
+    """Every device's facts (a pool must be one kind of device), then each device's share of the
+    units no device has measured yet; each job holds its device's slot."""
+    devices = cfg.devices()
+    pooled = len(devices) > 1  # a pool's log lines name the device
+
+    def opts(d):  # the tag also lets operators set a task-level limit per device (`prefect concurrency-limit`)
+        return dict(retries=cfg.retries, retry_delay_seconds=cfg.backoff_s, tags=[f"device:{device_name(d)}"])
+
+    facts_jobs = _gather([device_facts_task.with_options(**opts(d)).submit(d, out_dir) for d in devices])
+    facts = {j["device"]: j["facts"] for j in facts_jobs}
+    check_same_hardware(facts)
+    atomic_write_json(Path(out_dir) / "device.json", pool_facts(facts))
+    plan = deal_task(cfg, out_dir)
+    jobs = _gather([measure_device_task.with_options(**opts(d)).submit(
+        d, out_dir, share, device_name(d) if pooled else "") for d, share in zip(devices, plan["shares"])])
+    stats = {name: pool_stats([j["stats"][name] for j in jobs if name in j["stats"]], units)
+             for name, units in plan["units"].items()}
+    spans = [{"phase": "facts", **{k: j[k] for k in ("device", "start", "end")}} for j in facts_jobs]
+    spans += [{"phase": "measure", "measured": sum(s["measured"] for s in j["stats"].values()),
+               **{k: j[k] for k in ("device", "start", "end")}} for j in jobs]
+    return {"facts": pool_facts(facts), "stats": stats, "jobs": spans}
+
+
+def _report(params, measured: dict) -> dict:
+    """Tables and fidelity from the stored measurements; metrics, MLflow run, summary lines."""
+    cfg, out_dir, facts = params.latency, params.paths.latency, measured["facts"]
+    tables = latency_tables_task(cfg, out_dir)
+    for s, t in tables.items():
+        t.update({f"profile_{k}": v for k, v in measured["stats"][s].items()})
     if cfg.fidelity.num_networks:
-        fidelity = fidelity_task.with_options(**opts)(cfg, out_dir)
+        fidelity = fidelity_task(cfg, out_dir)
     else:
         fidelity = {"skipped": "latency.fidelity.num_networks is 0"}
         atomic_write_json(Path(out_dir) / "fidelity.json", fidelity)
@@ -61,10 +95,14 @@ def _profile(params) -> dict:
         for name in ("device.json", "fidelity.json", "fidelity.png"):
             if (Path(out_dir) / name).is_file():
                 tracking.log_artifact(Path(out_dir) / name, "latency")
+    if len(cfg.devices()) > 1:
+        for j in measured["jobs"]:
+            if j["phase"] == "measure":
+                print(f"[latency_table] {j['device']}: {j['measured']} unit(s) in {j['end'] - j['start']:.1f} s")
     for s, t in tables.items():
         print(f"[latency_table] {s}: {t['rows']} rows, networks {t['min_ms']:.2f}-{t['max_ms']:.2f} ms on "
               f"{facts.get('target')} -> {t['path']}")
     if "kendall_tau" in fidelity:
         print(f"[latency_table] fidelity over {fidelity['n']} networks: Kendall tau {fidelity['kendall_tau']:.3f}, "
               f"{100 * fidelity['within_10pct']:.0f}% within +-10%, MAPE {100 * fidelity['mape']:.1f}%")
-    return {"facts": facts, "tables": tables, "fidelity": fidelity}
+    return {"facts": facts, "tables": tables, "fidelity": fidelity, "jobs": measured["jobs"]}

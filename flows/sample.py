@@ -12,28 +12,13 @@ import torch
 from prefect import flow
 from prefect.futures import as_completed
 
+from flows.runners import make_task_runner
 from nas_core.config import load_params
 from nas_core.io import atomic_write_json
 from tasks import tracking
 from tasks.sample import (EVAL_KEYS, PARTIAL_NAME, choose_task, cost_table_paths, draw_task, evaluate_task,
                           evaluation_fingerprint, fronts_task, plots_task, read_partial, read_samples,
                           resolve_target_task, write_partial, write_samples_task)
-
-
-def make_task_runner(cfg):
-    """Threads by default; a Dask cluster (local, or at `dask_address`) through prefect-dask."""
-    if cfg.runner == "threads":
-        from prefect.task_runners import ThreadPoolTaskRunner
-
-        return ThreadPoolTaskRunner(max_workers=cfg.workers)
-    try:
-        from prefect_dask import DaskTaskRunner
-    except ImportError:
-        raise ValueError("sample.runner: 'dask' needs prefect-dask (pip install -e '.[dask]'), "
-                         "or set sample.runner: threads") from None
-    if cfg.dask_address:
-        return DaskTaskRunner(address=cfg.dask_address)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.workers, "threads_per_worker": 1, "processes": True})
 
 
 def _devices(device: str) -> list[str]:

@@ -293,6 +293,11 @@ class LatencyParams(Section):
 
     target: Literal["local", "ssh"] = "local"
     host: str | None = None
+    # a pool of identical devices, each reached like `host` (same port, user, key, backend); the
+    # units are dealt across them and the table assembled from all of their measurements
+    hosts: tuple[str, ...] = ()
+    runner: Literal["threads", "dask"] = "threads"  # one job per device: threads, or prefect-dask
+    dask_address: str | None = None  # runner dask: an existing scheduler; unset: a local cluster
     port: int = Field(22, ge=1, le=65535)
     user: str | None = None
     key_file: str | None = None
@@ -339,8 +344,15 @@ class LatencyParams(Section):
     def _consistent(self):
         if not self.spaces:
             raise ValueError(f"latency.spaces: list at least one space of: {', '.join(SPACES)}")
-        if self.target == "ssh" and not self.host:
-            raise ValueError("latency.host: target 'ssh' needs a host")
+        if self.target == "ssh" and not (self.host or self.hosts):
+            raise ValueError("latency.host: target 'ssh' needs a host (or latency.hosts, a pool)")
+        if self.hosts and self.target != "ssh":
+            raise ValueError("latency.hosts: a pool of devices is reached over SSH; set target: ssh")
+        if self.hosts and self.host:
+            raise ValueError("latency.host and latency.hosts: set one (hosts names every device of a pool)")
+        twice = sorted({h for h in self.hosts if self.hosts.count(h) > 1})
+        if twice:
+            raise ValueError(f"latency.hosts: {', '.join(twice)} listed more than once")
         if self.target == "ssh" and self.backend == "torch_cuda":
             raise ValueError("latency.backend: torch_cuda times PyTorch on this machine; use target 'local'")
         if self.clock == "thread" and (self.threads != 1 or self.backend != "onnxruntime"):
@@ -349,6 +361,10 @@ class LatencyParams(Section):
             raise ValueError(f"latency.fidelity.space {self.fidelity.space!r} is not among latency.spaces "
                              f"{list(self.spaces)}")
         return self
+
+    def devices(self) -> tuple[LatencyParams, ...]:
+        """One section per device: each host of the pool with the shared settings, or this one."""
+        return tuple(self.model_copy(update={"host": h, "hosts": ()}) for h in self.hosts) or (self,)
 
 
 class Params(Section):

@@ -1,26 +1,60 @@
-"""Tasks of the latency_table stage: device facts, one latency table per space, the fidelity
-check. Each opens its own connection to the device; a transient failure (dropped SSH connection,
-timeout) is retried by Prefect after the profile loop's own reconnects are spent, and resumes."""
+"""Tasks of the latency_table stage: each device's facts, each device's share of the units to time,
+the tables assembled from every device's measurements, the fidelity check. A device job holds its
+device's slot (one profiling job per device at a time, across flow runs) and opens its own
+connection; a transient failure (dropped SSH connection, timeout) is retried by Prefect after the
+profile loop's own reconnects are spent, and resumes from the stored measurements."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from prefect import task
+from prefect import get_client, task
+from prefect.concurrency.sync import concurrency
 
-from nas_core.cost_table import cost_matrix, read_cost_table, write_cost_table
-from nas_core.io import atomic_write_json
-from nas_core.profiling.fidelity import (fidelity_metrics, predicted_latencies, sample_architectures,
-                                         scatter_plot)
-from nas_core.profiling.profile import MeasurementStore, measure_networks, profile_space, store_path
-from nas_core.profiling.targets import TransientError, build_target
+from nas_core.cost_table import build_cost_table, cost_matrix, read_cost_table, write_cost_table
+from nas_core.io import atomic_dir, atomic_write_json
+from nas_core.profiling.export import network_key
+from nas_core.profiling.fidelity import fidelity_metrics, predicted_latencies, sample_architectures, scatter_plot
+from nas_core.profiling.pool import PoolStore, deal, planned_units
+from nas_core.profiling.profile import MeasurementStore, latency_table, measure_units, store_path
+from nas_core.profiling.targets import TransientError, build_target, device_name
+
+TABLES = "tables"  # the stage's DVC output: one table per configured space, nothing else
 
 
 def latency_table_path(out_dir: str | Path, space: str) -> Path:
-    return Path(out_dir) / f"latency_{space}.parquet"
+    return Path(out_dir) / TABLES / f"latency_{space}.parquet"
+
+
+def device_slot(device: str) -> str:
+    """A global concurrency limit of 1 for `device`, created on first use: one profiling job per
+    device at a time, across every flow run that reaches this Prefect server."""
+    name = f"device:{device}"
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except Exception:  # absent: create it (a concurrent creator may win; upsert tolerates that)
+            client.upsert_global_concurrency_limit_by_name(name, limit=1)
+    return name
 
 
 def _store(out_dir: str | Path, target) -> MeasurementStore:
     return MeasurementStore(store_path(Path(out_dir) / "measurements", target))
+
+
+def _plan(cfg) -> dict:
+    f = cfg.fidelity
+    return planned_units(cfg.spaces, cfg.input_size.hw, cfg.num_classes, cfg.edge_correction,
+                         (f.space, f.num_networks, f.seed))
+
+
+def pool_store(cfg, out_dir: str | Path) -> PoolStore:
+    """Every device's stored measurements under the configured protocol, in pool order."""
+    return PoolStore([_store(out_dir, build_target(d)) for d in cfg.devices()])
+
+
+def target_label(cfg) -> str:
+    return ", ".join(build_target(d).name for d in cfg.devices())
 
 
 def only_transient(task, task_run, state) -> bool:
@@ -37,43 +71,83 @@ def only_transient(task, task_run, state) -> bool:
 
 @task(name="device-facts", retry_condition_fn=only_transient)
 def device_facts_task(cfg, out_dir: str) -> dict:
-    """Apply the power mode if asked, record the device's facts next to the tables."""
+    """Holding the device's slot: apply the power mode if asked and read the device's facts, kept
+    beside its measurements (which hardware produced them)."""
     target = build_target(cfg)
-    with target:
-        facts = {**target.facts(), "target": target.name, "protocol": target.protocol.manifest()}
-    atomic_write_json(Path(out_dir) / "device.json", facts)
-    return facts
+    with concurrency(device_slot(device_name(cfg)), occupy=1):
+        start = time.time()
+        with target:
+            facts = {**target.facts(), "target": target.name, "protocol": target.protocol.manifest()}
+        atomic_write_json(_store(out_dir, target).path.with_suffix(".facts.json"), facts)
+        end = time.time()
+    return {"device": device_name(cfg), "facts": facts, "start": start, "end": end}
 
 
-@task(name="latency-table", retry_condition_fn=only_transient)
-def latency_table_task(space: str, cfg, out_dir: str) -> dict:
-    """Profile `space` (resuming from stored measurements), write its table atomically."""
+@task(name="deal-units")
+def deal_task(cfg, out_dir: str) -> dict:
+    """What every device of the pool measures: the units no device has stored yet, dealt out."""
+    plan = _plan(cfg)
+    shares = deal(plan, set(pool_store(cfg, out_dir).records), len(cfg.devices()))
+    return {"shares": shares, "units": {name: len(units) for name, units in plan.items()}}
+
+
+@task(name="measure-device", retry_condition_fn=only_transient)
+def measure_device_task(cfg, out_dir: str, share: dict[str, list[str]], tag: str = "") -> dict:
+    """Holding the device's slot, time its share (unit keys by space, and the fidelity networks);
+    each result is stored as it arrives, so a retry or a rerun measures only the rest."""
+    plan = {name: {u.key: u for u in units} for name, units in _plan(cfg).items()}
     target = build_target(cfg)
-    table, stats = profile_space(space, cfg.input_size.hw, cfg.num_classes, target, _store(out_dir, target),
-                                 Path(out_dir) / "onnx", edge_correction=cfg.edge_correction, retries=cfg.retries,
-                                 backoff_s=cfg.backoff_s)
-    path = latency_table_path(out_dir, space)
-    write_cost_table(table, path)
-    matrix, fixed = cost_matrix(table, "latency_ms")
-    return {"path": str(path), "rows": len(table), "fixed_ms": fixed, "min_ms": fixed + matrix.min(axis=1).sum(),
-            "max_ms": fixed + matrix.max(axis=1).sum(), **{f"profile_{k}": v for k, v in stats.items()}}
+    store = _store(out_dir, target)
+    log = (lambda m: print(m.replace("[profile]", f"[profile {tag}]"))) if tag else print
+    stats = {}
+    with concurrency(device_slot(device_name(cfg)), occupy=1):
+        start = time.time()
+        for name, keys in share.items():
+            if keys:
+                stats[name] = measure_units(target, [plan[name][k] for k in keys], store, Path(out_dir) / "onnx",
+                                            retries=cfg.retries, backoff_s=cfg.backoff_s, log=log)
+        end = time.time()
+    return {"device": device_name(cfg), "stats": stats, "start": start, "end": end}
 
 
-@task(name="latency-fidelity", retry_condition_fn=only_transient)
+@task(name="latency-tables")
+def latency_tables_task(cfg, out_dir: str) -> dict[str, dict]:
+    """Every configured space's table from all devices' measurements; their totals."""
+    store = pool_store(cfg, out_dir)
+    summaries = {}
+    # the folder is written whole (a temporary folder renamed over the old one): the table of a
+    # space no longer configured does not linger in the stage's output
+    with atomic_dir(Path(out_dir) / TABLES) as tmp:
+        for space in cfg.spaces:
+            base = build_cost_table(space, cfg.input_size.hw, cfg.num_classes)
+            table = latency_table(base, store, cfg.edge_correction)
+            path = latency_table_path(out_dir, space)
+            write_cost_table(table, tmp / path.name)
+            matrix, fixed = cost_matrix(table, "latency_ms")
+            summaries[space] = {"path": str(path), "rows": len(table), "fixed_ms": fixed,
+                                "min_ms": fixed + matrix.min(axis=1).sum(), "max_ms": fixed + matrix.max(axis=1).sum()}
+    return summaries
+
+
+@task(name="latency-fidelity")
 def fidelity_task(cfg, out_dir: str) -> dict:
-    """Measure sampled whole networks end to end; compare with the table; metrics and scatter plot."""
-    f = cfg.fidelity
+    """The table's predictions against the whole networks the device(s) measured; metrics and scatter plot."""
+    f, hw = cfg.fidelity, cfg.input_size.hw
     table = read_cost_table(latency_table_path(out_dir, f.space))
     archs = sample_architectures(f.space, f.num_networks, f.seed)
-    target = build_target(cfg)
-    measured = measure_networks(archs, cfg.input_size.hw, cfg.num_classes, target, _store(out_dir, target),
-                                Path(out_dir) / "onnx", retries=cfg.retries, backoff_s=cfg.backoff_s)
+    store = pool_store(cfg, out_dir)
+    keys = [network_key(a, hw, cfg.num_classes) for a in archs]
+    missing = [k for k in keys if k not in store]
+    if missing:
+        raise ValueError(f"{store.path}: {len(missing)} fidelity network(s) not measured, e.g. {missing[0]}")
+    measured = [store.records[k]["latency_ms"] for k in keys]
     predicted = predicted_latencies(table, archs)
     metrics = fidelity_metrics(predicted, measured)
-    scatter_plot(predicted, measured, Path(out_dir) / "fidelity.png",
-                 f"{f.space} {cfg.input_size.height}x{cfg.input_size.width} on {target.name}")
+    label = target_label(cfg)
+    scatter_plot(predicted, measured, Path(out_dir) / "fidelity.png", f"{f.space} {hw[0]}x{hw[1]} on {label}")
     atomic_write_json(Path(out_dir) / "fidelity.json", {
-        **metrics, "space": f.space, "seed": f.seed, "target": target.name,
+        **metrics, "space": f.space, "seed": f.seed, "target": label,
         "networks": [{"choices": list(a.choices), "predicted_ms": p, "measured_ms": m}
                      for a, p, m in zip(archs, predicted, measured)]})
     return metrics
+

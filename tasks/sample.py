@@ -21,6 +21,7 @@ from nas_core.pareto import choose, pareto_front, reference_cost
 from nas_core.sampling import evaluate_path, load_supernet, read_probabilities, sample_architectures
 from nas_core.search_space import Architecture
 from nas_core.zoo import PUBLISHED
+from tasks.profile import latency_table_path
 
 PARTIAL_NAME = "partial_evaluations.jsonl"
 EVAL_KEYS = ("bn_recalibration_batches", "batch_size", "val_images", "seed")
@@ -153,7 +154,7 @@ def evaluate_task(index: int, space: str, choices: list[str], supernet_path: str
 def cost_table_paths(cost_tables_dir: str, latency_dir: str, space: str) -> dict[str, Path]:
     """Where each cost kind's table lives (macs and params share the MAC table)."""
     macs = Path(cost_tables_dir) / f"macs_{space}.parquet"
-    return {"macs": macs, "params": macs, "latency_ms": Path(latency_dir) / f"latency_{space}.parquet"}
+    return {"macs": macs, "params": macs, "latency_ms": latency_table_path(latency_dir, space)}
 
 
 @task(name="write-samples")
@@ -208,7 +209,7 @@ def resolve_target_task(metric: str, reference: str | None, target: float | None
     if target is not None:
         return float(target), f"target {target:.4g}"
     name = reference.format(space=space)
-    latency_table = Path(latency_dir) / f"latency_{PUBLISHED[name].space if name in PUBLISHED else space}.parquet"
+    latency_table = latency_table_path(latency_dir, PUBLISHED[name].space if name in PUBLISHED else space)
     return reference_cost(metric, reference, space, input_hw, num_classes, latency_table), name
 
 

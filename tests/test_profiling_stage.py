@@ -30,7 +30,7 @@ def test_flow_writes_table_facts_fidelity_and_an_mlflow_run(tmp_path, monkeypatc
         "tracking": {"mlflow_uri": "sqlite:///mlflow.db", "experiment": "t"}, "paths": {"latency": "lat", "metrics": "m"},
         "latency": SMALL_RUN}))
     out = profile_flow("params.yaml")
-    table = read_cost_table(tmp_path / "lat" / "latency_small.parquet")
+    table = read_cost_table(tmp_path / "lat" / "tables" / "latency_small.parquet")
     assert (table["input_h"] == 32).all() and table["latency_ms"].notna().all()
     facts = json.loads((tmp_path / "lat" / "device.json").read_text())
     assert facts["protocol"]["runs"] == 2 and facts["target"].startswith("local:")
@@ -51,9 +51,12 @@ def test_flow_writes_table_facts_fidelity_and_an_mlflow_run(tmp_path, monkeypatc
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_.info.run_id, "latency")}
     assert {"latency/latency_small.parquet", "latency/device.json", "latency/fidelity.png"} <= arts
 
-    # a second run finds every measurement stored: nothing is measured again
+    # a second run finds every measurement stored: nothing is measured again; the tables folder is
+    # written whole, so the table of a space no longer configured does not linger
+    (tmp_path / "lat" / "tables" / "latency_large.parquet").write_bytes(b"stale")
     again = profile_flow("params.yaml")
     assert again["tables"]["small"]["profile_measured"] == 0
+    assert sorted(p.name for p in (tmp_path / "lat" / "tables").iterdir()) == ["latency_small.parquet"]
 
 
 @pytest.mark.slow
@@ -67,11 +70,15 @@ def test_dvc_repro_latency_table_resumes_from_stored_measurements(tmp_path):
     run(["git", "commit", "-qam", "small profile"], repo)
     first = run(["dvc", "repro", "latency_table"], repo)
     assert "[profile] 128/128" in first.stdout + first.stderr
-    table = read_cost_table(repo / "outputs" / "latency" / "latency_small.parquet")
+    tables = repo / "outputs" / "latency" / "tables"
+    table = read_cost_table(tables / "latency_small.parquet")
     assert (table["kind"] == "block").sum() == 20 * 13
+    (out,) = [o for o in yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["latency_table"]["outs"]
+              if o["path"] == "outputs/latency/tables"]
+    assert out["md5"].endswith(".dir") and out["nfiles"] == 1  # the folder is the output, one table per space
     metrics = json.loads((repo / "outputs" / "metrics" / "latency_table.json").read_text())
     assert metrics["fidelity.n"] == 3
     # forced rerun: DVC deletes the outputs, the measurement store survives, nothing is re-measured
     forced = run(["dvc", "repro", "-f", "latency_table"], repo)
     assert "[profile] 1/128" not in forced.stdout + forced.stderr
-    assert read_cost_table(repo / "outputs" / "latency" / "latency_small.parquet")["latency_ms"].equals(table["latency_ms"])
+    assert read_cost_table(tables / "latency_small.parquet")["latency_ms"].equals(table["latency_ms"])

@@ -179,7 +179,7 @@ def test_a_latency_table_adds_latency_costs_and_a_latency_choice(tmp_path, prefe
     make_workdir(tmp_path)
     table = build_cost_table("small")
     table["latency_ms"] = table["macs"] / 1e8 + np.where(table["candidate"] == "skip", 0.0, 0.3)
-    write_cost_table(table, tmp_path / "latency" / "latency_small.parquet")
+    write_cost_table(table, tmp_path / "latency" / "tables" / "latency_small.parquet")
     monkeypatch.chdir(tmp_path)
     metrics = sample_flow("params.yaml", ("sample.num_samples=4",))
     assert metrics["cost_kinds"] == ["latency_ms", "macs", "params"]
@@ -238,5 +238,5 @@ def test_reference_targets_name_their_network_and_refuse_what_they_cannot_cost()
     assert resolve("latency_ms", None, 12.5, "small", (256, 512), 19, "latency") == (12.5, "target 12.5")
     with pytest.raises(ValueError, match="mobilenetv3_large has no latency table; set sample.choice.target"):
         resolve("latency_ms", "mobilenetv3_large", None, "small", (256, 512), 19, "latency")
-    with pytest.raises(FileNotFoundError, match="latency_small.parquet"):
+    with pytest.raises(FileNotFoundError, match="tables/latency_small.parquet"):
         resolve("latency_ms", "squeezenas_lat_{space}", None, "small", (256, 512), 19, "nowhere")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from nas_core.network import SegmentationNetwork, build_post_encoder, build_spac
 from nas_core.search_space import Architecture, SearchSpace, get_space
 
 OPSET = 17
+_EXPORT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -107,19 +109,22 @@ def export_onnx(unit: Unit, path: str | Path, opset: int = OPSET) -> Path:
     """Export `unit` (random seeded weights, eval mode) to `path` atomically; returns the path."""
     from nas_core.io import atomic_path
 
-    torch.manual_seed(0)
-    module = unit.build()
-    args = tuple(torch.randn(*shape) for shape in unit.inputs)
-    names = [f"x{i}" for i in range(len(unit.inputs))]
-    threads = torch.get_num_threads()
-    # tracing runs one forward pass; a single thread is 3-4x faster than two fighting on a busy CPU
-    torch.set_num_threads(1)
-    try:
-        with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
-            # the TorchScript exporter is deprecated in favour of dynamo=True, which needs onnxscript
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, args, str(tmp), dynamo=False, opset_version=opset,
-                              input_names=names, output_names=["y"], do_constant_folding=True)
-    finally:
-        torch.set_num_threads(threads)
+    # the seed, the thread count and the exporter's own flags are process-wide: several devices'
+    # jobs in one process (thread runner) export one at a time
+    with _EXPORT_LOCK:
+        torch.manual_seed(0)
+        module = unit.build()
+        args = tuple(torch.randn(*shape) for shape in unit.inputs)
+        names = [f"x{i}" for i in range(len(unit.inputs))]
+        threads = torch.get_num_threads()
+        # tracing runs one forward pass; a single thread is 3-4x faster than two fighting on a busy CPU
+        torch.set_num_threads(1)
+        try:
+            with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+                # the TorchScript exporter is deprecated in favour of dynamo=True, which needs onnxscript
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, args, str(tmp), dynamo=False, opset_version=opset,
+                                  input_names=names, output_names=["y"], do_constant_folding=True)
+        finally:
+            torch.set_num_threads(threads)
     return Path(path)
