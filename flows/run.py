@@ -28,10 +28,12 @@ def _free_port() -> int:
 
 
 @contextmanager
-def prefect_server(home: Path) -> Iterator[tuple[str | None, float]]:
-    """Yield (api_url, start-up seconds): the configured server, or a local one started for this run."""
+def prefect_server(home: Path) -> Iterator[tuple[str, Callable[[], float]]]:
+    """Yield (api_url, ready): the configured server, or a local one started for this run. The
+    URL is known at once; `ready()` waits until the server answers and returns its start-up
+    seconds, so the caller can start other work (the fork server, MLflow) meanwhile."""
     if os.environ.get("PREFECT_API_URL"):
-        yield os.environ["PREFECT_API_URL"], 0.0
+        yield os.environ["PREFECT_API_URL"], lambda: 0.0
         return
     port, t0 = _free_port(), time.perf_counter()
     home.mkdir(parents=True, exist_ok=True)
@@ -40,17 +42,20 @@ def prefect_server(home: Path) -> Iterator[tuple[str | None, float]]:
     log = open(home / "server.log", "w")
     proc = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        while True:
+    url, started = f"http://127.0.0.1:{port}/api", []
+
+    def ready() -> float:
+        while not started:
             try:
                 urllib.request.urlopen(f"{url}/health", timeout=1).read()
-                break
+                started.append(time.perf_counter() - t0)
             except OSError:
                 if proc.poll() is not None or time.perf_counter() - t0 > 120:
                     raise RuntimeError(f"the Prefect server did not start; see {home / 'server.log'}") from None
-                time.sleep(0.3)
-        yield url, time.perf_counter() - t0
+                time.sleep(0.2)
+        return started[0]
+    try:
+        yield url, ready
     finally:
         proc.terminate()
         try:
@@ -129,15 +134,17 @@ def run_pipeline(params_file: str = "params.yaml", targets: tuple[str, ...] = ()
                  push: bool = False) -> int:
     params = load_params(params_file)
     t0 = time.perf_counter()
-    with prefect_server(Path(".prefect")) as (api_url, prefect_startup):
-        print(f"[run] Prefect API {api_url} (start-up {prefect_startup:.1f} s)")
+    with prefect_server(Path(".prefect")) as (api_url, prefect_ready):
         env = dict(os.environ, PREFECT_API_URL=api_url)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         cmd = ["dvc", "repro", *(["--force"] if force else []), *targets]
-        with warm_stages(env) as ready:  # the fork server preloads while MLflow opens the parent run
+        # the Prefect server, the fork server's imports and the MLflow parent run start side by side
+        with warm_stages(env) as ready:
             parent = tracking.start_pipeline_run(params.tracking, {"squeezenas.targets": ",".join(targets) or "all"})
             print(f"[run] MLflow parent run {parent} in {params.tracking.mlflow_uri}")
             env[tracking.PARENT_RUN_ENV] = parent
+            prefect_startup = prefect_ready()
+            print(f"[run] Prefect API {api_url} (start-up {prefect_startup:.1f} s)")
             warm = ready()
             print(f"[run] {' '.join(cmd)}", flush=True)
             t_repro, wall_start = time.perf_counter(), time.time()
