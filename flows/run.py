@@ -37,7 +37,9 @@ def prefect_server(home: Path) -> Iterator[tuple[str, Callable[[], float]]]:
         return
     port, t0 = _free_port(), time.perf_counter()
     home.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PREFECT_HOME=str(home.resolve()), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    # no block types registered: the pipeline uses none, and it saves ~0.5 s of a fresh server's start
+    env = dict(os.environ, PREFECT_HOME=str(home.resolve()), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_API_BLOCKS_REGISTER_ON_START="false")
     prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
     log = open(home / "server.log", "w")
     proc = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],

@@ -53,7 +53,8 @@ def _interpolate(text: str, params: dict) -> str:
 def _dvc_files(root: Path) -> tuple[dict, dict, dict]:
     def load(name: str) -> dict:
         try:
-            return yaml.safe_load((root / name).read_text()) or {}
+            # libyaml's loader: PyYAML's pure-Python one spent ~0.4 s of every stage on dvc.lock
+            return yaml.load((root / name).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
         except FileNotFoundError:
             return {}
     return load("dvc.yaml"), load("dvc.lock"), load("params.yaml")
