@@ -81,18 +81,36 @@ def upstream_stages(stage: str, root: str | Path = ".") -> list[str]:
     return found
 
 
-def dvc_input_hashes(stage: str, root: str | Path = ".") -> dict[str, str]:
-    """md5 of each dependency of `stage`, as dvc.lock records it for the stage that produced it."""
+def dvc_inputs(stage: str, root: str | Path = ".") -> dict[str, tuple[str, str]]:
+    """{output path: (producing stage, md5)} for each dependency of `stage`, as dvc.lock records it."""
     spec, lock, params = _dvc_files(Path(root))
     deps = _paths((spec.get("stages", {}).get(stage) or {}).get("deps"), params)
-    produced = {out["path"].rstrip("/"): out.get("md5") or out.get("hash", "")
-                for entry in (lock.get("stages") or {}).values() for out in entry.get("outs", [])}
-    hashes = {}
+    produced = {out["path"].rstrip("/"): (name, out.get("md5") or out.get("hash", ""))
+                for name, entry in (lock.get("stages") or {}).items() for out in entry.get("outs", [])}
+    inputs = {}
     for dep in deps:  # a dependency is an output, or a file inside an output directory
-        for out, md5 in produced.items():
+        for out, origin in produced.items():
             if dep == out or dep.startswith(out + "/"):
-                hashes[out] = md5
-    return hashes
+                inputs[out] = origin
+    return inputs
+
+
+def dvc_input_hashes(stage: str, root: str | Path = ".") -> dict[str, str]:
+    """md5 of each dependency of `stage`, as dvc.lock records it for the stage that produced it."""
+    return {path: md5 for path, (_, md5) in dvc_inputs(stage, root).items()}
+
+
+def dvc_default_remote(root: str | Path = ".") -> str | None:
+    """'NAME URL' of the DVC default remote in .dvc/config (local config overrides), or None."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read([Path(root) / ".dvc" / "config", Path(root) / ".dvc" / "config.local"])
+    name = config.get("core", "remote", fallback=None)
+    if not name:
+        return None
+    url = config.get(f"'remote \"{name}\"'", "url", fallback="?")
+    return f"{name} {url}"
 
 
 @contextmanager
@@ -107,10 +125,21 @@ def stage_run(tracking, stage: str, params: dict[str, Any] | None = None,
     parent = os.environ.get(PARENT_RUN_ENV)
     if parent:
         all_tags["mlflow.parentRunId"] = parent
-    for path, md5 in dvc_input_hashes(stage).items():
+    inputs = dvc_inputs(stage)
+    for path, (_, md5) in inputs.items():
         all_tags[f"dvc.input.{path}"] = md5
     if upstream is None:
-        upstream = [rid for up in upstream_stages(stage) if (rid := latest_stage_run_id(tracking, up))]
+        upstream, external = [], []
+        for up in upstream_stages(stage):
+            rid = latest_stage_run_id(tracking, up)
+            upstream.append(rid) if rid else external.append(up)
+        # an upstream stage with no run in this store: its outputs came from elsewhere, typically a
+        # teammate's `dvc push` and our `dvc pull` (a latency table measured once on the device)
+        for path, (producer, md5) in inputs.items():
+            if producer in external:
+                all_tags[f"dvc.external.{path}"] = f"{md5} (stage {producer}: no run in this MLflow store)"
+        if external:
+            all_tags["dvc.remote"] = dvc_default_remote() or "none configured"
     if upstream:
         all_tags[UPSTREAM_TAG] = ",".join(upstream)
     all_tags.update(tags or {})
@@ -236,6 +265,9 @@ def lineage(tracking, model: str) -> list[dict]:
         chain.append({"kind": "run", "stage": tags.get("squeezenas.stage", "?"), "run_id": run_id,
                       "git_commit": tags.get("git.commit", ""), "parent": tags.get("mlflow.parentRunId", ""),
                       "inputs": {k.removeprefix("dvc.input."): v for k, v in tags.items() if k.startswith("dvc.input.")},
+                      "external": {k.removeprefix("dvc.external."): v for k, v in tags.items()
+                                   if k.startswith("dvc.external.")},
+                      "remote": tags.get("dvc.remote", ""),
                       "datasets": {k.removeprefix("dataset.").removesuffix(".md5"): v for k, v in tags.items()
                                    if k.startswith("dataset.")},
                       "upstream": [u for u in tags.get(UPSTREAM_TAG, "").split(",") if u]})
