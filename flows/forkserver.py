@@ -16,7 +16,6 @@ checks), and no child shares a socket, database connection or CUDA context with 
 """
 from __future__ import annotations
 
-import array
 import atexit
 import importlib
 import json
@@ -30,6 +29,8 @@ import threading
 import time
 import traceback
 from pathlib import Path
+
+from nas_core.io import atomic_write_json
 
 ENV = "SQUEEZENAS_FORKSERVER"
 # variables read when a library loads (not when it is used): a child cannot honour a different value
@@ -187,7 +188,7 @@ def serve(path: str, ready_file: str | None = None, entry: str = "flows.cli:main
     stop = []
     signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
     if ready_file:
-        Path(ready_file).write_text(json.dumps({"pid": os.getpid(), "failed": failed}))
+        atomic_write_json(ready_file, {"pid": os.getpid(), "failed": failed})
     while not stop:
         try:
             readable, _, _ = select.select([listener], [], [], 0.2)
@@ -235,7 +236,10 @@ def serve(path: str, ready_file: str | None = None, entry: str = "flows.cli:main
         for fd in fds:
             os.close(fd)
         started[pid] = time.perf_counter()
-        _send(conn, {"pid": pid})
+        try:
+            _send(conn, {"pid": pid})
+        except OSError:  # the client is gone already; its child notices and ends itself
+            pass
         children[pid] = conn
     listener.close()
     for pid in children:  # the run is over: no stage outlives it
@@ -244,7 +248,7 @@ def serve(path: str, ready_file: str | None = None, entry: str = "flows.cli:main
         except ProcessLookupError:
             pass
     if ready_file:  # what the run reports: how many commands started warm
-        Path(ready_file).write_text(json.dumps({"pid": os.getpid(), "failed": failed, **counts}))
+        atomic_write_json(ready_file, {"pid": os.getpid(), "failed": failed, **counts})
 
 
 def launch(path: Path, env: dict[str, str], entry: str | None = None, modules: tuple[str, ...] | None = None):
