@@ -13,10 +13,10 @@ from prefect.concurrency.sync import concurrency
 
 from nas_core.cost_table import build_cost_table, cost_matrix, read_cost_table, write_cost_table
 from nas_core.io import atomic_dir, atomic_write_json
-from nas_core.profiling.export import network_key
 from nas_core.profiling.fidelity import fidelity_metrics, predicted_latencies, sample_architectures, scatter_plot
 from nas_core.profiling.pool import PoolStore, deal, planned_units
-from nas_core.profiling.profile import MeasurementStore, latency_table, measure_units, store_path
+from nas_core.profiling.profile import (MeasurementStore, latency_table, measure_units, store_path,
+                                       stored_network_latencies)
 from nas_core.profiling.targets import TransientError, build_target, device_name
 
 TABLES = "tables"  # the stage's DVC output: one table per configured space, nothing else
@@ -135,12 +135,7 @@ def fidelity_task(cfg, out_dir: str) -> dict:
     f, hw = cfg.fidelity, cfg.input_size.hw
     table = read_cost_table(latency_table_path(out_dir, f.space))
     archs = sample_architectures(f.space, f.num_networks, f.seed)
-    store = pool_store(cfg, out_dir)
-    keys = [network_key(a, hw, cfg.num_classes) for a in archs]
-    missing = [k for k in keys if k not in store]
-    if missing:
-        raise ValueError(f"{store.path}: {len(missing)} fidelity network(s) not measured, e.g. {missing[0]}")
-    measured = [store.records[k]["latency_ms"] for k in keys]
+    measured = stored_network_latencies(pool_store(cfg, out_dir), archs, hw, cfg.num_classes)
     predicted = predicted_latencies(table, archs)
     metrics = fidelity_metrics(predicted, measured)
     label = target_label(cfg)

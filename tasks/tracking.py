@@ -132,7 +132,10 @@ def stage_run(tracking, stage: str, params: dict[str, Any] | None = None,
         upstream, external = [], []
         for up in upstream_stages(stage):
             rid = latest_stage_run_id(tracking, up)
-            upstream.append(rid) if rid else external.append(up)
+            if rid:
+                upstream.append(rid)
+            else:
+                external.append(up)
         # an upstream stage with no run in this store: its outputs came from elsewhere, typically a
         # teammate's `dvc push` and our `dvc pull` (a latency table measured once on the device)
         for path, (producer, md5) in inputs.items():

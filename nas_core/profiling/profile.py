@@ -20,8 +20,8 @@ import pandas as pd
 from nas_core.cost_table import build_cost_table, validate_cost_table
 from nas_core.io import atomic_write_text
 from nas_core.profiling.boundary import probe_units, remove_edge_costs
-from nas_core.profiling.export import (OPSET, Unit, export_onnx, is_zero_cost, network_unit, onnx_filename,
-                                       table_units)
+from nas_core.profiling.export import (OPSET, Unit, export_onnx, is_zero_cost, network_key, network_unit,
+                                       onnx_filename, table_units)
 from nas_core.profiling.targets import Job, Target, TransientError
 from nas_core.search_space import Architecture, SearchSpace, get_space
 
@@ -163,4 +163,15 @@ def measure_networks(archs: list[Architecture], input_size: tuple[int, int], num
     """End-to-end latency (ms) of each whole network, with the same protocol as the table."""
     units = [network_unit(a, input_size, num_classes) for a in archs]
     measure_units(target, list({u.key: u for u in units}.values()), store, onnx_dir, **kw)
-    return [store.records[u.key]["latency_ms"] for u in units]
+    return stored_network_latencies(store, archs, input_size, num_classes)
+
+
+def stored_network_latencies(store, archs: list[Architecture], input_size: tuple[int, int],
+                             num_classes: int) -> list[float]:
+    """The stored end-to-end latency (ms) of each whole network (a MeasurementStore, or a pool's
+    union of stores); an error naming the store if any was not measured."""
+    keys = [network_key(a, input_size, num_classes) for a in archs]
+    missing = [k for k in keys if k not in store]
+    if missing:
+        raise ValueError(f"{store.path}: {len(missing)} fidelity network(s) not measured, e.g. {missing[0]}")
+    return [store.records[k]["latency_ms"] for k in keys]
