@@ -178,7 +178,7 @@ class BenchmarkParams(Section):
     runs: int = Field(20, ge=1)
     baselines: tuple[Baseline, ...] = ("squeezenas_lat_small", "mobilenetv3_small", "mobilenetv3_large")
     # released weights of published networks (relative paths are from the repository root)
-    weights: dict[str, str] = {"squeezenas_lat_small": "../shared/reference/weights/squeezenas_lat_small.pth"}
+    weights: dict[str, str] = {"squeezenas_lat_small": "reference/weights/squeezenas_lat_small.pth"}
     onnx_atol: float = Field(1e-4, gt=0)  # max |PyTorch - ONNX| on the logits
     register_model: bool = True  # register our final model in the MLflow model registry
 

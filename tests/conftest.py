@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SQUEEZENAS_SHARED", ROOT.parent / "shared"))
+# the authors' released weights (MIT) and their outputs on the test image ship with the project
+REFERENCE = ROOT / "reference"
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -16,7 +17,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not (SHARED / "reference").is_dir():
-        pytest.skip(f"reference material not found at {SHARED} (set SQUEEZENAS_SHARED)")
-    return SHARED
+def reference_dir() -> Path:
+    """`reference/` of this project: weights/ (the authors' three networks) and outputs/ (their logits)."""
+    missing = [p for p in (REFERENCE / "weights" / "LICENSE", REFERENCE / "outputs" / "reference_outputs.json")
+               if not p.is_file()]
+    assert not missing, f"reference material missing from the project: {missing}"  # never a skip
+    return REFERENCE

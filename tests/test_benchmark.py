@@ -25,8 +25,8 @@ def test_onnx_export_matches_pytorch_within_1e_4(tmp_path, name):
     assert 0 <= diff <= 1e-4
 
 
-def test_onnx_parity_of_the_released_weights(tmp_path, shared_dir):
-    weights = shared_dir / "reference" / "weights" / "squeezenas_lat_small.pth"
+def test_onnx_parity_of_the_released_weights(tmp_path, reference_dir):
+    weights = reference_dir / "weights" / "squeezenas_lat_small.pth"
     model, _, label = baseline_network("squeezenas_lat_small", weights)
     assert label == "authors"
     assert export_checked(model, tmp_path / "lat_small.onnx", SIZE) <= 1e-4

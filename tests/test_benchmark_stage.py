@@ -24,7 +24,7 @@ def prefect_harness():
 
 
 @pytest.mark.slow
-def test_benchmark_flow_reports_every_network_and_registers_both_flavours(tmp_path, monkeypatch, shared_dir,
+def test_benchmark_flow_reports_every_network_and_registers_both_flavours(tmp_path, monkeypatch, reference_dir,
                                                                           prefect_harness):
     import mlflow
     import onnxruntime as ort
@@ -37,7 +37,7 @@ def test_benchmark_flow_reports_every_network_and_registers_both_flavours(tmp_pa
     ours = SegmentationNetwork(ARCH, 19)
     save_payload(tmp_path / "train/train_fine/model.pt",
                  stage_payload("train_fine", ARCH, ours, "segmentation", 19, [{"stage": "train_fine"}]))
-    weights = shared_dir / "reference" / "weights" / "squeezenas_lat_small.pth"
+    weights = reference_dir / "weights" / "squeezenas_lat_small.pth"
     (tmp_path / "params.yaml").write_text(
         "paths: {cityscapes: cityscapes, train: train, benchmark: bench}\n"
         # absolute: MLflow caches its store per URI, and another test may have used the same relative one

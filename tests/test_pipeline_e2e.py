@@ -13,7 +13,6 @@ import urllib.request
 import pytest
 import yaml
 
-from tests.conftest import SHARED
 from tests.repo_copy import make_repo_copy, run, stage_env
 
 pytestmark = pytest.mark.slow
@@ -35,8 +34,7 @@ TINY = {
               "train_fine": {"epochs": 1, "patch": {"height": 64, "width": 64}, "batch_size": 2,
                              "milestones": []}},
     "benchmark": {"input_size": {"height": 64, "width": 128}, "warmup": 1, "runs": 2,
-                  "baselines": ["squeezenas_lat_small"],
-                  "weights": {"squeezenas_lat_small": str(SHARED / "reference" / "weights" / "squeezenas_lat_small.pth")}},
+                  "baselines": ["squeezenas_lat_small"]},
 }
 
 

@@ -15,16 +15,16 @@ STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
 
 
 @pytest.fixture(scope="module")
-def test_image(shared_dir):
-    rgb = np.asarray(Image.open(shared_dir / "reference" / "input_1024x2048.png").convert("RGB"))
+def test_image(reference_dir):
+    rgb = np.asarray(Image.open(reference_dir / "outputs" / "input_1024x2048.png").convert("RGB"))
     x = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255
     return ((x - MEAN) / STD)[None]
 
 
 @pytest.mark.parametrize("name", ["squeezenas_lat_small", "squeezenas_mac_small", "squeezenas_mac_large"])
-def test_reference_logits_reproduced(name, shared_dir, test_image):
-    ref_dir = shared_dir / "reference"
-    net = load_official_weights(published_network(name), ref_dir / "weights" / f"{name}.pth").eval()
+def test_reference_logits_reproduced(name, reference_dir, test_image):
+    ref_dir = reference_dir / "outputs"
+    net = load_official_weights(published_network(name), reference_dir / "weights" / f"{name}.pth").eval()
     with torch.no_grad():
         logits = net(test_image)
     meta = json.loads((ref_dir / "reference_outputs.json").read_text())[name]
@@ -56,10 +56,10 @@ def test_published_network_maps_input_to_logits(name):
     assert y.shape == (1, 5, 128, 256)
 
 
-def test_official_loader_rejects_weights_of_another_network(shared_dir, tmp_path):
+def test_official_loader_rejects_weights_of_another_network(reference_dir, tmp_path):
     net = published_network("squeezenas_mac_large")
     with pytest.raises(ValueError, match="do not fit this network"):
-        load_official_weights(net, shared_dir / "reference" / "weights" / "squeezenas_lat_small.pth")
+        load_official_weights(net, reference_dir / "weights" / "squeezenas_lat_small.pth")
     with pytest.raises(FileNotFoundError, match="no such weights file"):
         load_official_weights(net, tmp_path / "missing.pth")
 
