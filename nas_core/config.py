@@ -2,14 +2,19 @@
 the field and the allowed values. Each stage receives its own section."""
 from __future__ import annotations
 
+import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError, \
+    field_validator, model_validator
 
 from nas_core.search_space import SPACES
 
+# strict scalars: YAML's `yes` is no epoch count, "3" no integer and 1.0 no index (an int is a valid float)
+Int, Float, Bool = StrictInt, StrictFloat, StrictBool
 SpaceName = Literal["small", "large", "xlarge"]
 
 
@@ -22,8 +27,8 @@ class Section(BaseModel):
 
 
 class Size(Section):
-    height: int = Field(gt=0, multiple_of=16)
-    width: int = Field(gt=0, multiple_of=16)
+    height: Int = Field(gt=0, multiple_of=16)
+    width: Int = Field(gt=0, multiple_of=16)
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -55,25 +60,25 @@ class DataParams(Section):
     """The generated default datasets. With real datasets, set generate: false and point
     paths.cityscapes / coco / imagenet at them (README: "Real data")."""
 
-    generate: bool = True
-    seed: int = 0
-    cityscapes_train: int = Field(32, ge=1)
-    cityscapes_val: int = Field(12, ge=1)
-    cityscapes_extra: int = Field(8, ge=0)
+    generate: Bool = True
+    seed: Int = 0
+    cityscapes_train: Int = Field(32, ge=1)
+    cityscapes_val: Int = Field(12, ge=1)
+    cityscapes_extra: Int = Field(8, ge=0)
     cityscapes_size: Size = Size(height=256, width=512)
-    coco_train: int = Field(24, ge=1)
-    coco_val: int = Field(8, ge=1)
+    coco_train: Int = Field(24, ge=1)
+    coco_val: Int = Field(8, ge=1)
     coco_size: Size = Size(height=240, width=320)
-    imagenet_classes: int = Field(4, ge=2)
-    imagenet_train_per_class: int = Field(32, ge=1)
-    imagenet_val_per_class: int = Field(8, ge=1)
-    imagenet_size: int = Field(64, ge=16)
+    imagenet_classes: Int = Field(4, ge=2)
+    imagenet_train_per_class: Int = Field(32, ge=1)
+    imagenet_val_per_class: Int = Field(8, ge=1)
+    imagenet_size: Int = Field(64, ge=16)
 
 
 class CostTablesParams(Section):
     spaces: tuple[SpaceName, ...] = ("small", "large", "xlarge")
     input_size: Size = Size(height=1024, width=2048)
-    num_classes: int = Field(19, ge=1)
+    num_classes: Int = Field(19, ge=1)
 
     @field_validator("spaces")
     @classmethod
@@ -90,19 +95,19 @@ Baseline = Literal["squeezenas_mac_small", "squeezenas_lat_small", "squeezenas_m
 class TrainStageParams(Section):
     """One retraining stage (paper section 5.3.2); lr / weight_decay left unset take train.lr / train.weight_decay."""
 
-    enabled: bool = True  # off: the stage passes the previous model on (or 'scratch'), recorded in its lineage
-    epochs: int = Field(gt=0)
-    lr: float | None = Field(None, gt=0)
-    weight_decay: float | None = Field(None, ge=0)
+    enabled: Bool = True  # off: the stage passes the previous model on (or 'scratch'), recorded in its lineage
+    epochs: Int = Field(gt=0)
+    lr: Float | None = Field(None, gt=0)
+    weight_decay: Float | None = Field(None, ge=0)
     schedule: Literal["step", "poly", "constant"] = "step"
-    milestones: tuple[int, ...] = ()  # step: epochs at which the lr is multiplied by gamma
-    gamma: float = Field(0.1, gt=0, le=1)
-    power: float = Field(0.9, gt=0)  # poly
-    warmup_epochs: float = Field(0.0, ge=0)
+    milestones: tuple[Int, ...] = ()  # step: epochs at which the lr is multiplied by gamma
+    gamma: Float = Field(0.1, gt=0, le=1)
+    power: Float = Field(0.9, gt=0)  # poly
+    warmup_epochs: Float = Field(0.0, ge=0)
     patch: Size = Size(height=768, width=768)  # crop size; ImageNet: the square training crop
-    scale: tuple[float, float] = (0.5, 2.0)  # segmentation: zoom range; ImageNet: crop area fraction
-    batch_size: int = Field(8, ge=1)  # per process
-    eval_every: int = Field(1, ge=0)  # validate every n epochs (0: only after the last)
+    scale: tuple[Float, Float] = (0.5, 2.0)  # segmentation: zoom range; ImageNet: crop area fraction
+    batch_size: Int = Field(8, ge=1)  # per process
+    eval_every: Int = Field(1, ge=0)  # validate every n epochs (0: only after the last)
 
     @model_validator(mode="after")
     def _milestones_inside(self):
@@ -129,18 +134,18 @@ class TrainParams(Section):
     The schema defaults are the paper's regime; params.yaml holds the small default run."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    nproc: int = Field(1, ge=1)  # > 1: DDP (SyncBatchNorm on GPU) in that many torchrun processes
-    threads: int | None = Field(None, ge=1)  # torch CPU threads per process (None: torch's default)
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-5, ge=0)
-    nesterov: bool = False
-    amp: bool = True  # float16 autocast on CUDA; ignored on CPU
-    grad_clip: float | None = Field(None, gt=0)
-    num_workers: int = Field(4, ge=0)
-    seed: int = 0
-    checkpoint_every: int = Field(0, ge=0)  # batches between mid-epoch checkpoints (0: epoch ends only)
-    log_every: int = Field(20, ge=1)
+    nproc: Int = Field(1, ge=1)  # > 1: DDP (SyncBatchNorm on GPU) in that many torchrun processes
+    threads: Int | None = Field(None, ge=1)  # torch CPU threads per process (None: torch's default)
+    lr: Float = Field(0.05, gt=0)
+    momentum: Float = Field(0.9, ge=0, lt=1)
+    weight_decay: Float = Field(1e-5, ge=0)
+    nesterov: Bool = False
+    amp: Bool = True  # float16 autocast on CUDA; ignored on CPU
+    grad_clip: Float | None = Field(None, gt=0)
+    num_workers: Int = Field(4, ge=0)
+    seed: Int = 0
+    checkpoint_every: Int = Field(0, ge=0)  # batches between mid-epoch checkpoints (0: epoch ends only)
+    log_every: Int = Field(20, ge=1)
     pretrain_imagenet: TrainStageParams = TrainStageParams(**TRAIN_STAGE_DEFAULTS["pretrain_imagenet"])
     pretrain_coco: TrainStageParams = TrainStageParams(**TRAIN_STAGE_DEFAULTS["pretrain_coco"])
     train_coarse: TrainStageParams = TrainStageParams(**TRAIN_STAGE_DEFAULTS["train_coarse"])
@@ -173,14 +178,14 @@ class BenchmarkParams(Section):
     # where latency is measured: 'local' = onnxruntime on this machine's CPU (threads, warmup, runs below);
     # 'profiling' = the latency profiling stage's target and protocol (its params section)
     target: Literal["local", "profiling"] = "local"
-    threads: int = Field(1, ge=1)  # onnxruntime (and torch evaluation) threads (1: the profiling protocol)
-    warmup: int = Field(3, ge=0)
-    runs: int = Field(20, ge=1)
+    threads: Int = Field(1, ge=1)  # onnxruntime (and torch evaluation) threads (1: the profiling protocol)
+    warmup: Int = Field(3, ge=0)
+    runs: Int = Field(20, ge=1)
     baselines: tuple[Baseline, ...] = ("squeezenas_lat_small", "mobilenetv3_small", "mobilenetv3_large")
     # released weights of published networks (relative paths are from the repository root)
     weights: dict[str, str] = {"squeezenas_lat_small": "reference/weights/squeezenas_lat_small.pth"}
-    onnx_atol: float = Field(1e-4, gt=0)  # max |PyTorch - ONNX| on the logits
-    register_model: bool = True  # register our final model in the MLflow model registry
+    onnx_atol: Float = Field(1e-4, gt=0)  # max |PyTorch - ONNX| on the logits
+    register_model: Bool = True  # register our final model in the MLflow model registry
 
     @model_validator(mode="after")
     def _weights_of_baselines(self):
@@ -203,7 +208,7 @@ class ChoiceParams(Section):
     rule: Literal["nearest_cost", "best_under_budget"] = "nearest_cost"
     metric: CostKind = "macs"
     reference: str | None = Field("squeezenas_mac_{space}", pattern=_REFERENCE)
-    target: float | None = Field(None, gt=0)
+    target: Float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _a_target(self):
@@ -215,18 +220,18 @@ class ChoiceParams(Section):
 class SampleParams(Section):
     """Sample K architectures from the searched distribution and score each through the supernet."""
 
-    num_samples: int = Field(200, ge=1)
-    seed: int = 0
-    bn_recalibration_batches: int = Field(0, ge=0)  # train batches to re-estimate BN per path (paper: 0)
-    batch_size: int = Field(2, ge=1)
-    val_images: int = Field(0, ge=0)  # the first n val images (0: all, as the paper)
+    num_samples: Int = Field(200, ge=1)
+    seed: Int = 0
+    bn_recalibration_batches: Int = Field(0, ge=0)  # train batches to re-estimate BN per path (paper: 0)
+    batch_size: Int = Field(2, ge=1)
+    val_images: Int = Field(0, ge=0)  # the first n val images (0: all, as the paper)
     costs: tuple[CostKind, ...] = ("macs", "params", "latency_ms")  # recorded when their table exists
-    workers: int = Field(2, ge=1)  # parallel evaluations
-    threads_per_worker: int = Field(0, ge=0)  # torch threads of each (0: cores // workers)
+    workers: Int = Field(2, ge=1)  # parallel evaluations
+    threads_per_worker: Int = Field(0, ge=0)  # torch threads of each (0: cores // workers)
     runner: Literal["threads", "dask"] = "threads"  # dask: prefect-dask, a local cluster or dask_address
     dask_address: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"  # several GPUs: paths are dealt out across them
-    val_cache_mb: int = Field(2048, ge=0)  # keep the val (and BN) images in memory up to this size
+    val_cache_mb: Int = Field(2048, ge=0)  # keep the val (and BN) images in memory up to this size
     choice: ChoiceParams = ChoiceParams()
 
 
@@ -239,36 +244,36 @@ class SearchParams(Section):
     # C(i, j): a MAC table of the cost_tables stage or a latency table of the profiling stage
     cost_table: str = "outputs/cost_tables/macs_small.parquet"
     cost_metric: CostKind = "macs"
-    cost_reference: float | None = Field(None, gt=0)  # table units; unset: expected block cost at uniform theta
-    alpha: float = Field(0.2, ge=0)
-    epochs: int = Field(90, ge=1)
+    cost_reference: Float | None = Field(None, gt=0)  # table units; unset: expected block cost at uniform theta
+    alpha: Float = Field(0.2, ge=0)
+    epochs: Int = Field(90, ge=1)
     scheme: Literal["joint", "fbnet"] = "joint"
-    fbnet_split: float = Field(0.8, gt=0, lt=1)  # fbnet: the weights' share of the training set
-    warmup_epochs: int = Field(0, ge=0)  # weights only
+    fbnet_split: Float = Field(0.8, gt=0, lt=1)  # fbnet: the weights' share of the training set
+    warmup_epochs: Int = Field(0, ge=0)  # weights only
     tau_schedule: Literal["linear", "exponential"] = "linear"
-    tau_start: float = Field(5.0, gt=0)
-    tau_end: float = Field(1.0, gt=0)
-    tau_decay: float | None = Field(None, gt=0, le=1)  # exponential: fixed factor per epoch (FBNet 0.956)
-    hard: bool = False  # straight-through one-hot samples
+    tau_start: Float = Field(5.0, gt=0)
+    tau_end: Float = Field(1.0, gt=0)
+    tau_decay: Float | None = Field(None, gt=0, le=1)  # exponential: fixed factor per epoch (FBNet 0.956)
+    hard: Bool = False  # straight-through one-hot samples
     patch: Size = Size(height=768, width=768)
-    scale: tuple[float, float] = (0.5, 2.0)
-    batch_size: int = Field(8, ge=1)  # per process
-    weight_lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-5, ge=0)
-    theta_lr: float = Field(0.01, gt=0)
-    theta_weight_decay: float = Field(0.0, ge=0)
-    prune_threshold: float = Field(0.005, ge=0, lt=1 / 13)
+    scale: tuple[Float, Float] = (0.5, 2.0)
+    batch_size: Int = Field(8, ge=1)  # per process
+    weight_lr: Float = Field(0.05, gt=0)
+    momentum: Float = Field(0.9, ge=0, lt=1)
+    weight_decay: Float = Field(1e-5, ge=0)
+    theta_lr: Float = Field(0.01, gt=0)
+    theta_weight_decay: Float = Field(0.0, ge=0)
+    prune_threshold: Float = Field(0.005, ge=0, lt=1 / 13)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    nproc: int = Field(1, ge=1)  # > 1: DDP in that many torchrun processes (SyncBatchNorm on GPU)
-    amp: bool = True  # float16 autocast on CUDA; ignored on CPU
-    num_workers: int = Field(0, ge=0)
-    threads: int = Field(0, ge=0)  # torch CPU threads per process (0: torch's default)
-    checkpoint_every: int = Field(0, ge=0)  # steps between mid-epoch checkpoints (0: epoch ends only)
-    log_every: int = Field(10, ge=1)
-    eval_images: int = Field(0, ge=0)  # val images for the argmax architecture's mIoU (0: all)
-    num_classes: int = Field(19, ge=1)
-    seed: int = 0
+    nproc: Int = Field(1, ge=1)  # > 1: DDP in that many torchrun processes (SyncBatchNorm on GPU)
+    amp: Bool = True  # float16 autocast on CUDA; ignored on CPU
+    num_workers: Int = Field(0, ge=0)
+    threads: Int = Field(0, ge=0)  # torch CPU threads per process (0: torch's default)
+    checkpoint_every: Int = Field(0, ge=0)  # steps between mid-epoch checkpoints (0: epoch ends only)
+    log_every: Int = Field(10, ge=1)
+    eval_images: Int = Field(0, ge=0)  # val images for the argmax architecture's mIoU (0: all)
+    num_classes: Int = Field(19, ge=1)
+    seed: Int = 0
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -282,8 +287,8 @@ class SearchParams(Section):
 class FidelityParams(Section):
     """Does the table predict real latency: K sampled networks measured end to end, same target."""
 
-    num_networks: int = Field(30, ge=0)  # 0 skips the check
-    seed: int = 0
+    num_networks: Int = Field(30, ge=0)  # 0 skips the check
+    seed: Int = 0
     space: SpaceName = "small"  # one of latency.spaces
 
 
@@ -298,13 +303,13 @@ class LatencyParams(Section):
     hosts: tuple[str, ...] = ()
     runner: Literal["threads", "dask"] = "threads"  # one job per device: threads, or prefect-dask
     dask_address: str | None = None  # runner dask: an existing scheduler; unset: a local cluster
-    port: int = Field(22, ge=1, le=65535)
+    port: Int = Field(22, ge=1, le=65535)
     user: str | None = None
     key_file: str | None = None
     known_hosts: str = "~/.ssh/known_hosts"  # the only file host keys are checked against
     backend: Literal["onnxruntime", "trtexec", "torch_cuda"] = "onnxruntime"
-    fp16: bool = False  # trtexec --fp16, or half precision for torch_cuda
-    threads: int = Field(1, ge=1)  # onnxruntime intra-op threads (pinned)
+    fp16: Bool = False  # trtexec --fp16, or half precision for torch_cuda
+    threads: Int = Field(1, ge=1)  # onnxruntime intra-op threads (pinned)
     # onnxruntime graph optimisation level; 'all' adds NCHWc layout changes whose placement depends on
     # the neighbouring blocks, which breaks the additive table (benchmarks/README.md)
     optimization: Literal["basic", "extended", "all"] = "extended"
@@ -313,21 +318,21 @@ class LatencyParams(Section):
     remote_python: str = "python3"
     remote_workdir: str = "/tmp"  # a private squeezenas-* directory is made in it and removed after
     trtexec: str = "/usr/src/tensorrt/bin/trtexec"
-    trtexec_warmup_ms: int = Field(200, ge=0)
-    power_mode: int | None = Field(None, ge=0)  # nvpmodel -m N first (AGX Xavier 30 W: 3 = MODE_30W_ALL)
-    pin_clocks: bool = False  # jetson_clocks first
-    warmup: int = Field(10, ge=0)
-    runs: int = Field(50, ge=1)  # at least this many timed runs per model ...
-    min_time_s: float = Field(0.3, ge=0)  # ... lasting at least this long
-    rounds: int = Field(1, ge=1)  # onnxruntime: > 1 interleaves all models over rounds (busy machines)
-    edge_correction: bool = False  # subtract measured edge costs (profiling/boundary.py; see its caveat)
+    trtexec_warmup_ms: Int = Field(200, ge=0)
+    power_mode: Int | None = Field(None, ge=0)  # nvpmodel -m N first (AGX Xavier 30 W: 3 = MODE_30W_ALL)
+    pin_clocks: Bool = False  # jetson_clocks first
+    warmup: Int = Field(10, ge=0)
+    runs: Int = Field(50, ge=1)  # at least this many timed runs per model ...
+    min_time_s: Float = Field(0.3, ge=0)  # ... lasting at least this long
+    rounds: Int = Field(1, ge=1)  # onnxruntime: > 1 interleaves all models over rounds (busy machines)
+    edge_correction: Bool = False  # subtract measured edge costs (profiling/boundary.py; see its caveat)
     input_size: Size = Size(height=256, width=512)
     spaces: tuple[SpaceName, ...] = ("small",)
-    num_classes: int = Field(19, ge=1)
-    timeout_s: float = Field(600.0, gt=0)  # no result from the device for this long: retry
-    keepalive_s: float = Field(15.0, gt=0)
-    retries: int = Field(3, ge=0)  # reconnects without progress, and Prefect task retries
-    backoff_s: float = Field(2.0, ge=0)  # first retry delay, doubled each time
+    num_classes: Int = Field(19, ge=1)
+    timeout_s: Float = Field(600.0, gt=0)  # no result from the device for this long: retry
+    keepalive_s: Float = Field(15.0, gt=0)
+    retries: Int = Field(3, ge=0)  # reconnects without progress, and Prefect task retries
+    backoff_s: Float = Field(2.0, ge=0)  # first retry delay, doubled each time
     fidelity: FidelityParams = FidelityParams()
 
     @model_validator(mode="before")
@@ -378,21 +383,68 @@ class Params(Section):
     sample: SampleParams = SampleParams()
     search: SearchParams = SearchParams()
 
+    def datasets(self) -> dict[str, str]:
+        """The datasets the pipeline reads: Cityscapes, COCO and ImageNet (each while a stage trains on it)."""
+        used = {"cityscapes": True, "coco": self.train.pretrain_coco.enabled,
+                "imagenet": self.train.pretrain_imagenet.enabled}
+        return {name: getattr(self.paths, name) for name, on in used.items() if on}
+
+
+def missing_datasets(params: Params) -> list[str]:
+    """With data.generate false, one message per dataset the pipeline reads whose folder is absent."""
+    if params.data.generate:
+        return []
+    stage = {"coco": "pretrain_coco", "imagenet": "pretrain_imagenet"}
+    return [f"paths.{name}: {path}: no such dataset folder (data.generate is false: point paths.{name} at the real "
+            f"dataset" + (f", or set train.{stage[name]}.enabled: false)" if name in stage else ")")
+            for name, path in params.datasets().items() if not Path(path).is_dir()]
+
+
+def _keys_at(loc: tuple) -> list[str]:
+    """The valid keys of the section that `loc` (a field's path) sits in; [] if it is no section."""
+    model: type[BaseModel] = Params
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _nearest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _problem(e: dict) -> str:
+    """One validation error as `field: problem (got ..., the valid keys/values)`."""
+    field = ".".join(str(p) for p in e["loc"])
+    if e["type"] == "extra_forbidden":
+        keys = _keys_at(e["loc"])
+        return f"{field}: unknown key ({_nearest(e['loc'][-1], keys)}valid keys: {', '.join(keys)})"
+    msg = e["msg"].removeprefix("Value error, ")
+    if msg.startswith(field):  # a section's own check already names its fields
+        return msg
+    value = e.get("input")
+    got = "" if e["type"] == "missing" or isinstance(value, (dict, list)) else f" (got {value!r})"
+    if isinstance(value, bool) and e["type"] in ("int_type", "float_type"):
+        got = f" (got {value!r}: YAML reads yes/no/on/off as booleans)"
+    elif isinstance(value, str) and e["type"] in ("int_type", "float_type", "bool_type"):
+        got = f" (got the string {value!r}: write it unquoted)"
+    if e["type"] == "literal_error":  # the allowed values are in the message; suggest the nearest
+        hint = _nearest(value, re.findall(r"'([^']*)'", e["ctx"]["expected"]))
+        got = f" (got {value!r}; {hint.rstrip()})" if hint else got
+    return f"{field}: {msg}{got}"
+
 
 def _format(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        got = "" if e["type"] in ("missing", "extra_forbidden") else f" (got {e.get('input')!r})"
-        lines.append(f"{source}: {field}: {msg}{got}")
-    return "\n".join(lines)
+    return f"{source}: " + "; ".join(_problem(e) for e in err.errors())
 
 
 def _set_dotted(data: dict, dotted: str, value: Any, source: str) -> None:
     keys = dotted.split(".")
+    if not all(keys):
+        raise ParamsError(f"{source}: expected key.sub=value with a key like search.alpha")
     node = data
     for k in keys[:-1]:
         node = node.setdefault(k, {})
@@ -403,26 +455,90 @@ def _set_dotted(data: dict, dotted: str, value: Any, source: str) -> None:
 
 def parse_params(data: dict, source: str = "params.yaml") -> Params:
     if not isinstance(data, dict):
-        raise ParamsError(f"{source}: the top level must be a mapping of sections")
+        raise ParamsError(f"{source}: the top level must be a mapping of sections, not {_yaml_kind(data)}")
     try:
         return Params.model_validate(data)
     except ValidationError as e:
         raise ParamsError(_format(e, source)) from None
 
 
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser: fast
+    """YAML 1.1 as PyYAML reads it, but `1e-5` is the float YAML 1.2 and every user means, not a string."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                              list("-+0123456789."))
+
+
+def _yaml_kind(data: Any) -> str:
+    return {list: "a list", str: "a string"}.get(type(data), f"a {type(data).__name__}")
+
+
+def _refuse_duplicate_keys(node: yaml.Node, where: tuple[str, ...], seen_nodes: set[int]) -> None:
+    """YAML keeps the last of two equal keys silently; a params file that says a thing twice is refused."""
+    if id(node) in seen_nodes:  # an alias of a node already walked
+        return
+    seen_nodes.add(id(node))
+    children = node.value if isinstance(node, yaml.MappingNode) else []
+    lines: dict[tuple[str, str], int] = {}
+    for key, value in children:
+        name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+        if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+            line = key.start_mark.line + 1
+            if (key.tag, name) in lines:
+                raise ParamsError(f"{'.'.join((*where, name))}: duplicate key (lines {lines[key.tag, name]} and "
+                                  f"{line}); YAML would keep the last silently: say it once")
+            lines[key.tag, name] = line
+        _refuse_duplicate_keys(value, (*where, name), seen_nodes)
+    for i, item in enumerate(node.value if isinstance(node, yaml.SequenceNode) else []):
+        _refuse_duplicate_keys(item, (*where, str(i)), seen_nodes)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text as Python data; bad YAML or a duplicate key is a one-line ParamsError naming `source`."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node, (), set())
+        return loader.construct_document(node)
+    except ParamsError as e:
+        raise ParamsError(f"{source}: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ParamsError(f"{source}: not valid YAML{where}: {problem}") from None
+    finally:
+        loader.dispose()
+
+
+def _read_text(path: Path) -> str:
+    """The params file's text; a missing, unreadable or binary file is a ParamsError naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such params file (run in the project folder, or pass --params FILE)") from None
+    except IsADirectoryError:
+        raise ParamsError(f"{path}: is a folder, not a params file") from None
+    except UnicodeDecodeError as e:
+        raise ParamsError(f"{path}: not a UTF-8 text file (byte {e.start}); a params file is YAML text") from None
+    except OSError as e:
+        raise ParamsError(f"{path}: cannot read the params file ({e.strerror})") from None
+
+
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:
     """Read params.yaml and apply `key.sub=value` overrides (values parsed as YAML)."""
     path = Path(path)
-    try:
-        data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}  # libyaml: fast
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: no such params file") from None
-    except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML ({e})") from None
+    data = parse_yaml(_read_text(path), str(path))
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: the top level must be a mapping of sections, not {_yaml_kind(data)}")
     for item in overrides:
         if "=" not in item:
-            raise ParamsError(f"--set {item!r}: expected key.sub=value")
+            raise ParamsError(f"--set {item!r}: expected key.sub=value, e.g. --set search.alpha=0.5")
         key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw), f"--set {key}")
+        _set_dotted(data, key.strip(), parse_yaml(raw, f"--set {item}"), f"--set {item}")
     source = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)
     return parse_params(data, source)
