@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import logging
+import re
 import sys
 
 from flows import forkserver, quiet_telemetry
+
+# errors whose message is the whole story (it names the file, the field or the path): one line, exit 2, no traceback
+USER_ERRORS = (ValueError, OSError)
 
 # subcommand -> module providing add_parser(subparsers); explicit, no import-time registry
 COMMANDS = {
@@ -30,8 +36,20 @@ def add_params_args(p: argparse.ArgumentParser) -> None:
                    help="override a parameter, e.g. --set search.alpha=0.5 (repeatable)")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, with the nearest choice for a misspelt one."""
+
+    def error(self, message: str):
+        hint = ""
+        bad = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if bad:
+            close = difflib.get_close_matches(bad.group(1), re.findall(r"'([^']*)'", bad.group(2)), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+        self.exit(2, f"{self.prog}: error: {message}{hint} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="squeezenas", description=__doc__)
+    parser = Parser(prog="squeezenas", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for module in dict.fromkeys(COMMANDS.values()):  # each module once, in first-mention order
         importlib.import_module(module).add_parser(sub)
@@ -47,10 +65,49 @@ def main(argv: list[str] | None = None) -> int:
             return code
     args = build_parser().parse_args(argv)
     try:
+        check_params(args)
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"squeezenas {args.command}: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        print(f"squeezenas {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
+
+
+def check_params(args: argparse.Namespace) -> None:
+    """A command that reads params.yaml checks it (and its --set overrides, and the stage's cheap
+    preconditions) first: a typo costs no Prefect server start and no torch/Prefect/MLflow import."""
+    if not hasattr(args, "params"):
+        return
+    from nas_core.config import load_params
+
+    params = load_params(args.params, tuple(getattr(args, "overrides", ())))
+    if getattr(args, "preflight", None):
+        args.preflight(params)
+
+
+def one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.filename and type(error).__str__ is OSError.__str__:
+        text = f"{error.filename}: {error.strerror}"  # not "[Errno 13] Permission denied: 'x'"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split("\n"))
+
+
+class _NoUserTracebacks(logging.Filter):
+    """Prefect logs a failed task or flow with its traceback; for a user's error the one line the
+    command prints says it all (the Prefect API still gets the traceback: this filters the console)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_user_tracebacks() -> None:
+    """Install the filter on the console handlers Prefect configured (call after importing a flow)."""
+    for handler in logging.getLogger().handlers:
+        if type(handler).__name__ == "PrefectConsoleHandler" and \
+                not any(isinstance(f, _NoUserTracebacks) for f in handler.filters):
+            handler.addFilter(_NoUserTracebacks())
 
 
 if __name__ == "__main__":

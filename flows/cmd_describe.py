@@ -1,12 +1,11 @@
 """`squeezenas describe`: MACs and parameters of a published network or an architecture file."""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
-from nas_core.cost_table import build_cost_table
 from nas_core.search_space import Architecture
-from nas_core.zoo import PUBLISHED
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -19,19 +18,33 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def resolve_architecture(spec: str) -> tuple[str, Architecture]:
-    """A published name, an architecture JSON file, or inline JSON."""
-    if spec in PUBLISHED:
-        return spec, PUBLISHED[spec]
+    """An architecture JSON file, inline JSON, or a published name (checked last: it imports torch)."""
     if spec.lstrip().startswith("{"):
         return "inline", Architecture.from_json(spec)
     path = Path(spec)
     if path.is_file():
         return path.stem, Architecture.load(path)
+    from nas_core.zoo import PUBLISHED
+
+    if spec in PUBLISHED:
+        return spec, PUBLISHED[spec]
     raise ValueError(f"{spec!r} is neither a published network ({', '.join(PUBLISHED)}) nor an architecture JSON file")
 
 
 def describe(arch: Architecture, input_size: tuple[int, int], num_classes: int) -> dict:
+    from nas_core.cost_table import build_cost_table
+
     table = build_cost_table(arch.space, input_size, num_classes)
     blocks = table[table["kind"] == "block"]
     chosen = [blocks[(blocks["block"] == i) & (blocks["candidate"] == c)].iloc[0] for i, c in enumerate(arch.choices)]
@@ -47,8 +60,9 @@ def describe(arch: Architecture, input_size: tuple[int, int], num_classes: int) 
 
 
 def run(args) -> int:
+    size = parse_size(args.input_size)  # checked before the architecture, which may import torch
     name, arch = resolve_architecture(args.network)
-    info = describe(arch, parse_size(args.input_size), args.num_classes)
+    info = describe(arch, size, args.num_classes)
     info["name"] = name
     if args.json:
         print(json.dumps(info))
@@ -67,6 +81,6 @@ def add_parser(sub) -> None:
     p = sub.add_parser("describe", help="MACs and parameters of a network, per block")
     p.add_argument("network", metavar="NAME_OR_ARCH_JSON", help="a published network name or an architecture JSON file")
     p.add_argument("--input-size", default="1024x2048", help="HEIGHTxWIDTH (default 1024x2048)")
-    p.add_argument("--num-classes", type=int, default=19)
+    p.add_argument("--num-classes", type=positive_int, default=19)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)

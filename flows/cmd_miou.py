@@ -6,9 +6,6 @@ import json
 import math
 import sys
 
-from nas_core.data.files import DatasetError
-from nas_core.metrics import evaluate_prediction_folder
-
 
 def add_parser(subparsers) -> None:
     """Register the `miou` subcommand on an argparse subparsers object."""
@@ -28,6 +25,9 @@ def _finite(value: float) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nas_core.data.files import DatasetError
+    from nas_core.metrics import evaluate_prediction_folder
+
     try:
         result = evaluate_prediction_folder(args.cityscapes_root, args.predictions, split=args.split)
     except DatasetError as error:

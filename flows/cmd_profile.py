@@ -37,8 +37,10 @@ def _profile(args) -> int:
     try:
         if args.trust_host is not None:
             return _trust(args)
+        from flows.cli import quiet_user_tracebacks
         from flows.profile import profile_flow
 
+        quiet_user_tracebacks()
         profile_flow(args.params, tuple(args.overrides))
     except ProfileError as e:
         print(f"squeezenas profile: error: {e}", file=sys.stderr)

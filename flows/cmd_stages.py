@@ -25,9 +25,25 @@ STAGE_COMMANDS = {
 
 
 def run_flow(target: str, args) -> int:
+    from flows.cli import quiet_user_tracebacks
+
     module, name = target.split(":")
-    getattr(importlib.import_module(module), name)(args.params, tuple(args.overrides))
+    flow = getattr(importlib.import_module(module), name)
+    quiet_user_tracebacks()
+    flow(args.params, tuple(args.overrides))
     return 0
+
+
+def check_datasets_exist(params) -> None:
+    """`data` with generate: false checks the real datasets; a missing one is refused before any server starts."""
+    from nas_core.config import missing_datasets
+
+    missing = missing_datasets(params)
+    if missing:
+        raise FileNotFoundError("; ".join(missing))
+
+
+PREFLIGHT = {"data": check_datasets_exist}  # cheap checks of a stage's inputs, after its params
 
 
 def add_parser(sub) -> None:
@@ -36,4 +52,4 @@ def add_parser(sub) -> None:
     for command, (target, text) in STAGE_COMMANDS.items():
         p = sub.add_parser(command, help=text)
         add_params_args(p)
-        p.set_defaults(func=lambda args, target=target: run_flow(target, args))
+        p.set_defaults(func=lambda args, target=target: run_flow(target, args), preflight=PREFLIGHT.get(command))

@@ -1,12 +1,14 @@
 """Subcommand `train STAGE`: one of the four retraining stages (`benchmark` is in cmd_stages)."""
 from __future__ import annotations
 
-from nas_core.retrain import STAGES
+from nas_core.config import TRAIN_STAGE_DEFAULTS
 
 
 def _train(args) -> int:
+    from flows.cli import quiet_user_tracebacks
     from flows.train import FLOWS
 
+    quiet_user_tracebacks()
     FLOWS[args.stage](args.params, tuple(args.overrides))
     return 0
 
@@ -16,6 +18,6 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("train", help="stages pretrain_imagenet, pretrain_coco, train_coarse, train_fine: "
                                      "retrain the chosen architecture (paper section 5.3.2)")
-    p.add_argument("stage", choices=STAGES)
+    p.add_argument("stage", choices=tuple(TRAIN_STAGE_DEFAULTS))  # nas_core.retrain.STAGES, without torch
     add_params_args(p)
     p.set_defaults(func=_train)

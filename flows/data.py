@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from nas_core.config import load_params
+from nas_core.config import load_params, missing_datasets
+from nas_core.data import DatasetError
 from tasks import tracking
 from tasks.data import check_datasets_task, generate_cityscapes_task, generate_coco_task, generate_imagenet_task
 
@@ -14,7 +15,10 @@ def data_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ())
     params = load_params(params_file, overrides)
     cfg, paths = params.data, params.paths
     if not cfg.generate:
-        counts = check_datasets_task(paths.cityscapes, paths.coco, paths.imagenet)
+        missing = missing_datasets(params)
+        if missing:
+            raise DatasetError("; ".join(missing))
+        counts = check_datasets_task(params.datasets())
         print(f"[data] real datasets checked: {counts}")
         return counts
     print(f"[data] generating Cityscapes ({cfg.cityscapes_train}+{cfg.cityscapes_val}+{cfg.cityscapes_extra} images "

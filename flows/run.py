@@ -18,7 +18,6 @@ from typing import Callable, Iterator
 from flows import forkserver
 from nas_core.config import load_params
 from nas_core.io import atomic_write_json
-from tasks import tracking
 
 
 def _free_port() -> int:
@@ -134,6 +133,8 @@ def task_compute_seconds(api_url: str, since: float) -> tuple[float, int]:
 
 def run_pipeline(params_file: str = "params.yaml", targets: tuple[str, ...] = (), force: bool = False,
                  push: bool = False) -> int:
+    from tasks import tracking  # MLflow: imported once the params are known to be good
+
     params = load_params(params_file)
     t0 = time.perf_counter()
     with prefect_server(Path(".prefect")) as (api_url, prefect_ready):

@@ -1,6 +1,9 @@
-"""Atomic artifact writes: every file appears whole or not at all (temp file + fsync + rename)."""
+"""Atomic artifact writes: every file appears whole or not at all (temp file + fsync + rename).
+Artifacts get the modes a plain write would (0644/0755 under the usual umask: teammates share a
+machine), and a write that fails raises WriteError naming the artifact, the old one left intact."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -10,19 +13,82 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+class WriteError(OSError):
+    """An artifact could not be written (permission, disk full, a file where a folder should be)."""
+
+    def __str__(self) -> str:
+        return f"{self.filename}: cannot write: {self.strerror}"
+
+
+def _umask() -> int:
+    try:  # Linux: read it without setting it (os.umask would change it for every thread meanwhile)
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
+def _blocker(folder: Path) -> Path | None:
+    """The file standing where `folder` or one of its parents should be a folder, if any."""
+    for p in (folder, *folder.parents):
+        if p.exists() or p.is_symlink():
+            return None if p.is_dir() else p
+    return None
+
+
+@contextmanager
+def _naming(path: Path, folder: Path | None = None) -> Iterator[None]:
+    """Turn an OSError while writing `path` (in `folder`, default its parent) into a WriteError
+    that names `path` and says why."""
+    folder = path.parent if folder is None else folder
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as e:
+        blocker = _blocker(folder)
+        if blocker is not None:
+            raise WriteError(errno.ENOTDIR, f"{blocker} is a file, not a folder", str(path)) from None
+        why = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota exceeded",
+               errno.EACCES: f"permission denied in {folder}", errno.EROFS: "read-only file system"}
+        raise WriteError(e.errno, why.get(e.errno, e.strerror or str(e)), str(path)) from None
+
+
+def make_dir(path: str | Path) -> Path:
+    """`mkdir -p` whose failure names the folder (a file in the way, permission)."""
+    path = Path(path)
+    with _naming(path, folder=path):
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def temp_dir(parent: str | Path, prefix: str, suffix: str = "") -> Path:
+    """A new empty folder in `parent` with a plain folder's mode (mkdtemp's is 0700)."""
+    parent = make_dir(parent)
+    with _naming(parent / prefix):
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+        os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    make_dir(path.parent)
+    with _naming(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide the artifact from the group
+        os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with _naming(path):
+            yield tmp
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -33,14 +99,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     file of an earlier write that this one did not produce lingers (e.g. a space no longer
     configured). Between the two renames `path` is briefly absent, never partly written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = temp_dir(path.parent, f".{path.name}.", ".tmp")
     try:
-        yield tmp
-        old = tmp.with_suffix(".old")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
+        with _naming(path):
+            yield tmp
+            old = tmp.with_suffix(".old")
+            if path.exists():
+                os.replace(path, old)
+            os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

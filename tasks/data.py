@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -10,14 +9,13 @@ from prefect import task
 
 from nas_core.data import CityscapesSegmentation, CocoSegmentation, ImageNetFolder, generate_cityscapes, \
     generate_coco, generate_imagenet
-from nas_core.io import atomic_write_json
+from nas_core.io import atomic_write_json, temp_dir
 
 
 def _generate_atomically(root: str, generate: Callable[[Path], dict]) -> dict:
     """Generate into a sibling temp folder and rename it onto `root`: a dataset is whole or absent."""
     root_path = Path(root)
-    root_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root_path.name}.", dir=root_path.parent))
+    tmp = temp_dir(root_path.parent, f".{root_path.name}.")  # group-readable, unlike mkdtemp's 0700
     try:
         summary = generate(tmp)
         atomic_write_json(tmp / "generated.json", summary)
@@ -51,14 +49,15 @@ def generate_imagenet_task(root: str, num_classes: int, train_per_class: int, va
 
 
 @task(name="check-datasets")
-def check_datasets_task(cityscapes: str, coco: str, imagenet: str) -> dict:
-    """Verify every file of every split of the configured (real) datasets; a defect raises, naming the file."""
-    def checked(dataset) -> int:
-        dataset.verify()
-        return len(dataset)
-
-    counts = {f"cityscapes.{s}": checked(CityscapesSegmentation(cityscapes, s)) for s in ("train", "val", "coarse_train")}
-    for path, reader, name in ((coco, CocoSegmentation, "coco"), (imagenet, ImageNetFolder, "imagenet")):
-        if Path(path).exists():
-            counts.update({f"{name}.{s}": checked(reader(path, s)) for s in ("train", "val")})
+def check_datasets_task(datasets: dict[str, str]) -> dict:
+    """Verify every file of every split of the given (real) datasets, {name: root}; a defect raises, naming the file."""
+    readers = {"cityscapes": (CityscapesSegmentation, ("train", "val", "coarse_train")),
+               "coco": (CocoSegmentation, ("train", "val")), "imagenet": (ImageNetFolder, ("train", "val"))}
+    counts = {}
+    for name, root in datasets.items():
+        reader, splits = readers[name]
+        for split in splits:
+            dataset = reader(root, split)
+            dataset.verify()
+            counts[f"{name}.{split}"] = len(dataset)
     return counts
