@@ -444,7 +444,7 @@ def _format(err: ValidationError, source: str) -> str:
 def _set_dotted(data: dict, dotted: str, value: Any, source: str) -> None:
     keys = dotted.split(".")
     if not all(keys):
-        raise ParamsError(f"{source}: expected key.sub=value with a key like search.alpha")
+        raise ParamsError(f"--set {dotted!r}: expected key.sub=value with a key like search.alpha")
     node = data
     for k in keys[:-1]:
         node = node.setdefault(k, {})
@@ -494,14 +494,15 @@ def _refuse_duplicate_keys(node: yaml.Node, where: tuple[str, ...], seen_nodes: 
         _refuse_duplicate_keys(item, (*where, str(i)), seen_nodes)
 
 
-def parse_yaml(text: str, source: str) -> Any:
-    """YAML text as Python data; bad YAML or a duplicate key is a one-line ParamsError naming `source`."""
+def parse_yaml(text: str, source: str, where: tuple[str, ...] = ()) -> Any:
+    """YAML text as Python data; bad YAML or a duplicate key is a one-line ParamsError naming `source`
+    (and the key, under `where`: the dotted path the text sits at)."""
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None
-        _refuse_duplicate_keys(node, (), set())
+        _refuse_duplicate_keys(node, where, set())
         return loader.construct_document(node)
     except ParamsError as e:
         raise ParamsError(f"{source}: {e}") from None
@@ -538,7 +539,9 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[s
     for item in overrides:
         if "=" not in item:
             raise ParamsError(f"--set {item!r}: expected key.sub=value, e.g. --set search.alpha=0.5")
-        key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), parse_yaml(raw, f"--set {item}"), f"--set {item}")
-    source = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)
+        key, raw = (part.strip() for part in item.split("=", 1))
+        # messages name the key, never echo the value: a value given here may be a secret
+        _set_dotted(data, key, parse_yaml(raw, f"--set {key}", tuple(key.split("."))), f"--set {key}")
+    keys = [item.split("=", 1)[0].strip() for item in overrides]
+    source = f"{path} with --set {', '.join(keys)}" if overrides else str(path)
     return parse_params(data, source)

@@ -56,18 +56,12 @@ def _naming(path: Path, folder: Path | None = None) -> Iterator[None]:
         raise WriteError(e.errno, why.get(e.errno, e.strerror or str(e)), str(path)) from None
 
 
-def make_dir(path: str | Path) -> Path:
-    """`mkdir -p` whose failure names the folder (a file in the way, permission)."""
-    path = Path(path)
-    with _naming(path, folder=path):
-        path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def temp_dir(parent: str | Path, prefix: str, suffix: str = "") -> Path:
-    """A new empty folder in `parent` with a plain folder's mode (mkdtemp's is 0700)."""
-    parent = make_dir(parent)
-    with _naming(parent / prefix):
+def temp_dir(parent: str | Path, prefix: str, suffix: str = "", reported: Path | None = None) -> Path:
+    """A new empty folder in `parent` with a plain folder's mode (mkdtemp's is 0700); an error
+    names `reported` (default: the folder's prefix), the artifact the folder is for."""
+    parent = Path(parent)
+    with _naming(reported or parent / prefix, folder=parent):
+        parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
         os.chmod(tmp, 0o777 & ~_umask())
     return tmp
@@ -77,8 +71,8 @@ def temp_dir(parent: str | Path, prefix: str, suffix: str = "") -> Path:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path`."""
     path = Path(path)
-    make_dir(path.parent)
     with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide the artifact from the group
         os.close(fd)
@@ -99,7 +93,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     file of an earlier write that this one did not produce lingers (e.g. a space no longer
     configured). Between the two renames `path` is briefly absent, never partly written."""
     path = Path(path)
-    tmp = temp_dir(path.parent, f".{path.name}.", ".tmp")
+    tmp = temp_dir(path.parent, f".{path.name}.", ".tmp", reported=path)
     try:
         with _naming(path):
             yield tmp
