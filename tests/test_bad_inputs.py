@@ -3,6 +3,7 @@ and one line naming the file or the field, no traceback, and before any Prefect 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -180,3 +181,96 @@ def test_the_warm_path_refuses_the_same_way(workdir, tmp_path):
     assert counts.get("served") == 1
     assert warm.returncode == 2 and len(warm.stderr.strip().splitlines()) == 1
     assert "search.alpah: unknown key (did you mean 'alpha'?" in warm.stderr
+
+
+# ---------------------------------------------------------------- faults while a stage runs
+# These need a stage to run: one Prefect test server for them all (the commands reach it through
+# PREFECT_API_URL, as under `squeezenas run`), so none starts its own.
+
+COST_TABLES = "tracking: {{mlflow_uri: 'sqlite:///{db}', experiment: t}}\n" \
+              "cost_tables: {{spaces: [small], input_size: {{height: 64, width: 128}}}}\n"
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):  # the shared CPU can be slow to start it
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture
+def stage_dir(tmp_path, prefect_api):
+    (tmp_path / "params.yaml").write_text(COST_TABLES.format(db=tmp_path / "mlflow.db"))
+    return tmp_path
+
+
+def run_stage(cwd: Path, api: str, argv: list[str], prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`prefix squeezenas argv` against the test server; `argv` a shell script when prefix ends with sh."""
+    env = {k: v for k, v in stage_env(PYTHONPATH=str(ROOT), PREFECT_API_URL=api).items()
+           if k != "SQUEEZENAS_FORKSERVER"}
+    command = [*prefix, "-c", argv[0]] if prefix[-1:] == ("sh",) else [*prefix, *squeezenas(), *argv]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def assert_refused(proc: subprocess.CompletedProcess, command: str, message: str) -> None:
+    """Exit 2, and one error line naming the artifact (Prefect's own log lines around it are the stage's)."""
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith(f"squeezenas {command}: error:")]
+    assert errors == [f"squeezenas {command}: error: {message}"], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_a_file_in_the_way_of_an_output_folder(stage_dir, prefect_api):
+    (stage_dir / "outputs").write_text("a file where the outputs folder goes")
+    proc = run_stage(stage_dir, prefect_api, ["cost-tables"])
+    assert_refused(proc, "cost-tables", "outputs/cost_tables/macs_small.parquet: cannot write: outputs is a file, "
+                                        "not a folder")
+    assert (stage_dir / "outputs").read_text() == "a file where the outputs folder goes"
+
+
+def test_an_output_folder_without_write_permission(stage_dir, prefect_api):
+    from tests.test_io import unshare
+
+    out = stage_dir / "outputs" / "cost_tables"
+    out.mkdir(parents=True)
+    (out / "macs_small.parquet").write_text("old table")
+    out.chmod(0o555)
+    try:  # as root: a user namespace without a mapping, where root's override of file modes is gone
+        proc = run_stage(stage_dir, prefect_api, ["cost-tables"], tuple(unshare("--user")) if os.geteuid() == 0 else ())
+    finally:
+        out.chmod(0o755)
+    assert_refused(proc, "cost-tables", "outputs/cost_tables/macs_small.parquet: cannot write: permission denied in "
+                                        "outputs/cost_tables")
+    assert (out / "macs_small.parquet").read_text() == "old table" and os.listdir(out) == ["macs_small.parquet"]
+
+
+def test_a_full_disk(stage_dir, prefect_api):
+    from tests.test_io import unshare
+
+    out = stage_dir / "outputs" / "cost_tables"
+    out.mkdir(parents=True)
+    cmd = " ".join([*squeezenas(), "cost-tables"])
+    script = (f"mount -t tmpfs -o size=16k none {out} && echo old table > {out}/macs_small.parquet && "
+              f"(dd if=/dev/zero of={out}/fill bs=1k 2>/dev/null; true) && {cmd}; "
+              f"code=$?; cat {out}/macs_small.parquet; ls -A {out}; exit $code")
+    proc = run_stage(stage_dir, prefect_api, [script], (*unshare("-rm"), "sh"))
+    assert_refused(proc, "cost-tables", "outputs/cost_tables/macs_small.parquet: cannot write: no space left on "
+                                        "the disk")
+    assert proc.stdout.splitlines()[-3:] == ["old table", "fill", "macs_small.parquet"]
+
+
+def test_data_with_real_datasets_checks_coco_and_imagenet_too(stage_dir, prefect_api):
+    from nas_core.data import generate_cityscapes, generate_coco, generate_imagenet
+
+    generate_cityscapes(stage_dir / "cs", 2, 1, 1, (32, 64), 0)
+    generate_coco(stage_dir / "coco", 1, 1, (32, 48), 0)
+    generate_imagenet(stage_dir / "imagenet", 2, 1, 1, 16, 0)
+    real = ["data", S, "data.generate=false", S, "paths.cityscapes=cs", S, "paths.coco=coco", S, "paths.imagenet=imagenet"]
+    proc = run_stage(stage_dir, prefect_api, real)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "'coco.val': 1" in proc.stdout and "'imagenet.train': 2" in proc.stdout
+
+    shutil.rmtree(stage_dir / "imagenet" / "val")
+    assert_refused(run_stage(stage_dir, prefect_api, real), "data", "missing split folder imagenet/val")
