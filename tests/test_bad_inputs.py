@@ -274,3 +274,13 @@ def test_data_with_real_datasets_checks_coco_and_imagenet_too(stage_dir, prefect
 
     shutil.rmtree(stage_dir / "imagenet" / "val")
     assert_refused(run_stage(stage_dir, prefect_api, real), "data", "missing split folder imagenet/val")
+
+
+def test_a_refused_command_imports_no_heavy_library(workdir):
+    """The check runs before torch, Prefect, MLflow or DVC is imported (seconds each), warm or cold."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "flows.cli", "train", "train_fine",
+                           "--set", "train.train_fine.epochs=yes"], cwd=workdir, capture_output=True, text=True,
+                          env=stage_env(PYTHONPATH=str(ROOT)), timeout=120)
+    assert proc.returncode == 2 and "train.train_fine.epochs" in proc.stderr
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
+    assert "nas_core" in imported and not imported & {"torch", "prefect", "mlflow", "dvc", "numpy", "pandas"}
