@@ -1,6 +1,8 @@
+import re
+
 import pytest
 
-from nas_core.config import ParamsError, Params, load_params, parse_params
+from nas_core.config import Params, ParamsError, load_params, missing_datasets, parse_params
 
 
 def write(tmp_path, text):
@@ -56,3 +58,80 @@ def test_unreadable_files(tmp_path):
         load_params(write(tmp_path, "a: [1, 2\n"))
     with pytest.raises(ParamsError, match="top level must be a mapping"):
         parse_params([1, 2])
+
+
+@pytest.mark.parametrize("text,message", [
+    ("search:\n  epochs: yes\n", "search.epochs: Input should be a valid integer (got True: YAML reads yes/no/on/off"),
+    ("search:\n  epochs: '3'\n", "search.epochs: Input should be a valid integer (got the string '3'"),
+    ("search:\n  epochs: 3.0\n", "search.epochs: Input should be a valid integer (got 3.0)"),
+    ("data:\n  generate: 1\n", "data.generate: Input should be a valid boolean (got 1)"),
+    ("search:\n  alpha: 'high'\n", "search.alpha: Input should be a valid number (got the string 'high'"),
+    ("search:\n  alpah: 0.5\n", "search.alpah: unknown key (did you mean 'alpha'? valid keys: space, cost_table,"),
+    ("serach: {}\n", "serach: unknown key (did you mean 'search'? valid keys: paths, tracking, data,"),
+    ("train:\n  train_fine: {epoch: 3}\n", "train.train_fine.epoch: unknown key (did you mean 'epochs'?"),
+    ("search:\n  space: smal\n", "search.space: Input should be 'small', 'large' or 'xlarge' (got 'smal'; did you mean 'small'?)"),
+])
+def test_no_lax_coercion_and_the_nearest_key(tmp_path, text, message):
+    with pytest.raises(ParamsError) as e:
+        load_params(write(tmp_path, text))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_numbers_a_user_means_are_read_as_such(tmp_path):
+    params = load_params(write(tmp_path, "search:\n  alpha: 1\n  weight_decay: 1e-5\n  scale: [1, 2]\n"))
+    assert params.search.alpha == 1.0 and params.search.weight_decay == 1e-5 and params.search.scale == (1.0, 2.0)
+    assert load_params(write(tmp_path, "search:\n  cost_table: '1e-5'\n")).search.cost_table == "1e-5"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("search:\n  epochs: 3\n  alpha: 0.5\n  epochs: 4\n", "search.epochs: duplicate key (lines 2 and 4)"),
+    ("search: {}\nsample: {}\nsearch: {}\n", "search: duplicate key (lines 1 and 3)"),
+    ("train:\n  train_fine: {epochs: 3, epochs: 4}\n", "train.train_fine.epochs: duplicate key (lines 2 and 2)"),
+])
+def test_a_key_given_twice_is_refused_with_its_lines(tmp_path, text, message):
+    p = write(tmp_path, text)
+    with pytest.raises(ParamsError, match=f"^{re.escape(f'{p}: {message}')}"):
+        load_params(p)
+
+
+def test_anchors_and_merge_keys_are_no_duplicates(tmp_path):
+    p = write(tmp_path, "train:\n  pretrain_coco: &stage {epochs: 2, schedule: poly}\n"
+                        "  train_coarse:\n    <<: *stage\n    epochs: 3\n")
+    params = load_params(p)
+    assert (params.train.pretrain_coco.epochs, params.train.train_coarse.epochs) == (2, 3)
+
+
+def test_params_files_that_are_no_params_file(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "bin.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\xff")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "bad.yaml").write_text("search:\n  alpha: [1\n")
+    for name, message in (("folder", "is a folder, not a params file"), ("bin.yaml", "not a UTF-8 text file"),
+                          ("list.yaml", "the top level must be a mapping of sections, not a list"),
+                          ("bad.yaml", "not valid YAML at line 3, column 1"), ("nope.yaml", "no such params file")):
+        path = tmp_path / name
+        with pytest.raises(ParamsError, match=f"^{path}: {message}"):
+            load_params(path)
+
+
+def test_overrides_name_the_key_never_the_value(tmp_path):
+    p = write(tmp_path, "{}\n")
+    for override, message in (("latency.password=hunter2", "latency.password: passwords are never accepted"),
+                              ("search.alpha=[hunter2", "--set search.alpha: not valid YAML"),
+                              ("search.patch={height: 64, height: 32}", "search.patch.height: duplicate key"),
+                              ("search..alpha=hunter2", "--set 'search..alpha': expected key.sub=value")):
+        with pytest.raises(ParamsError, match=re.escape(message)) as e:
+            load_params(p, [override])
+        assert "hunter2" not in str(e.value)
+
+
+def test_real_datasets_the_pipeline_reads(tmp_path):
+    (tmp_path / "cs").mkdir()
+    params = load_params(write(tmp_path, f"data: {{generate: false}}\npaths: {{cityscapes: {tmp_path / 'cs'}, "
+                                         f"coco: {tmp_path / 'nope'}, imagenet: {tmp_path / 'nope2'}}}\n"))
+    missing = missing_datasets(params)
+    assert [m.split(":")[0] for m in missing] == ["paths.coco", "paths.imagenet"]
+    assert "or set train.pretrain_coco.enabled: false" in missing[0]
+    off = load_params(write(tmp_path, f"data: {{generate: false}}\npaths: {{cityscapes: {tmp_path / 'cs'}}}\n"
+                                      "train: {pretrain_coco: {enabled: false}, pretrain_imagenet: {enabled: false}}\n"))
+    assert off.datasets() == {"cityscapes": str(tmp_path / "cs")} and missing_datasets(off) == []
