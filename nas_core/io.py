@@ -122,8 +122,13 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb", buffering=0) as f:  # unbuffered: a failed write raises at once
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:  # torch wraps the failed write (a full disk); the OSError says why
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
 
 
 def atomic_write_parquet(path: str | Path, df, metadata: dict[str, str] | None = None) -> None:

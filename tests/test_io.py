@@ -88,3 +88,16 @@ def test_disk_full_names_the_artifact_and_keeps_the_old_one(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert f"WriteError: {disk}/metrics.json: cannot write: no space left on the disk" in proc.stderr
     assert proc.stdout.split() == ["rc=1", "old", "fill", "metrics.json"]  # old content, no temporary file left
+
+
+def test_a_checkpoint_on_a_full_disk_names_it_too(tmp_path):
+    """torch.save wraps the failed write in a RuntimeError; the WriteError names the checkpoint."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    save = "import sys, torch; from nas_core.io import atomic_torch_save; atomic_torch_save(sys.argv[1], torch.zeros(10**5))"
+    script = (f"mount -t tmpfs -o size=64k none {disk} && {sys.executable} -c '{save}' {disk}/last.pt; "
+              f"echo rc=$?; ls -A {disk}")
+    proc = subprocess.run([*unshare("-rm"), "sh", "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert f"WriteError: {disk}/last.pt: cannot write: no space left on the disk" in proc.stderr, proc.stderr
+    assert proc.stdout.split() == ["rc=1"]  # no partial checkpoint, no temporary file
