@@ -104,9 +104,11 @@ class _NoUserTracebacks(logging.Filter):
 
 def quiet_user_tracebacks() -> None:
     """Install the filter on the console handlers Prefect configured (call after importing a flow)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
     for handler in logging.getLogger().handlers:
-        if type(handler).__name__ == "PrefectConsoleHandler" and \
-                not any(isinstance(f, _NoUserTracebacks) for f in handler.filters):
+        if isinstance(handler, PrefectConsoleHandler) and not any(isinstance(f, _NoUserTracebacks)
+                                                                  for f in handler.filters):
             handler.addFilter(_NoUserTracebacks())
 
 

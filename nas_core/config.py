@@ -445,7 +445,7 @@ def _set_dotted(data: dict, dotted: str, value: Any, source: str) -> None:
     for k in keys[:-1]:
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
-            raise ParamsError(f"{source}: {dotted}: {k} is not a section")
+            raise ParamsError(f"{source}: {k} is a value, not a section")
     node[keys[-1]] = value
 
 

@@ -88,7 +88,7 @@ CASES = [
     ("set-empty-key", ["search", S, "=3"], "--set '': expected key.sub=value"),
     ("set-empty-part", ["search", S, "search..alpha=1"], "--set 'search..alpha': expected key.sub=value"),
     ("set-bad-yaml-value", ["search", S, "search.scale=[0.5, 2"], "--set search.scale: not valid YAML"),
-    ("set-into-a-value", ["search", S, "search.alpha.low=1"], "search.alpha.low: alpha is not a section"),
+    ("set-into-a-value", ["search", S, "search.alpha.low=1"], "--set search.alpha.low: alpha is a value, not a section"),
     ("set-duplicate-key", ["search", S, "search.patch={height: 64, height: 32}"], "search.patch.height: duplicate key"),
     # command line
     ("unknown-stage", ["serach"], "invalid choice: 'serach'"),
