@@ -38,6 +38,13 @@ def _blocker(folder: Path) -> Path | None:
     return None
 
 
+# the errors of a write that fails for the place it writes to, and how to say them
+_WHY = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota exceeded",
+        errno.EACCES: "permission denied in {folder}", errno.EPERM: "operation not permitted in {folder}",
+        errno.EROFS: "read-only file system", errno.EFBIG: "file too large", errno.EISDIR: "a folder is in the way",
+        errno.ENOTDIR: "a file is in the way", errno.EEXIST: "a file is in the way"}
+
+
 @contextmanager
 def _naming(path: Path, folder: Path | None = None) -> Iterator[None]:
     """Turn an OSError while writing `path` (in `folder`, default its parent) into a WriteError
@@ -51,9 +58,9 @@ def _naming(path: Path, folder: Path | None = None) -> Iterator[None]:
         blocker = _blocker(folder)
         if blocker is not None:
             raise WriteError(errno.ENOTDIR, f"{blocker} is a file, not a folder", str(path)) from None
-        why = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota exceeded",
-               errno.EACCES: f"permission denied in {folder}", errno.EROFS: "read-only file system"}
-        raise WriteError(e.errno, why.get(e.errno, e.strerror or str(e)), str(path)) from None
+        if e.errno not in _WHY:  # not a failed write (e.g. an input the body reads is missing): as it is
+            raise
+        raise WriteError(e.errno, _WHY[e.errno].format(folder=folder), str(path)) from None
 
 
 def temp_dir(parent: str | Path, prefix: str, suffix: str = "", reported: Path | None = None) -> Path:

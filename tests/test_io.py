@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from nas_core.io import WriteError, atomic_dir, atomic_write_json, atomic_write_text, temp_dir
+from nas_core.io import WriteError, atomic_dir, atomic_path, atomic_write_json, atomic_write_text, temp_dir
 from tests.repo_copy import ROOT
 
 
@@ -101,3 +101,10 @@ def test_a_checkpoint_on_a_full_disk_names_it_too(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert f"WriteError: {disk}/last.pt: cannot write: no space left on the disk" in proc.stderr, proc.stderr
     assert proc.stdout.split() == ["rc=1"]  # no partial checkpoint, no temporary file
+
+
+def test_an_error_that_is_no_failed_write_passes_unchanged(tmp_path):
+    with pytest.raises(FileNotFoundError) as e:
+        with atomic_path(tmp_path / "table.parquet"):
+            open(tmp_path / "missing_input.json")  # the body reads an input that is not there
+    assert not isinstance(e.value, WriteError) and os.listdir(tmp_path) == []
