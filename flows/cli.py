@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
             return code
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "overrides"):  # refused here, bad params (a secret above all) never reach a flow run
+            from nas_core.config import load_params
+
+            load_params(args.params, tuple(args.overrides))
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as e:
         print(f"squeezenas {args.command}: error: {e}", file=sys.stderr)

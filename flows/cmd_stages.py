@@ -24,9 +24,21 @@ STAGE_COMMANDS = {
 }
 
 
-def run_flow(target: str, args) -> int:
+# checks that need no Prefect, run before the flow: a refusal starts no server and prints one line
+PREFLIGHT = {"data": "flows.data:refuse_foreign_folders"}
+
+
+def _function(target: str):
     module, name = target.split(":")
-    getattr(importlib.import_module(module), name)(args.params, tuple(args.overrides))
+    return getattr(importlib.import_module(module), name)
+
+
+def run_flow(command: str, target: str, args) -> int:
+    if command in PREFLIGHT:
+        from nas_core.config import load_params
+
+        _function(PREFLIGHT[command])(load_params(args.params, tuple(args.overrides)))
+    _function(target)(args.params, tuple(args.overrides))
     return 0
 
 
@@ -36,4 +48,4 @@ def add_parser(sub) -> None:
     for command, (target, text) in STAGE_COMMANDS.items():
         p = sub.add_parser(command, help=text)
         add_params_args(p)
-        p.set_defaults(func=lambda args, target=target: run_flow(target, args))
+        p.set_defaults(func=lambda args, command=command, target=target: run_flow(command, target, args))

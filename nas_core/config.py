@@ -17,6 +17,32 @@ class ParamsError(ValueError):
     """params.yaml (or an override) is invalid; the message names the field."""
 
 
+# No setting is a secret (SSH uses key files or an agent): a key that looks like one is refused, and its
+# value never reaches a message, a log or a store (Prefect's included).
+_SECRET_WORDS = ("pass", "secret", "token")
+
+
+def is_secret_key(key: object) -> bool:
+    return any(word in str(key).lower() for word in _SECRET_WORDS)
+
+
+def _redact(value: Any) -> Any:
+    """`value` with the values of secret-looking keys replaced, at any depth (for messages)."""
+    if isinstance(value, dict):
+        return {k: "<redacted>" if is_secret_key(k) else _redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact(v) for v in value]
+    return value
+
+
+def _secret_keys(key: str, value: Any) -> list[str]:
+    """Dotted keys of an override that name a secret, its value's nested keys included."""
+    found = [key] if any(is_secret_key(part) for part in key.split(".")) else []
+    if isinstance(value, dict):
+        found += [k for sub, v in value.items() for k in _secret_keys(f"{key}.{sub}", v)]
+    return found
+
+
 class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -333,10 +359,8 @@ class LatencyParams(Section):
     @model_validator(mode="before")
     @classmethod
     def _no_password(cls, data):
-        secret = [k for k in data if "pass" in str(k).lower()] if isinstance(data, dict) else []
-        if secret:
-            for k in secret:
-                data[k] = "<redacted>"  # the error message echoes its input: never the secret
+        secret = [k for k in data if is_secret_key(k)] if isinstance(data, dict) else []
+        if secret:  # the message's "got" is redacted by _format: never the secret
             raise ValueError(f"latency.{secret[0]}: passwords are never accepted; use key_file or an ssh-agent")
         return data
 
@@ -386,7 +410,7 @@ def _format(err: ValidationError, source: str) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        got = "" if e["type"] in ("missing", "extra_forbidden") else f" (got {e.get('input')!r})"
+        got = "" if e["type"] in ("missing", "extra_forbidden") else f" (got {_redact(e.get('input'))!r})"
         lines.append(f"{source}: {field}: {msg}{got}")
     return "\n".join(lines)
 
@@ -423,6 +447,15 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[s
         if "=" not in item:
             raise ParamsError(f"--set {item!r}: expected key.sub=value")
         key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw), f"--set {key}")
-    source = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)
+        key = key.strip()
+        secret = _secret_keys(key, None)  # before parsing: a YAML error would quote the value
+        value = yaml.safe_load(raw) if not secret else None
+        secret = secret or _secret_keys(key, value)
+        if secret:
+            raise ParamsError(f"--set {secret[0]}: secrets are never accepted (the value was not recorded); "
+                              "SSH uses latency.key_file or an ssh-agent")
+        _set_dotted(data, key, value, f"--set {key}")
+    # keys only: an override's value could be a secret under an innocent key
+    keys = [item.split("=", 1)[0].strip() for item in overrides]
+    source = f"{path} with --set {', '.join(keys)}" if overrides else str(path)
     return parse_params(data, source)

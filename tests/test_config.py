@@ -43,7 +43,7 @@ def test_overrides(tmp_path):
     p = write(tmp_path, "cost_tables:\n  spaces: [small]\n")
     params = load_params(p, ["cost_tables.num_classes=7", "cost_tables.spaces=[large, xlarge]"])
     assert params.cost_tables.num_classes == 7 and params.cost_tables.spaces == ("large", "xlarge")
-    with pytest.raises(ParamsError, match="with --set cost_tables.num_classes=many: cost_tables.num_classes: Input should be a valid integer"):
+    with pytest.raises(ParamsError, match="with --set cost_tables.num_classes: cost_tables.num_classes: Input should be a valid integer"):
         load_params(p, ["cost_tables.num_classes=many"])
     with pytest.raises(ParamsError, match="expected key.sub=value"):
         load_params(p, ["cost_tables.num_classes"])
