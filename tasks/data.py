@@ -36,7 +36,8 @@ def _generate_atomically(root: str, field: str, generate: Callable[[Path], dict]
 def generate_cityscapes_task(root: str, num_train: int, num_val: int, num_extra: int, size: tuple[int, int],
                              seed: int) -> dict:
     """Cityscapes layout: leftImg8bit + gtFine (train, val) + gtCoarse (train, train_extra)."""
-    return _generate_atomically(root, "paths.cityscapes", lambda p: generate_cityscapes(p, num_train, num_val, num_extra, size, seed))
+    return _generate_atomically(root, "paths.cityscapes", lambda p: generate_cityscapes(
+        p, num_train, num_val, num_extra, size, seed))
 
 
 @task(name="generate-coco")

@@ -78,6 +78,26 @@ def test_data_command_keeps_a_real_dataset_and_says_so_in_one_line(tmp_path):
     assert not (tmp_path / "prefect_home" / "prefect.db").exists()  # refused before any Prefect server
 
 
+def test_dvc_repro_keeps_a_real_dataset_the_data_stage_points_at(tmp_path):
+    """DVC deletes a stage's outputs before its command unless they persist: a real dataset there would be
+    gone (never cached) before `squeezenas data` could refuse it."""
+    import yaml
+
+    from tests.repo_copy import make_repo_copy
+
+    repo = make_repo_copy(tmp_path / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["paths"]["cityscapes"] = "real_cityscapes"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    real = a_real_dataset(repo / "real_cityscapes")
+    env = stage_env(PREFECT_HOME=str(tmp_path / "prefect_home"), SQUEEZENAS_FORKSERVER="off")
+    proc = subprocess.run(["dvc", "repro", "--single-item", "data"], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "paths.cityscapes: real_cityscapes is not empty and was not generated" in proc.stderr + proc.stdout
+    assert (real / "leftImg8bit" / "train" / "frame.png").read_bytes() == b"a user's real image"
+
+
 @pytest.fixture(scope="module")
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
