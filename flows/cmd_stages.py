@@ -34,16 +34,21 @@ def run_flow(target: str, args) -> int:
     return 0
 
 
-def check_datasets_exist(params) -> None:
-    """`data` with generate: false checks the real datasets; a missing one is refused before any server starts."""
+def check_datasets(params) -> None:
+    """`data`, before any server starts: with generate: false a missing real dataset is refused; with
+    generate: true a dataset path holding anything the pipeline did not generate is (never replaced)."""
     from nas_core.config import missing_datasets
 
+    if params.data.generate:
+        from flows.data import refuse_foreign_folders
+
+        refuse_foreign_folders(params)
     missing = missing_datasets(params)
     if missing:
         raise FileNotFoundError("; ".join(missing))
 
 
-PREFLIGHT = {"data": check_datasets_exist}  # cheap checks of a stage's inputs, after its params
+PREFLIGHT = {"data": check_datasets}  # cheap checks of a stage's inputs, after its params
 
 
 def add_parser(sub) -> None:

@@ -4,16 +4,33 @@ from __future__ import annotations
 
 from prefect import flow
 
-from nas_core.config import load_params, missing_datasets
+from nas_core.config import Params, load_params, missing_datasets
 from nas_core.data import DatasetError
+from nas_core.data.generate import ForeignFolderError, check_replaceable
 from tasks import tracking
 from tasks.data import check_datasets_task, generate_cityscapes_task, generate_coco_task, generate_imagenet_task
+
+
+def refuse_foreign_folders(params: Params) -> None:
+    """With data.generate on, refuse (before anything is written) every dataset path holding a folder the
+    pipeline did not generate: it may be a real dataset, and generating replaces the folder."""
+    if not params.data.generate:
+        return
+    problems = []
+    for field in ("cityscapes", "coco", "imagenet"):
+        try:
+            check_replaceable(getattr(params.paths, field), f"paths.{field}")
+        except ForeignFolderError as e:
+            problems.append(str(e))
+    if problems:
+        raise ForeignFolderError("; ".join(problems))
 
 
 @flow(name="data")
 def data_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
     params = load_params(params_file, overrides)
     cfg, paths = params.data, params.paths
+    refuse_foreign_folders(params)
     if not cfg.generate:
         missing = missing_datasets(params)
         if missing:

@@ -16,9 +16,9 @@ from flows.runners import make_task_runner
 from nas_core.config import load_params
 from nas_core.io import atomic_write_json
 from tasks import tracking
-from tasks.sample import (EVAL_KEYS, PARTIAL_NAME, choose_task, cost_table_paths, draw_task, evaluate_task,
-                          evaluation_fingerprint, fronts_task, plots_task, read_partial, read_samples,
-                          resolve_target_task, write_partial, write_samples_task)
+from tasks.sample import (EVAL_KEYS, PARTIAL_NAME, append_partial, choose_task, cost_table_paths, draw_task,
+                          evaluate_task, evaluation_fingerprint, fronts_task, plots_task, read_partial, read_samples,
+                          resolve_target_task, write_samples_task)
 
 
 def _devices(device: str) -> list[str]:
@@ -48,7 +48,7 @@ def evaluate_flow(pending: list[tuple[int, list[str]]], space: str, supernet_pat
                 failures.append(str(e))
                 continue
             log_rows.append({**row, "fingerprint": fingerprint})
-            write_partial(partial_path, log_rows)
+            append_partial(partial_path, log_rows[-1])
             print(f"[sample] {n}/{len(pending)}: sample {row['sample']} mIoU {row['class_miou']:.4f} "
                   f"({row['seconds']:.2f} s on {row['device']})")
     finally:

@@ -18,6 +18,32 @@ Int, Float, Bool = StrictInt, StrictFloat, StrictBool
 SpaceName = Literal["small", "large", "xlarge"]
 
 
+# No setting is a secret (SSH uses key files or an agent): a key that looks like one is refused, and its
+# value never reaches a message, a log or a store (Prefect's included).
+_SECRET_WORDS = ("pass", "secret", "token")
+
+
+def is_secret_key(key: object) -> bool:
+    return any(word in str(key).lower() for word in _SECRET_WORDS)
+
+
+def _redact(value: Any) -> Any:
+    """`value` with the values of secret-looking keys replaced, at any depth (for messages)."""
+    if isinstance(value, dict):
+        return {k: "<redacted>" if is_secret_key(k) else _redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact(v) for v in value]
+    return value
+
+
+def _secret_keys(key: str, value: Any) -> list[str]:
+    """Dotted keys of an override that name a secret, its value's nested keys included."""
+    found = [key] if any(is_secret_key(part) for part in key.split(".")) else []
+    if isinstance(value, dict):
+        found += [k for sub, v in value.items() for k in _secret_keys(f"{key}.{sub}", v)]
+    return found
+
+
 class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -334,10 +360,8 @@ class LatencyParams(Section):
     @model_validator(mode="before")
     @classmethod
     def _no_password(cls, data):
-        secret = [k for k in data if "pass" in str(k).lower()] if isinstance(data, dict) else []
-        if secret:
-            for k in secret:
-                data[k] = "<redacted>"  # the error message echoes its input: never the secret
+        secret = [k for k in data if is_secret_key(k)] if isinstance(data, dict) else []
+        if secret:  # the message's "got" is redacted by _format: never the secret
             raise ValueError(f"latency.{secret[0]}: passwords are never accepted; use key_file or an ssh-agent")
         return data
 
@@ -421,7 +445,7 @@ def _problem(e: dict) -> str:
     msg = e["msg"].removeprefix("Value error, ")
     if msg.startswith(field):  # a section's own check already names its fields
         return msg
-    value = e.get("input")
+    value = "<redacted>" if any(is_secret_key(p) for p in e["loc"]) else _redact(e.get("input"))
     got = "" if e["type"] == "missing" or isinstance(value, (dict, list)) else f" (got {value!r})"
     if isinstance(value, bool) and e["type"] in ("int_type", "float_type"):
         got = f" (got {value!r}: YAML reads yes/no/on/off as booleans)"
@@ -469,8 +493,14 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[s
         if "=" not in item:
             raise ParamsError(f"--set {item!r}: expected key.sub=value, e.g. --set search.alpha=0.5")
         key, raw = (part.strip() for part in item.split("=", 1))
+        secret = _secret_keys(key, None)  # before parsing: a YAML error would quote the value
         # messages name the key, never echo the value: a value given here may be a secret
-        _set_dotted(data, key, parse_yaml(raw, f"--set {key}", tuple(key.split("."))), f"--set {key}")
+        value = parse_yaml(raw, f"--set {key}", tuple(key.split("."))) if not secret else None
+        secret = secret or _secret_keys(key, value)
+        if secret:
+            raise ParamsError(f"--set {secret[0]}: secrets are never accepted (the value was not recorded); "
+                              "SSH uses latency.key_file or an ssh-agent")
+        _set_dotted(data, key, value, f"--set {key}")
     keys = [item.split("=", 1)[0].strip() for item in overrides]
     source = f"{path} with --set {', '.join(keys)}" if overrides else str(path)
     return parse_params(data, source)

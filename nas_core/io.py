@@ -152,6 +152,17 @@ def atomic_write_parquet(path: str | Path, df, metadata: dict[str, str] | None =
         pq.write_table(table, tmp)
 
 
+def remove_checkpoint(path: str | Path) -> None:
+    """Remove a finished run's `<checkpoints>/<fingerprint>/last.pt` folder, and `<checkpoints>` once no
+    other configuration keeps one there (their runs stay resumable)."""
+    folder = Path(path).parent
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        folder.parent.rmdir()
+    except OSError:  # not empty (or already gone)
+        pass
+
+
 def read_parquet(path: str | Path, what: str, hint: str = ""):
     """A parquet file as a DataFrame; a missing or unreadable file is an error naming it."""
     import pandas as pd

@@ -185,7 +185,8 @@ def run_stage(stage: str, arch: Architecture, settings: StageSettings, data_root
         return scores
 
     fingerprint = settings.fingerprint(stage, json.dumps(arch.to_dict()), state_digest(init and init["state_dict"]))
-    result = train(model, loss_fn, loader, optimizer, schedule, settings.epochs, checkpoint_dir,
+    # one folder per configuration: a run with other settings never overwrites a killed run's checkpoint
+    result = train(model, loss_fn, loader, optimizer, schedule, settings.epochs, Path(checkpoint_dir) / fingerprint,
                    on_epoch_end=epoch_end, amp=settings.amp, grad_clip=settings.grad_clip, dist_info=info,
                    fingerprint=fingerprint, checkpoint_every=settings.checkpoint_every,
                    log_every=settings.log_every, name=stage, log=log)
@@ -195,7 +196,8 @@ def run_stage(stage: str, arch: Architecture, settings: StageSettings, data_root
         model = model.cpu()
     return model, {"stage": stage, "task": data.task, "num_classes": num_classes, "init": init_mode,
                    "history": result.history, "final": final, "resumed_from": result.resumed_from,
-                   "train_images": len(train_set), "val_images": len(val_set), "fingerprint": fingerprint}
+                   "train_images": len(train_set), "val_images": len(val_set), "fingerprint": fingerprint,
+                   "checkpoint": str(result.checkpoint)}
 
 
 def stage_payload(stage: str, arch: Architecture, model: nn.Module | None, task: str | None, num_classes: int,

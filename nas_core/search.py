@@ -74,6 +74,7 @@ class SearchResult:
     pruning_log: pd.DataFrame  # (epoch, block, candidate, probability) of every removal
     architecture: Architecture  # the most likely candidate of every block
     resumed_from: dict | None  # the checkpoint position the run continued from
+    checkpoint: Path  # this configuration's checkpoint file (its folder is named by the fingerprint)
 
 
 def resource_loss(probs: torch.Tensor, cost: torch.Tensor, reference: float) -> torch.Tensor:
@@ -146,8 +147,9 @@ def run_search(supernet: Supernet, train_loader, cost: np.ndarray, config: Searc
             sampler replays any epoch from any batch. For the fbnet scheme, the 80% weight split.
         cost: C, (num_blocks, 13) in table units (`cost_table.cost_matrix`); `fixed_cost` is the
             stem/post-encoder/decoder total, reported in `expected_cost`.
-        checkpoint_dir: `last.pt` there is written atomically every epoch (and every
-            `checkpoint_every` steps); a run finding one of the same configuration continues it.
+        checkpoint_dir: `<fingerprint key>/last.pt` there is written atomically every epoch (and
+            every `checkpoint_every` steps); a run finding one of its configuration continues it, and
+            the checkpoints of other configurations are left alone.
         on_epoch_end: called on rank 0 as (epoch, metrics), epoch counting from 1; on resume the
             finished epochs are replayed to it first.
     Under torch.distributed the supernet is wrapped in DDP (SyncBatchNorm on CUDA); every rank
@@ -260,7 +262,7 @@ def run_search(supernet: Supernet, train_loader, cost: np.ndarray, config: Searc
         curves=pd.DataFrame(state["curves"]),
         history=pd.DataFrame(state["history"]),
         pruning_log=pd.DataFrame(state["pruning"], columns=["epoch", "block", "candidate", "probability"]),
-        architecture=supernet.argmax_architecture(), resumed_from=resumed)
+        architecture=supernet.argmax_architecture(), resumed_from=resumed, checkpoint=ckpt.path)
 
 
 def theta_rows(supernet: Supernet, epoch: int) -> list[dict]:

@@ -3,6 +3,7 @@ the loop's future depends on, written atomically, so a resumed search continues 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -18,16 +19,21 @@ CHECKPOINT_FORMAT = "squeezenas.search-checkpoint.v1"
 _FREE = ("checkpoint_every", "log_every")
 
 
+def fingerprint_key(fingerprint: dict) -> str:
+    """The short name of a fingerprint: the checkpoint's folder."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+
+
 class Checkpointer:
-    """Saves and restores `dir/last.pt` for one search configuration.
+    """Saves and restores `dir/<fingerprint key>/last.pt` for one search configuration.
 
     The fingerprint names what the trajectory depends on (config, space, cost matrix, data sizes,
-    world size); a checkpoint with another fingerprint is ignored, with a message, and overwritten.
+    world size). Each configuration has its own folder, so a run with other settings never
+    overwrites a killed run's checkpoint: going back to the first settings resumes it.
     """
 
     def __init__(self, directory: str | Path, config, supernet: Supernet, cost: np.ndarray,
                  fixed_cost: float, world_size: int, data: list[tuple[int, int]], rank: int = 0):
-        self.path = Path(directory) / CHECKPOINT_NAME
         self.rank = rank
         settings = {k: v for k, v in config.to_dict().items() if k not in _FREE}
         self.fingerprint = {
@@ -35,6 +41,7 @@ class Checkpointer:
             "cost_sha256": hashlib.sha256(np.ascontiguousarray(cost, dtype=np.float64).tobytes()).hexdigest(),
             "fixed_cost": float(fixed_cost), "world_size": world_size, "data": [list(d) for d in data],
         }
+        self.path = Path(directory) / fingerprint_key(self.fingerprint) / CHECKPOINT_NAME
         self._payload: dict | None = None
 
     def save(self, supernet: Supernet, opt_w, opt_t, scaler, state: dict) -> None:
@@ -50,6 +57,10 @@ class Checkpointer:
     def restore(self, supernet: Supernet, state: dict, log: Callable[[str], None]) -> dict | None:
         """Load a matching checkpoint into `supernet` and `state`; returns its position or None."""
         if not self.path.is_file():
+            others = sorted(p.parent.name for p in self.path.parent.parent.glob(f"*/{CHECKPOINT_NAME}"))
+            if others and self.rank == 0:
+                log(f"[search] no checkpoint of this configuration; kept those of {len(others)} other(s) in "
+                    f"{self.path.parent.parent}: {', '.join(others)}")
             return None
         try:
             payload = torch.load(self.path, map_location="cpu", weights_only=True)
@@ -57,12 +68,8 @@ class Checkpointer:
             raise ValueError(f"{self.path}: not a readable search checkpoint ({e})") from None
         if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{self.path}: not a search checkpoint of format {CHECKPOINT_FORMAT}")
-        if payload["fingerprint"] != self.fingerprint:
-            differ = sorted(k for k in self.fingerprint if payload["fingerprint"].get(k) != self.fingerprint[k])
-            if self.rank == 0:
-                log(f"[search] ignoring {self.path}: written by another configuration (differs in "
-                    f"{', '.join(differ)}); starting afresh")
-            return None
+        if payload["fingerprint"] != self.fingerprint:  # its folder is named by the fingerprint: a moved file
+            raise ValueError(f"{self.path}: holds the checkpoint of another configuration than its folder names")
         # prune first: the checkpoint's state holds only the live candidates' modules
         supernet.set_live_mask(payload["live_mask"])
         supernet.load_state_dict(payload["supernet"])

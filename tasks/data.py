@@ -1,4 +1,5 @@
-"""Tasks: write the generated default datasets (each into a temporary folder, then renamed)."""
+"""Tasks: write the generated default datasets (each into a temporary folder, then renamed over a folder
+that is absent, empty or generated here: never over a real dataset)."""
 from __future__ import annotations
 
 import shutil
@@ -9,16 +10,18 @@ from prefect import task
 
 from nas_core.data import CityscapesSegmentation, CocoSegmentation, ImageNetFolder, generate_cityscapes, \
     generate_coco, generate_imagenet
+from nas_core.data.generate import GENERATED_MARKER, check_replaceable
 from nas_core.io import atomic_write_json, temp_dir
 
 
-def _generate_atomically(root: str, generate: Callable[[Path], dict]) -> dict:
+def _generate_atomically(root: str, field: str, generate: Callable[[Path], dict]) -> dict:
     """Generate into a sibling temp folder and rename it onto `root`: a dataset is whole or absent."""
+    check_replaceable(root, field)
     root_path = Path(root)
     tmp = temp_dir(root_path.parent, f".{root_path.name}.")  # group-readable, unlike mkdtemp's 0700
     try:
         summary = generate(tmp)
-        atomic_write_json(tmp / "generated.json", summary)
+        atomic_write_json(tmp / GENERATED_MARKER, summary)  # the marker, written last
         if root_path.exists():
             shutil.rmtree(root_path)
         tmp.rename(root_path)
@@ -31,21 +34,22 @@ def _generate_atomically(root: str, generate: Callable[[Path], dict]) -> dict:
 def generate_cityscapes_task(root: str, num_train: int, num_val: int, num_extra: int, size: tuple[int, int],
                              seed: int) -> dict:
     """Cityscapes layout: leftImg8bit + gtFine (train, val) + gtCoarse (train, train_extra)."""
-    return _generate_atomically(root, lambda p: generate_cityscapes(p, num_train, num_val, num_extra, size, seed))
+    return _generate_atomically(root, "paths.cityscapes", lambda p: generate_cityscapes(
+        p, num_train, num_val, num_extra, size, seed))
 
 
 @task(name="generate-coco")
 def generate_coco_task(root: str, num_train: int, num_val: int, size: tuple[int, int], seed: int) -> dict:
     """COCO 2017 layout: images + instances_{train,val}2017.json."""
-    return _generate_atomically(root, lambda p: generate_coco(p, num_train, num_val, size, seed))
+    return _generate_atomically(root, "paths.coco", lambda p: generate_coco(p, num_train, num_val, size, seed))
 
 
 @task(name="generate-imagenet")
 def generate_imagenet_task(root: str, num_classes: int, train_per_class: int, val_per_class: int, size: int,
                            seed: int) -> dict:
     """ImageNet class folders: train/<wnid>/*.JPEG, val/<wnid>/*.JPEG."""
-    return _generate_atomically(root, lambda p: generate_imagenet(p, num_classes, train_per_class, val_per_class,
-                                                                  size, seed))
+    return _generate_atomically(root, "paths.imagenet", lambda p: generate_imagenet(
+        p, num_classes, train_per_class, val_per_class, size, seed))
 
 
 @task(name="check-datasets")

@@ -94,24 +94,30 @@ def evaluation_fingerprint(supernet_path: str, data_root: str, eval_cfg: dict) -
     return h.hexdigest()[:16]
 
 
-def read_partial(path: str | Path, fingerprint: str) -> dict[str, dict]:
-    """Finished evaluations of this fingerprint, by architecture key; other fingerprints are stale."""
+def read_log(path: str | Path) -> list[dict]:
+    """Every row of the evaluation log, whichever supernet, data and settings it was evaluated with."""
     path = Path(path)
     if not path.is_file():
-        return {}
-    done = {}
+        return []
+    rows = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         try:
-            row = json.loads(line)
+            rows.append(json.loads(line))
         except json.JSONDecodeError:
             raise ValueError(f"{path}:{n}: not a JSON line (delete the file to start the evaluations afresh)") from None
-        if row.get("fingerprint") == fingerprint:
-            done[row["choices"]] = row
-    return done
+    return rows
 
 
-def write_partial(path: str | Path, rows: list[dict]) -> None:
-    """Rewrite the log atomically: a run killed at any moment leaves every finished row readable."""
+def read_partial(path: str | Path, fingerprint: str) -> dict[str, dict]:
+    """Finished evaluations of this fingerprint, by architecture key."""
+    return {row["choices"]: row for row in read_log(path) if row.get("fingerprint") == fingerprint}
+
+
+def append_partial(path: str | Path, row: dict) -> None:
+    """Add one finished evaluation to the log, keeping every other row (other fingerprints included:
+    going back to an earlier supernet reuses its evaluations). The log is rewritten atomically, so a
+    run killed at any moment leaves every finished row readable."""
+    rows = [*read_log(path), row]
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 

@@ -20,7 +20,8 @@ from nas_core.config import SearchParams
 from nas_core.cost_table import cost_matrix, read_cost_table
 from nas_core.data import CityscapesSegmentation, EvalTransform, TrainTransform
 from nas_core.gumbel import TauSchedule
-from nas_core.io import atomic_torch_save, atomic_write_json, atomic_write_parquet, atomic_write_text
+from nas_core.io import (atomic_torch_save, atomic_write_json, atomic_write_parquet, atomic_write_text,
+                         remove_checkpoint)
 from nas_core.search import SearchConfig, evaluate_architecture, run_search
 from nas_core.search_data import search_loader, split_dataset
 from nas_core.search_plots import plot_probabilities
@@ -103,6 +104,8 @@ def search(cfg: SearchParams, data_root: str, out_dir: str,
                "argmax_class_miou": scores["class_miou"], "argmax_category_miou": scores["category_miou"],
                **{k: v for k, v in final.items() if k not in ("epoch", "seconds")}, "epochs": int(final["epoch"])}
     write_outputs(out, supernet, result, cfg, summary)
+    # the checkpoint only serves an unfinished run; other configurations' checkpoints stay resumable
+    remove_checkpoint(result.checkpoint)
     return summary
 
 

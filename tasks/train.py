@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -17,7 +16,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from nas_core.io import atomic_write_json, atomic_write_text
+from nas_core.io import atomic_write_json, atomic_write_text, remove_checkpoint
 from nas_core.retrain import (StageSettings, load_payload, run_stage, save_payload, skip_payload, stage_payload,
                               trained_lineage)
 from nas_core.search_space import Architecture
@@ -64,8 +63,9 @@ def train_stage(stage: str, settings: StageSettings, arch_path: str, data_root: 
                "resumed_from": result["resumed_from"], "history": result["history"]}
     atomic_write_json(out / METRICS, summary)
     write_curves(out / CURVES, result["history"])
-    # the checkpoint only serves an unfinished run: a later run (new code, same params) must start afresh
-    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    # the checkpoint only serves an unfinished run: a later run (new code, same params) must start afresh;
+    # other configurations' checkpoints stay resumable
+    remove_checkpoint(result["checkpoint"])
     return summary
 
 

@@ -82,7 +82,7 @@ CASES = [
     ("reference-unknown", ["select", S, "sample.choice.reference=resnet50"], "sample.choice.reference: String should match pattern"),
     ("baseline-unknown", ["benchmark", S, "benchmark.baselines=[resnet50]"], "benchmark.baselines.0: Input should be"),
     ("milestone-past-the-end", ["train", "train_fine", S, "train.train_fine.milestones=[99]"], "milestones must increase strictly within 1..7"),
-    ("password-refused", ["profile", S, "latency.password=hunter2"], "latency.password: passwords are never accepted"),
+    ("password-refused", ["profile", S, "latency.password=hunter2"], "--set latency.password: secrets are never accepted"),
     # --set syntax
     ("set-without-equals", ["search", S, "search.alpha"], "--set 'search.alpha': expected key.sub=value"),
     ("set-empty-key", ["search", S, "=3"], "--set '': expected key.sub=value"),

@@ -116,7 +116,7 @@ def test_params_files_that_are_no_params_file(tmp_path):
 
 def test_overrides_name_the_key_never_the_value(tmp_path):
     p = write(tmp_path, "{}\n")
-    for override, message in (("latency.password=hunter2", "latency.password: passwords are never accepted"),
+    for override, message in (("latency.password=hunter2", "--set latency.password: secrets are never accepted"),
                               ("search.alpha=[hunter2", "--set search.alpha: not valid YAML"),
                               ("search.patch={height: 64, height: 32}", "search.patch.height: duplicate key"),
                               ("search..alpha=hunter2", "--set 'search..alpha': expected key.sub=value")):

@@ -1,6 +1,7 @@
 """The `sample` and `select` stages through Prefect (thread and Dask runners) and MLflow: resumable
 evaluation, costs from every available table, the choice, its fronts and pictures."""
 import json
+import shutil
 
 import mlflow
 import numpy as np
@@ -128,6 +129,29 @@ def test_a_rerun_after_a_partial_run_evaluates_only_the_rest(tmp_path, prefect_h
     # another evaluation setting invalidates the log: everything is evaluated again
     metrics = sample_flow("params.yaml", ("sample.val_images=2",))
     assert metrics["evaluated"] == 6 and read(tmp_path)["images"].eq(2).all()
+
+
+def test_sampling_another_supernet_keeps_the_current_supernets_evaluations(tmp_path, prefect_harness, monkeypatch):
+    from flows.sample import sample_flow
+    from tasks.sample import read_log
+
+    make_workdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    first = sample_flow("params.yaml")
+    rows = read_log(tmp_path / "samples" / "partial_evaluations.jsonl")
+    assert first["evaluated"] == 6 and len({r["fingerprint"] for r in rows}) == 1
+    keep = (tmp_path / "search").rename(tmp_path / "search_first")
+    keep.with_name("search").mkdir()
+    write_search_outputs(tmp_path / "search", searched_supernet(seed=1))  # another search's supernet
+    assert sample_flow("params.yaml")["evaluated"] == 6
+    log = read_log(tmp_path / "samples" / "partial_evaluations.jsonl")
+    assert len(log) == 12 and log[:6] == rows  # appended: the first supernet's rows are untouched
+    shutil.rmtree(tmp_path / "search")
+    keep.rename(tmp_path / "search")  # back to the first supernet: nothing to evaluate again
+    again = sample_flow("params.yaml")
+    assert again["evaluated"] == 0 and again["reused"] == 6
+    assert dict(zip(read(tmp_path)["choices"], read(tmp_path)["class_miou"])) == \
+        {r["choices"]: r["class_miou"] for r in rows}
 
 
 def test_select_chooses_from_the_front_and_writes_the_pictures(sampled, monkeypatch):

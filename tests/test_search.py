@@ -100,16 +100,31 @@ def test_killed_and_resumed_search_equals_the_uninterrupted_one(tmp_path, scheme
     assert resumed[2] == [1, 2, 3]  # finished epochs are replayed to on_epoch_end
 
 
-def test_a_checkpoint_of_another_configuration_is_ignored(tmp_path, base_run):
-    _search(tmp_path / "run", replace(BASE, alpha=0.0))
+def test_a_run_with_other_settings_keeps_a_killed_runs_checkpoint_and_it_resumes(tmp_path, base_run):
+    with pytest.raises(Killed):
+        _search(tmp_path / "run", BASE, kill_after=22)  # killed in epoch 2, after epoch 1's checkpoint
+    killed = sorted((tmp_path / "run" / "ckpt").glob("*/last.pt"))
     lines = []
     torch.manual_seed(0)
     net = build_supernet(TINY, TINY_CLASSES)
-    result = run_search(net, search_loader(TinySegmentation(16), 4), COST, BASE, tmp_path / "run" / "ckpt",
-                        fixed_cost=FIXED, log=lines.append)
-    assert result.resumed_from is None
-    assert any("ignoring" in line and "differs in config" in line for line in lines)
-    _assert_same_search((net, result, None), base_run)
+    other = run_search(net, search_loader(TinySegmentation(16), 4), COST, replace(BASE, alpha=0.0),
+                       tmp_path / "run" / "ckpt", fixed_cost=FIXED, log=lines.append)
+    assert other.resumed_from is None and other.checkpoint.parent.name not in {p.parent.name for p in killed}
+    assert any("no checkpoint of this configuration; kept those of 1 other(s)" in line for line in lines)
+    assert len(killed) == 1 and killed[0].is_file()  # the other settings wrote beside it, not over it
+    resumed = _search(tmp_path / "run", BASE, init_seed=123)  # other init: all must come from the checkpoint
+    assert resumed[1].resumed_from is not None and resumed[1].resumed_from["epoch"] == 1
+    assert resumed[1].checkpoint == killed[0]
+    _assert_same_search(resumed, base_run)
+
+
+def test_a_checkpoint_in_another_configurations_folder_is_refused(tmp_path):
+    _search(tmp_path / "a", replace(BASE, epochs=1))
+    _search(tmp_path / "b", replace(BASE, alpha=0.0, epochs=1))
+    (a,), (b,) = ((tmp_path / d / "ckpt").glob("*/last.pt") for d in "ab")
+    b.replace(a)  # a file moved by hand under the wrong fingerprint
+    with pytest.raises(ValueError, match=f"{a}: holds the checkpoint of another configuration"):
+        _search(tmp_path / "a", replace(BASE, epochs=1))
 
 
 def test_pruning_is_logged_with_its_epoch_and_matches_the_live_mask(base_run):

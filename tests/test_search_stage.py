@@ -110,13 +110,13 @@ def test_a_killed_cli_search_resumes_from_its_checkpoint(workdir, tmp_path):
             "--set", "search.epochs=3", "--set", "search.checkpoint_every=1"]
     proc = subprocess.Popen(args, cwd=workdir, env={**env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    checkpoint = tmp_path / "out" / "checkpoints" / "last.pt"
+    checkpoints = tmp_path / "out" / "checkpoints"
     deadline = time.time() + 300
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+    while not list(checkpoints.glob("*/last.pt")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert checkpoint.exists() and not (tmp_path / "out" / "metrics.json").exists()
+    assert list(checkpoints.glob("*/last.pt")) and not (tmp_path / "out" / "metrics.json").exists()
     again = subprocess.run(args, cwd=workdir, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

@@ -72,6 +72,34 @@ def test_a_stage_trained_twice_on_cpu_gives_the_same_weights_and_scores(tmp_path
     assert all(torch.equal(v, b["state_dict"][k]) for k, v in a["state_dict"].items())
 
 
+class Killed(Exception):
+    pass
+
+
+def test_a_run_with_other_settings_keeps_a_killed_runs_checkpoint_and_it_resumes(tmp_path, data):
+    arch, root, out = str(data / "chosen_architecture.json"), str(data / "imagenet"), str(tmp_path / "stage")
+    settings = StageSettings(**{**TINY.__dict__, "patch": (32, 32), "epochs": 2})
+
+    def killed_in_epoch_2(epoch, metrics):
+        if epoch == 1:  # epoch 1's checkpoint is written; the run dies before epoch 2's
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_stage("pretrain_imagenet", settings, arch, root, None, out, "cpu", on_epoch_end=killed_in_epoch_2)
+    (killed,) = (tmp_path / "stage" / "checkpoints").glob("*/last.pt")
+    other = train_stage("pretrain_imagenet", StageSettings(**{**settings.__dict__, "lr": 0.05}), arch, root, None,
+                        out, "cpu")
+    assert other["resumed_from"] is None and killed.is_file()  # finished beside it and removed only its own
+    assert list((tmp_path / "stage" / "checkpoints").glob("*/last.pt")) == [killed]
+    resumed = train_stage("pretrain_imagenet", settings, arch, root, None, out, "cpu")
+    assert resumed["resumed_from"] == (1, 0)
+    assert not (tmp_path / "stage" / "checkpoints").exists()  # the last one gone: the folder too
+    reference = train_stage("pretrain_imagenet", settings, arch, root, None, str(tmp_path / "ref"), "cpu")
+    assert resumed["final"] == reference["final"]
+    a, b = load_payload(tmp_path / "stage/model.pt"), load_payload(tmp_path / "ref/model.pt")
+    assert all(torch.equal(v, b["state_dict"][k]) for k, v in a["state_dict"].items())
+
+
 def test_a_switched_off_middle_stage_passes_the_previous_weights_on(tmp_path, data):
     arch = str(data / "chosen_architecture.json")
     train_stage("train_coarse", TINY, arch, str(data / "cityscapes"), None, str(tmp_path / "train_coarse"), "cpu")
