@@ -18,7 +18,7 @@ EPOCHS, BATCH = 4, 4
 
 class NoisyToy(Dataset):
     """12 fixed 8x8 images plus augmentation noise drawn from torch's global generator, like the
-    data layer's transforms: resume is exact only if that randomness is restored too."""
+    data layer's transforms (the loader's SeededDataset seeds it per sample)."""
 
     def __init__(self, n: int = 12):
         g = torch.Generator().manual_seed(0)
@@ -38,10 +38,17 @@ def toy_net() -> nn.Module:
                          nn.Linear(4, 3))
 
 
+def dropout_net() -> nn.Module:
+    """toy_net with dropout: every training step draws from torch's global generator."""
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, 3))
+
+
 def run(ckpt_dir, *, step_hook=None, on_epoch_end=None, checkpoint_every=0, loss_fn=nn.functional.cross_entropy,
-        fingerprint="toy", epochs=EPOCHS, grad_clip=None):
+        fingerprint="toy", epochs=EPOCHS, grad_clip=None, net=toy_net):
     torch.set_num_threads(1)
-    model = toy_net()
+    model = net()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     loader = make_train_loader(NoisyToy(), BATCH, seed=3)
     schedule = build_schedule("step", epochs, (2,) if epochs > 2 else ())  # the same lr in every run's epochs 0-1
@@ -83,6 +90,45 @@ def test_resume_after_a_kill_mid_epoch_equals_the_uninterrupted_run(tmp_path, un
     assert result.resumed_from == resumes_at
     assert same_weights(model, full_model)
     assert [h["loss"] for h in result.history] == [h["loss"] for h in full.history]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_dropout(tmp_path_factory):
+    return run(tmp_path_factory.mktemp("full_dropout"), net=dropout_net)
+
+
+@pytest.mark.parametrize("kill_at,checkpoint_every,resumes_at", [
+    ((1, 2), 0, (1, 0)),
+    ((1, 2), 2, (1, 2)),
+    ((2, 1), 1, (2, 2)),
+], ids=["epoch-ckpt", "batch-ckpt", "every-batch"])
+def test_resume_restores_the_draws_of_a_step_that_uses_randomness(tmp_path, uninterrupted_dropout, kill_at,
+                                                                   checkpoint_every, resumes_at):
+    # every step after the resume point draws dropout masks from the global generator: the run
+    # equals the uninterrupted one only if that generator continues where the checkpoint left it
+    # (its state restored, and no loader drawing a worker seed from it at the epoch's start)
+    def kill(epoch, batch, loss):
+        if (epoch, batch) == kill_at:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(tmp_path, step_hook=kill, checkpoint_every=checkpoint_every, net=dropout_net)
+    model, result = run(tmp_path, checkpoint_every=checkpoint_every, net=dropout_net)
+    full_model, full = uninterrupted_dropout
+    assert result.resumed_from == resumes_at
+    assert same_weights(model, full_model)
+    assert [h["loss"] for h in result.history] == [h["loss"] for h in full.history]
+
+
+def test_other_dropout_masks_give_other_weights(tmp_path, uninterrupted_dropout):
+    # what makes the test above able to fail: the same start with other masks ends elsewhere
+    def other_masks() -> nn.Module:
+        model = dropout_net()
+        torch.manual_seed(2)
+        return model
+
+    model, _ = run(tmp_path, net=other_masks)
+    assert not same_weights(model, uninterrupted_dropout[0])
 
 
 def test_a_kill_in_the_epoch_callback_resumes_at_that_epoch(tmp_path, uninterrupted):
