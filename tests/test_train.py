@@ -9,8 +9,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from nas_core.schedules import build_schedule
-from nas_core.train import (EpochBatchSampler, NonFiniteLossError, load_checkpoint, make_train_loader, train)
+from nas_core.schedules import build_schedule, lr_curve
+from nas_core.train import (EpochBatchSampler, NonFiniteLossError, SeededDataset, load_checkpoint, make_train_loader,
+                            train)
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, BATCH = 4, 4
@@ -282,3 +283,20 @@ def test_ddp_under_torchrun_on_cpu_keeps_the_replicas_identical(tmp_path):
     assert all(torch.equal(rank0[k], rank1[k]) for k in params)  # gradients were all-reduced
     state = load_checkpoint(tmp_path / "last.pt")
     assert state["epoch"] == 2 and len(state["history"]) == 2
+
+
+def test_the_learning_rate_follows_the_schedule_at_every_step(tmp_path):
+    # a schedule is a function of the fractional epoch: poly moves within an epoch too
+    model = toy_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    schedule = build_schedule("poly", 3)
+    applied = []
+    train(model, nn.functional.cross_entropy, make_train_loader(NoisyToy(), BATCH, seed=3), optimizer, schedule, 3,
+          tmp_path, step_hook=lambda e, b, loss: applied.append(optimizer.param_groups[0]["lr"]), log=lambda _: None)
+    assert applied == pytest.approx(lr_curve(schedule, 0.05, 3, 12 // BATCH))
+
+
+def test_an_image_is_augmented_anew_every_epoch_and_alike_within_one():
+    data = SeededDataset(NoisyToy(), seed=3)
+    assert torch.equal(data[(0, 5)][0], data[(0, 5)][0])
+    assert not torch.equal(data[(0, 5)][0], data[(1, 5)][0])
