@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tests-from", help="a git revision whose tests/ to run instead of the working tree's")
     parser.add_argument("--only", nargs="+", help="mutant names")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant (a timeout kills it)")
+    parser.add_argument("--timeout", type=float, default=900.0,
+                        help="seconds per mutant; a mutant that runs out is 'timeout', neither killed nor survived")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of every test file")
     parser.add_argument("--show", action="store_true", help="print each mutant's diff")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -223,21 +224,21 @@ def main(argv: list[str] | None = None) -> int:
                 status, detail, seconds = run_tests(project, mutant.tests, mutant.keyword, args.timeout)
             finally:
                 (project / mutant.path).write_text(original)
-            fate = {"passed": "SURVIVED", "no tests": "SURVIVED", "failed": "killed", "timeout": "killed (timeout)"}
+            fate = {"passed": "SURVIVED", "no tests": "SURVIVED", "failed": "killed", "timeout": "timeout"}
             results.append({**asdict(mutant), "status": fate.get(status, "error"), "by": detail, "seconds": seconds})
             print(f"{fate.get(status, 'ERROR'):17} {mutant.name:36} {seconds:5.0f} s  {detail}", flush=True)
             if args.show:
                 print(f"    {mutant.path}: {mutant.old!r} -> {mutant.new!r}")
 
-    killed = sum(r["status"].startswith("killed") for r in results)
-    errors = [r["name"] for r in results if r["status"] == "error"]
+    killed = sum(r["status"] == "killed" for r in results)
+    undecided = [r["name"] for r in results if r["status"] in ("error", "timeout")]
     print(f"\nmutation score: {killed}/{len(results)} killed ({100 * killed / max(1, len(results)):.0f}%)"
           f"{' (tests of ' + args.tests_from + ')' if args.tests_from else ''}")
     survivors = [r["name"] for r in results if r["status"] == "SURVIVED"]
     if survivors:
         print("survivors: " + ", ".join(survivors))
-    if errors:
-        print("errors (neither killed nor survived): " + ", ".join(errors))
+    if undecided:
+        print("timeouts and errors (neither killed nor survived): " + ", ".join(undecided))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

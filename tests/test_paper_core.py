@@ -84,7 +84,7 @@ def test_pruning_removes_candidates_under_half_a_percent(tiny_space):
     assert block.live.tolist() == [False] + [True] * 12
 
 
-def test_a_candidate_exactly_at_the_threshold_is_kept(tiny_space):
+def test_pruning_keeps_a_candidate_exactly_at_the_threshold(tiny_space):
     # "less than 0.5%": p == threshold is not less
     block = _block_with([0.002, 0.004] + [0.994 / 11] * 11)
     at = float(torch.softmax(block.logits().detach().float(), 0)[1])
