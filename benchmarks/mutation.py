@@ -120,7 +120,7 @@ MUTANTS = (
     # the search space, costs, metric and choice
     Mutant("residual-ignores-stride", "nas_core/search_space.py",
            "return self.stride == 1 and self.c_in == self.c_out", "return self.c_in == self.c_out",
-           ("tests/test_blocks.py", "tests/test_search_space.py")),
+           ("tests/test_blocks.py", "tests/test_search_space.py", PAPER)),
     Mutant("macs-ignore-groups", "nas_core/cost_table.py",
            "self.macs += c_out * out_hw[0] * out_hw[1] * kh * kw * (c_in // groups)",
            "self.macs += c_out * out_hw[0] * out_hw[1] * kh * kw * c_in",

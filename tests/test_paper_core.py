@@ -1,14 +1,16 @@
-"""Behaviour the paper fixes, pinned to its numbers (issue 20): the Gumbel-softmax temperature (section
-4.1), the pruning boundary (4.2), the loss of eq. 1 and 3 in the search loop, and the paper's numbers
-in the schema defaults and in params.paper.yaml (4.1, 4.2, 5.3.1, 5.3.2). The numbers are written here
-as literals from the paper, so a changed default cannot agree with itself."""
+"""Behaviour the paper fixes, pinned to its numbers (issue 20): the residual rule (Figure 2), the
+Gumbel-softmax temperature (section 4.1), the pruning boundary (4.2), the loss of eq. 1 and 3 in the
+search loop, and the paper's numbers in the schema defaults and in params.paper.yaml (4.1, 4.2,
+5.3.1, 5.3.2). The numbers are written here as literals from the paper, so a changed default cannot
+agree with itself."""
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from nas_core.candidates import CANDIDATE_NAMES
+from nas_core.blocks import Block
+from nas_core.candidates import CANDIDATE_NAMES, Candidate
 from nas_core.config import Params, load_params
 from nas_core.cost_table import build_cost_table, cost_matrix
 from nas_core.gumbel import TauSchedule, gumbel_softmax, sample_gumbel
@@ -16,6 +18,7 @@ from nas_core.retrain import stage_settings
 from nas_core.schedules import build_schedule, lr_curve
 from nas_core.search import SearchConfig, run_search
 from nas_core.search_data import search_loader
+from nas_core.search_space import SPACES, BlockSpec
 from nas_core.supernet import build_supernet
 from tasks.search import search_config
 from tests.test_supernet_fixtures import TINY, TINY_CLASSES, TinySegmentation, tiny_space  # noqa: F401
@@ -26,6 +29,18 @@ THETA = torch.tensor([2.0, 1.0, 0.0, -1.0] + [-2.0] * 9)
 
 def _samples(tau: float, n: int = 40000) -> torch.Tensor:
     return gumbel_softmax(THETA, sample_gumbel((n, 13), torch.Generator().manual_seed(0)), tau)
+
+
+# --- Figure 2: the residual connection ---
+
+@pytest.mark.parametrize("c_in,c_out,stride,residual", [(16, 16, 1, True), (16, 16, 2, False), (16, 24, 1, False),
+                                                        (16, 24, 2, False)])
+def test_a_residual_is_used_only_at_equal_channels_and_stride_1(c_in, c_out, stride, residual):
+    # Figure 2: "A residual connection is used if C_in = C_out and s = 1"
+    spec = BlockSpec(0, c_in, c_out, stride)
+    assert spec.residual is residual
+    block = Block(Candidate.parse("k3_d1_e3_g1"), spec).eval()
+    assert block(torch.randn(1, c_in, 16, 16)).shape == (1, c_out, 16 // stride, 16 // stride)
 
 
 # --- section 4.1: the Gumbel-softmax relaxation and its temperature ---
@@ -99,7 +114,6 @@ def still_theta_search(tmp_path_factory):
     """One epoch of the tiny search with theta (nearly) frozen and tau constant: recording the
     mixing weights every superblock 0 call receives."""
     with pytest.MonkeyPatch.context() as mp:
-        from nas_core.search_space import SPACES
         mp.setitem(SPACES, "tiny", TINY)
         cost, fixed = cost_matrix(build_cost_table(TINY, (32, 64), TINY_CLASSES))
         config = SearchConfig(epochs=1, alpha=0.7, tau=TauSchedule("linear", 1.0, 1.0), theta_lr=1e-9,
