@@ -22,6 +22,7 @@ from nas_core.schedules import Schedule
 
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = 1
+_LOADER_STREAM = 0x5EED  # keys the loader generator's seed apart from the shuffles' (seed, epoch)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -110,11 +111,15 @@ class EpochBatchSampler(Sampler):
 
 def make_train_loader(dataset: Dataset, batch_size: int, seed: int = 0, num_workers: int = 0,
                       dist_info: DistInfo | None = None, drop_last: bool = True) -> DataLoader:
-    """A shuffling loader that `train` can resume at any batch (see `EpochBatchSampler`)."""
+    """A shuffling loader that `train` can resume at any batch (see `EpochBatchSampler`).
+
+    It has a generator of its own: each epoch's iterator draws its worker seed from it, where the
+    global generator would be shifted by one draw on resume and every later dropout mask with it."""
     info = dist_info or DistInfo()
     sampler = EpochBatchSampler(len(dataset), batch_size, seed, True, drop_last, info.rank, info.world_size)
+    generator = torch.Generator().manual_seed(_mix(seed, info.rank, _LOADER_STREAM))
     return DataLoader(SeededDataset(dataset, seed), batch_sampler=sampler, num_workers=num_workers,
-                      pin_memory=info.device.type == "cuda")
+                      pin_memory=info.device.type == "cuda", generator=generator)
 
 
 def _rng_state() -> dict:

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from nas_core.config import TrainParams, load_params
+from nas_core.config import SampleParams, SearchParams, TrainParams, load_params
 from nas_core.schedules import SCHEDULES, build_schedule, lr_curve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +25,7 @@ def test_poly_starts_at_base_and_decreases_to_zero():
     assert curve[0] == 0.05
     assert all(b < a for a, b in zip(curve, curve[1:]))
     assert 0 < curve[-1] < 0.05 * 0.1
+    assert build_schedule("poly", 10).factor(5) == pytest.approx(0.5 ** 0.9)  # DeepLab's power 0.9
 
 
 def test_warmup_ramps_linearly_then_follows_the_schedule():
@@ -63,6 +64,7 @@ def test_schema_defaults_are_the_papers_regime():
 def test_paper_preset_file_equals_the_schema_defaults():
     params = load_params(ROOT / "params.paper.yaml")
     assert params.train == TrainParams()
+    assert (params.search, params.sample) == (SearchParams(), SampleParams())
 
 
 def test_a_stage_given_in_part_keeps_its_other_defaults(tmp_path):

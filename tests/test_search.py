@@ -219,3 +219,14 @@ def test_straight_through_hard_samples_train_theta_too(tmp_path):
     _, result, _ = _search(tmp_path, replace(BASE, hard=True, epochs=1, prune_threshold=0.0))
     theta = result.history.query("epoch == 1")["logit"]
     assert np.isfinite(theta).all() and (theta != 0).any()
+
+
+def test_the_search_draws_nothing_from_the_global_generator(tmp_path):
+    # why its checkpoint holds no RNG state: Gumbel noise comes from per-step seeds, augmentation
+    # from per-sample seeds, and the loader's worker seeds from the loader's own generator
+    torch.manual_seed(0)
+    net = build_supernet(TINY, TINY_CLASSES)
+    before = torch.get_rng_state()
+    run_search(net, search_loader(TinySegmentation(16), 4), COST, replace(BASE, epochs=2), tmp_path,
+               fixed_cost=FIXED, log=lambda s: None)
+    assert torch.equal(torch.get_rng_state(), before)

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from nas_core.schedules import build_schedule
-from nas_core.train import (EpochBatchSampler, NonFiniteLossError, load_checkpoint, make_train_loader, train)
+from nas_core.schedules import build_schedule, lr_curve
+from nas_core.train import (EpochBatchSampler, NonFiniteLossError, SeededDataset, load_checkpoint, make_train_loader,
+                            train)
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, BATCH = 4, 4
@@ -18,7 +19,7 @@ EPOCHS, BATCH = 4, 4
 
 class NoisyToy(Dataset):
     """12 fixed 8x8 images plus augmentation noise drawn from torch's global generator, like the
-    data layer's transforms: resume is exact only if that randomness is restored too."""
+    data layer's transforms (the loader's SeededDataset seeds it per sample)."""
 
     def __init__(self, n: int = 12):
         g = torch.Generator().manual_seed(0)
@@ -38,10 +39,17 @@ def toy_net() -> nn.Module:
                          nn.Linear(4, 3))
 
 
+def dropout_net() -> nn.Module:
+    """toy_net with dropout: every training step draws from torch's global generator."""
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, 3))
+
+
 def run(ckpt_dir, *, step_hook=None, on_epoch_end=None, checkpoint_every=0, loss_fn=nn.functional.cross_entropy,
-        fingerprint="toy", epochs=EPOCHS, grad_clip=None):
+        fingerprint="toy", epochs=EPOCHS, grad_clip=None, net=toy_net):
     torch.set_num_threads(1)
-    model = toy_net()
+    model = net()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     loader = make_train_loader(NoisyToy(), BATCH, seed=3)
     schedule = build_schedule("step", epochs, (2,) if epochs > 2 else ())  # the same lr in every run's epochs 0-1
@@ -83,6 +91,45 @@ def test_resume_after_a_kill_mid_epoch_equals_the_uninterrupted_run(tmp_path, un
     assert result.resumed_from == resumes_at
     assert same_weights(model, full_model)
     assert [h["loss"] for h in result.history] == [h["loss"] for h in full.history]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_dropout(tmp_path_factory):
+    return run(tmp_path_factory.mktemp("full_dropout"), net=dropout_net)
+
+
+@pytest.mark.parametrize("kill_at,checkpoint_every,resumes_at", [
+    ((1, 2), 0, (1, 0)),
+    ((1, 2), 2, (1, 2)),
+    ((2, 1), 1, (2, 2)),
+], ids=["epoch-ckpt", "batch-ckpt", "every-batch"])
+def test_resume_restores_the_draws_of_a_step_that_uses_randomness(tmp_path, uninterrupted_dropout, kill_at,
+                                                                   checkpoint_every, resumes_at):
+    # every step after the resume point draws dropout masks from the global generator: the run
+    # equals the uninterrupted one only if that generator continues where the checkpoint left it
+    # (its state restored, and no loader drawing a worker seed from it at the epoch's start)
+    def kill(epoch, batch, loss):
+        if (epoch, batch) == kill_at:
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(tmp_path, step_hook=kill, checkpoint_every=checkpoint_every, net=dropout_net)
+    model, result = run(tmp_path, checkpoint_every=checkpoint_every, net=dropout_net)
+    full_model, full = uninterrupted_dropout
+    assert result.resumed_from == resumes_at
+    assert same_weights(model, full_model)
+    assert [h["loss"] for h in result.history] == [h["loss"] for h in full.history]
+
+
+def test_other_dropout_masks_give_other_weights(tmp_path, uninterrupted_dropout):
+    # what makes the test above able to fail: the same start with other masks ends elsewhere
+    def other_masks() -> nn.Module:
+        model = dropout_net()
+        torch.manual_seed(2)
+        return model
+
+    model, _ = run(tmp_path, net=other_masks)
+    assert not same_weights(model, uninterrupted_dropout[0])
 
 
 def test_a_kill_in_the_epoch_callback_resumes_at_that_epoch(tmp_path, uninterrupted):
@@ -236,3 +283,20 @@ def test_ddp_under_torchrun_on_cpu_keeps_the_replicas_identical(tmp_path):
     assert all(torch.equal(rank0[k], rank1[k]) for k in params)  # gradients were all-reduced
     state = load_checkpoint(tmp_path / "last.pt")
     assert state["epoch"] == 2 and len(state["history"]) == 2
+
+
+def test_the_learning_rate_follows_the_schedule_at_every_step(tmp_path):
+    # a schedule is a function of the fractional epoch: poly moves within an epoch too
+    model = toy_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    schedule = build_schedule("poly", 3)
+    applied = []
+    train(model, nn.functional.cross_entropy, make_train_loader(NoisyToy(), BATCH, seed=3), optimizer, schedule, 3,
+          tmp_path, step_hook=lambda e, b, loss: applied.append(optimizer.param_groups[0]["lr"]), log=lambda _: None)
+    assert applied == pytest.approx(lr_curve(schedule, 0.05, 3, 12 // BATCH))
+
+
+def test_an_image_is_augmented_anew_every_epoch_and_alike_within_one():
+    data = SeededDataset(NoisyToy(), seed=3)
+    assert torch.equal(data[(0, 5)][0], data[(0, 5)][0])
+    assert not torch.equal(data[(0, 5)][0], data[(1, 5)][0])
