@@ -78,14 +78,25 @@ def _producing_run(client, experiment_id: str, path: str, md5: str):
     return runs[0] if runs else None
 
 
-def _input_lines(experiment_id: str, inputs: dict[str, tuple[str, str]], producers: dict, remote: str) -> list[str]:
-    lines = []
+def _link_inputs(client, experiment_id: str, inputs: dict[str, tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
+    """Tags and description lines for a stage's inputs: each one's md5, and the run that made it
+    (squeezenas.upstream.<stage>) or, when no run here made that md5, where DVC got it from."""
+    tags, upstream, lines = {}, {}, []
+    remote = dvc_default_remote() or "none configured"
     for path, (stage, md5) in inputs.items():
-        run = producers.get(path)
-        made = (f"made by {run_link(experiment_id, run.info.run_id, stage)}" if run else
-                f"from DVC (remote `{remote}`), stage `{stage}` has no run here that made it")
-        lines.append(f"- `{path}` md5 `{md5}`, {made}")
-    return lines
+        tags[f"{INPUT_TAG}{path}"] = md5
+        run = _producing_run(client, experiment_id, path, md5)
+        if run:
+            upstream.setdefault(stage, run.info.run_id)
+            lines.append(f"- `{path}` md5 `{md5}`, made by {run_link(experiment_id, run.info.run_id, stage)}")
+        else:  # typically a teammate's `dvc push` and our `dvc pull`
+            tags[f"{EXTERNAL_TAG}{path}"] = f"{md5} (stage {stage}: no run in this MLflow store made it)"
+            tags["dvc.remote"] = remote
+            lines.append(f"- `{path}` md5 `{md5}`, from DVC (remote `{remote}`): no run here made it")
+    tags.update({f"{UPSTREAM_STAGE_TAG}{s}": rid for s, rid in upstream.items()})
+    if upstream:
+        tags[UPSTREAM_TAG] = ",".join(dict.fromkeys(upstream.values()))
+    return tags, lines
 
 
 def _stage_note(stage: str, experiment_id: str, parent: str | None, commit: str, inputs: list[str],
@@ -122,21 +133,8 @@ def stage_run(tracking, stage: str, params: dict[str, Any] | None = None,
     if parent:
         all_tags["mlflow.parentRunId"] = parent
     inputs = dvc_inputs(stage)
-    producers = {path: _producing_run(client, exp_id, path, md5) for path, (_, md5) in inputs.items()}
-    upstream = {}
-    for path, (producer, md5) in inputs.items():
-        all_tags[f"{INPUT_TAG}{path}"] = md5
-        if producers[path]:
-            upstream.setdefault(producer, producers[path].info.run_id)
-        else:  # its outputs came from elsewhere, typically a teammate's `dvc push` and our `dvc pull`
-            all_tags[f"{EXTERNAL_TAG}{path}"] = f"{md5} (stage {producer}: no run in this MLflow store made it)"
-    remote = dvc_default_remote() or "none configured"
-    if not all(producers.values()):
-        all_tags["dvc.remote"] = remote
-    all_tags.update({f"{UPSTREAM_STAGE_TAG}{s}": rid for s, rid in upstream.items()})
-    if upstream:
-        all_tags[UPSTREAM_TAG] = ",".join(dict.fromkeys(upstream.values()))
-    input_lines = _input_lines(exp_id, inputs, producers, remote)
+    input_tags, input_lines = _link_inputs(client, exp_id, inputs)
+    all_tags.update(input_tags)
     all_tags[NOTE_TAG] = _stage_note(stage, exp_id, parent, commit, input_lines)
     all_tags.update(tags or {})
     with mlflow.start_run(run_name=stage, tags=all_tags) as run:
@@ -219,11 +217,36 @@ def start_pipeline_run(tracking, tags: dict[str, str] | None = None) -> str:
     return run.info.run_id
 
 
+def _pipeline_stage_lines(client, experiment_id: str, ran: dict, failure: tuple[str, str] | None
+                          ) -> tuple[dict[str, str], list[str]]:
+    """A parent run's line per stage of dvc.yaml: the run under it, the stage that failed before its
+    run began, the earlier run that made the current outputs DVC reused (tagged
+    squeezenas.reused.<stage>), or that it did not run."""
+    tags, lines, locked = {}, [], locked_outputs()
+    for stage in stage_names():
+        if stage in ran:
+            run = ran[stage]
+            lines.append(f"- {run_link(experiment_id, run.info.run_id, stage)} ran here ({run.info.status.lower()})")
+            continue
+        if failure and failure[0] == stage:
+            lines.append(f"- `{stage}` failed before its run began: {_first_line(failure[1])}")
+            continue
+        made = next((r for p in stage_outputs(stage) if locked.get(p, ("", ""))[0] == stage
+                     for r in [_producing_run(client, experiment_id, p, locked[p][1])] if r), None)
+        if made:
+            tags[f"{REUSED_TAG}{stage}"] = made.info.run_id
+            lines.append(f"- {run_link(experiment_id, made.info.run_id, stage)} reused: its current outputs "
+                         "(dvc.lock) were made by this earlier run")
+        else:
+            lines.append(f"- `{stage}` not run" + (" (stopped by the failure)" if failure else ""))
+    return tags, lines
+
+
 def end_pipeline_run(tracking, run_id: str, metrics: dict[str, float], ok: bool,
                      failure: tuple[str, str] | None = None) -> None:
-    """Finish the parent run with a description linking every stage's run: those that ran under it,
-    and for a stage DVC found up to date the run that made its current outputs (tagged
-    squeezenas.reused.<stage>). A failed run is tagged with the failing stage and its error."""
+    """Finish the parent run with a description linking every stage's run (_pipeline_stage_lines).
+    A failed run is tagged with the failing stage and the first line of its error: the stage run's
+    own when it got that far, else `failure` (stage, error) as its caller saw it."""
     import mlflow
 
     exp_id = _experiment(tracking).experiment_id
@@ -234,24 +257,10 @@ def end_pipeline_run(tracking, run_id: str, metrics: dict[str, float], ok: bool,
                                   order_by=["attributes.start_time ASC"])
     ran = {c.data.tags.get("squeezenas.stage"): c for c in children}  # a stage's last run under this parent
     failed = [c for c in children if c.info.status == "FAILED"]
-    if not ok and failed:  # the stage's own first error line beats the one read from dvc's output
+    if not ok and failed:
         failure = (failed[-1].data.tags.get("squeezenas.stage", "?"),
                    failed[-1].data.tags.get(ERROR_TAG) or (failure[1] if failure else "see the stage's run"))
-    tags, lines = {}, []
-    locked = locked_outputs()
-    for stage in stage_names():
-        if stage in ran:
-            run = ran[stage]
-            lines.append(f"- {run_link(exp_id, run.info.run_id, stage)} ran here ({run.info.status.lower()})")
-            continue
-        made = next((r for p in stage_outputs(stage) if locked.get(p, ("", ""))[0] == stage
-                     for r in [_producing_run(client, exp_id, p, locked[p][1])] if r), None)
-        if made:
-            tags[f"{REUSED_TAG}{stage}"] = made.info.run_id
-            lines.append(f"- {run_link(exp_id, made.info.run_id, stage)} reused: DVC found it up to date, "
-                         "its outputs were made by this earlier run")
-        else:
-            lines.append(f"- `{stage}` not run" + ("" if ok else " (stopped by the failure)"))
+    tags, lines = _pipeline_stage_lines(client, exp_id, ran, None if ok else failure)
     head = "**Pipeline run** " + ("finished" if ok else "failed")
     if not ok and failure:
         tags.update({FAILED_STAGE_TAG: failure[0], ERROR_TAG: _first_line(failure[1])})

@@ -151,6 +151,7 @@ def test_rerun_parent_names_reused_runs_and_the_failing_stage(repo):
     assert tags["squeezenas.reused.cost_tables"] == runs["cost_tables"].info.run_id
     assert (tags["squeezenas.failed_stage"], tags["squeezenas.error"]) == ("benchmark", "benchmark broke on purpose")
     assert f"[data]{link(runs['data'].info.run_id)} reused" in tags["mlflow.note.content"]
+    assert f"[search]{link(stage_runs(second)['search'].info.run_id)} ran here (finished)" in tags["mlflow.note.content"]
     assert "failed at stage `benchmark`: benchmark broke on purpose" in tags["mlflow.note.content"]
     assert mlflow.MlflowClient().get_run(second).info.status == "FAILED"
     # a stage that fails before its run starts: the error comes from its own last line on stderr
@@ -159,5 +160,6 @@ def test_rerun_parent_names_reused_runs_and_the_failing_stage(repo):
     tags = tags_of(third)
     assert tags["squeezenas.failed_stage"] == "search"
     assert tags["squeezenas.error"] == "squeezenas search: error: params.yaml: search.x: not a number"
-    # the reused search is the second pipeline's, whose output dvc.lock now holds
-    assert "squeezenas.reused.search" not in tags or tags["squeezenas.reused.search"] == stage_runs(second)["search"].info.run_id
+    assert "squeezenas.reused.search" not in tags
+    assert "- `search` failed before its run began: squeezenas search: error:" in tags["mlflow.note.content"]
+    assert tags["squeezenas.reused.cost_tables"] == runs["cost_tables"].info.run_id
