@@ -354,6 +354,7 @@ def _register_lineage(client, name: str, version: str, run) -> None:
     client.update_registered_model(name, description=(
         f"SqueezeNAS networks of experiment {exp_id}, one version per benchmark run; alias `{MODEL_ALIAS}` is the "
         "newest. Each version's description links its stage runs back to the dataset and cost-table hashes."))
+    client.set_registered_model_tag(name, "squeezenas.experiment_id", exp_id)
     client.set_registered_model_alias(name, MODEL_ALIAS, version)
 
 

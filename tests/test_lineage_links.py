@@ -112,7 +112,9 @@ def test_model_version_is_described_tagged_aliased_and_signed(repo):
     lock = yaml.safe_load((repo[0] / "dvc.lock").read_text())["stages"]
     assert mv.tags["dvc.input.data/cityscapes"] == lock["data"]["outs"][0]["md5"]
     assert mv.tags["dvc.input.outputs/cost_tables"] == lock["cost_tables"]["outs"][0]["md5"]
-    assert client.get_registered_model("tiny").description
+    registered = client.get_registered_model("tiny")
+    assert registered.description and {a: str(v) for a, v in registered.aliases.items()} == {"champion": str(mv.version)}
+    assert registered.tags["squeezenas.experiment_id"] == tracking.experiment_id(load_params().tracking)
     assert client.get_model_version_by_alias("tiny-onnx", "champion").tags["lineage.data"] == runs["data"].info.run_id
     info = mlflow.models.get_model_info("models:/tiny@champion")
     assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, -1, -1)
