@@ -78,9 +78,10 @@ def _producing_run(client, experiment_id: str, path: str, md5: str):
     return runs[0] if runs else None
 
 
-def _link_inputs(client, experiment_id: str, inputs: dict[str, tuple[str, str]]) -> tuple[dict[str, str], list[str]]:
-    """Tags and description lines for a stage's inputs: each one's md5, and the run that made it
-    (squeezenas.upstream.<stage>) or, when no run here made that md5, where DVC got it from."""
+def _link_inputs(client, experiment_id: str, inputs: dict[str, tuple[str, str]]
+                 ) -> tuple[dict[str, str], str, list[str]]:
+    """Tags, a one-line summary and description lines for a stage's inputs: each one's md5, and the
+    run that made it (squeezenas.upstream.<stage>) or, when no run here made that md5, where DVC got it."""
     tags, upstream, lines = {}, {}, []
     remote = dvc_default_remote() or "none configured"
     for path, (stage, md5) in inputs.items():
@@ -96,16 +97,19 @@ def _link_inputs(client, experiment_id: str, inputs: dict[str, tuple[str, str]])
     tags.update({f"{UPSTREAM_STAGE_TAG}{s}": rid for s, rid in upstream.items()})
     if upstream:
         tags[UPSTREAM_TAG] = ",".join(dict.fromkeys(upstream.values()))
-    return tags, lines
+    summary = "Made from " + ", ".join(run_link(experiment_id, rid, s) for s, rid in upstream.items()) + "."
+    return tags, summary if upstream else "", lines
 
 
-def _stage_note(stage: str, experiment_id: str, parent: str | None, commit: str, inputs: list[str],
+def _stage_note(stage: str, experiment_id: str, parent: str | None, commit: str, summary: str, inputs: list[str],
                 outputs: dict[str, str] | None = None) -> str:
-    """The run's description (mlflow.note.content): where it sits in the pipeline, by links."""
-    head = f"**Stage `{stage}`**, git `{commit}`"
+    """The run's description (mlflow.note.content): where it sits in the pipeline, by links. The links
+    come first: the UI shows a description's first lines until "Show more" is clicked."""
+    head = f"**Stage `{stage}`**, git `{commit[:12]}`"
     if parent:
         head += f", in pipeline run {run_link(experiment_id, parent, 'pipeline')}"
-    lines = [head, "", "Inputs (DVC md5):", *(inputs or ["- none from other stages"])]
+    lines = [head, "", *([summary, ""] if summary else [])]
+    lines += ["Inputs (DVC md5):", *(inputs or ["- none from other stages"])]
     if outputs is not None:
         lines += ["", "Outputs (DVC md5):", *[f"- `{p}` md5 `{m}`" for p, m in outputs.items()]]
     return "\n".join(lines)
@@ -133,9 +137,9 @@ def stage_run(tracking, stage: str, params: dict[str, Any] | None = None,
     if parent:
         all_tags["mlflow.parentRunId"] = parent
     inputs = dvc_inputs(stage)
-    input_tags, input_lines = _link_inputs(client, exp_id, inputs)
+    input_tags, summary, input_lines = _link_inputs(client, exp_id, inputs)
     all_tags.update(input_tags)
-    all_tags[NOTE_TAG] = _stage_note(stage, exp_id, parent, commit, input_lines)
+    all_tags[NOTE_TAG] = _stage_note(stage, exp_id, parent, commit, summary, input_lines)
     all_tags.update(tags or {})
     with mlflow.start_run(run_name=stage, tags=all_tags) as run:
         if params:
@@ -149,7 +153,7 @@ def stage_run(tracking, stage: str, params: dict[str, Any] | None = None,
         known = client.get_run(run.info.run_id).data.tags  # log_dataset has hashed the datasets already
         outputs = {p: known.get(f"{OUTPUT_TAG}{p}") or dvc_md5(p) for p in stage_outputs(stage) if Path(p).exists()}
         mlflow.set_tags({**{f"{OUTPUT_TAG}{p}": m for p, m in outputs.items()},
-                         NOTE_TAG: _stage_note(stage, exp_id, parent, commit, input_lines, outputs)})
+                         NOTE_TAG: _stage_note(stage, exp_id, parent, commit, summary, input_lines, outputs)})
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
@@ -242,6 +246,17 @@ def _pipeline_stage_lines(client, experiment_id: str, ran: dict, failure: tuple[
     return tags, lines
 
 
+def _pipeline_summary(experiment_id: str, ran: dict, tags: dict[str, str]) -> str:
+    """One line of links, first in the description (the UI folds the rest under "Show more")."""
+    parts = []
+    if ran:
+        parts.append("Ran " + ", ".join(run_link(experiment_id, r.info.run_id, s) for s, r in ran.items()))
+    reused = {k.removeprefix(REUSED_TAG): v for k, v in tags.items() if k.startswith(REUSED_TAG)}
+    if reused:
+        parts.append("reused " + ", ".join(run_link(experiment_id, rid, s) for s, rid in reused.items()))
+    return "; ".join(parts) + "." if parts else ""
+
+
 def end_pipeline_run(tracking, run_id: str, metrics: dict[str, float], ok: bool,
                      failure: tuple[str, str] | None = None) -> None:
     """Finish the parent run with a description linking every stage's run (_pipeline_stage_lines).
@@ -265,7 +280,7 @@ def end_pipeline_run(tracking, run_id: str, metrics: dict[str, float], ok: bool,
     if not ok and failure:
         tags.update({FAILED_STAGE_TAG: failure[0], ERROR_TAG: _first_line(failure[1])})
         head += f" at stage `{failure[0]}`: {_first_line(failure[1])}"
-    tags[NOTE_TAG] = "\n".join([head, "", "Stage runs:", *lines])
+    tags[NOTE_TAG] = "\n".join([head + ". " + _pipeline_summary(exp_id, ran, tags), "", "Stage runs:", *lines])
     for k, v in tags.items():
         client.set_tag(run_id, k, v)
     client.set_terminated(run_id, "FINISHED" if ok else "FAILED")

@@ -93,6 +93,9 @@ def test_one_dvc_md5_per_artifact_links_producer_and_readers(repo):
         assert f"[{stage}]{link(runs[stage].info.run_id)}" in note
     assert md5["data/cityscapes"] in note and md5["outputs/search/supernet.pt"] in note
     assert f"[pipeline]{link(first)}" in note
+    # the links come first: the UI folds a description's later lines under "Show more"
+    data, cost = runs["data"].info.run_id, runs["cost_tables"].info.run_id
+    assert note.split("\n\n")[1] == f"Made from [data]{link(data)}, [cost_tables]{link(cost)}."
     # the dataset is an MLflow dataset input of the runs that read it, digest = the DVC md5
     for stage, context in (("data", "generated"), ("search", "input"), ("benchmark", "input")):
         inputs = mlflow.MlflowClient().get_run(runs[stage].info.run_id).inputs.dataset_inputs
@@ -128,7 +131,8 @@ def test_parent_run_links_every_stage_run(repo):
     _, first = repo
     runs = stage_runs(first)
     note = tags_of(first)["mlflow.note.content"]
-    assert note.startswith("**Pipeline run** finished")
+    assert note.startswith("**Pipeline run** finished. Ran ")
+    assert all(f"[{stage}]{link(r.info.run_id)}" in note.splitlines()[0] for stage, r in runs.items())
     for stage, r in runs.items():
         assert f"[{stage}]{link(r.info.run_id)} ran here" in note
 
@@ -153,6 +157,7 @@ def test_rerun_parent_names_reused_runs_and_the_failing_stage(repo):
     assert tags["squeezenas.reused.cost_tables"] == runs["cost_tables"].info.run_id
     assert (tags["squeezenas.failed_stage"], tags["squeezenas.error"]) == ("benchmark", "benchmark broke on purpose")
     assert f"[data]{link(runs['data'].info.run_id)} reused" in tags["mlflow.note.content"]
+    assert f"reused [data]{link(runs['data'].info.run_id)}" in tags["mlflow.note.content"].splitlines()[0]
     assert f"[search]{link(stage_runs(second)['search'].info.run_id)} ran here (finished)" in tags["mlflow.note.content"]
     assert "failed at stage `benchmark`: benchmark broke on purpose" in tags["mlflow.note.content"]
     assert mlflow.MlflowClient().get_run(second).info.status == "FAILED"
