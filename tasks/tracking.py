@@ -254,7 +254,8 @@ def _pipeline_summary(experiment_id: str, ran: dict, tags: dict[str, str]) -> st
     reused = {k.removeprefix(REUSED_TAG): v for k, v in tags.items() if k.startswith(REUSED_TAG)}
     if reused:
         parts.append("reused " + ", ".join(run_link(experiment_id, rid, s) for s, rid in reused.items()))
-    return "; ".join(parts) + "." if parts else ""
+    text = "; ".join(parts)
+    return text[:1].upper() + text[1:] + "." if parts else ""
 
 
 def end_pipeline_run(tracking, run_id: str, metrics: dict[str, float], ok: bool,
