@@ -2,6 +2,8 @@
 (paper section 5.3: Cityscapes fine/coarse, COCO, ImageNet), or a check of the real ones."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow
 
 from nas_core.config import Params, load_params, missing_datasets
@@ -30,12 +32,19 @@ def refuse_foreign_folders(params: Params) -> None:
 def data_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
     params = load_params(params_file, overrides)
     cfg, paths = params.data, params.paths
+    datasets = (("cityscapes", paths.cityscapes), ("coco", paths.coco), ("imagenet", paths.imagenet))
     refuse_foreign_folders(params)
     if not cfg.generate:
         missing = missing_datasets(params)
         if missing:
             raise DatasetError("; ".join(missing))
         counts = check_datasets_task(params.datasets())
+        # a run for real datasets too: it holds their md5s, and the runs that read them link to it
+        with tracking.stage_run(params.tracking, "data", params=cfg.model_dump(mode="json"),
+                                tags={"squeezenas.datasets": "real"}):
+            for name, path in datasets:
+                if Path(path).is_dir():
+                    tracking.log_dataset(path, name, {k: v for k, v in counts.items() if k.startswith(name + ".")})
         print(f"[data] real datasets checked: {counts}")
         return counts
     print(f"[data] generating Cityscapes ({cfg.cityscapes_train}+{cfg.cityscapes_val}+{cfg.cityscapes_extra} images "
@@ -49,7 +58,7 @@ def data_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ())
     }
     summaries = {name: f.result() for name, f in futures.items()}
     with tracking.stage_run(params.tracking, "data", params=cfg.model_dump(mode="json")):
-        for name, path in (("cityscapes", paths.cityscapes), ("coco", paths.coco), ("imagenet", paths.imagenet)):
+        for name, path in datasets:
             tracking.log_dataset(path, name, summaries[name])
     print(f"[data] written: {paths.cityscapes}, {paths.coco}, {paths.imagenet}")
     return summaries

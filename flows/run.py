@@ -4,6 +4,7 @@ set), and every stage's MLflow run nests under one parent run of this execution.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -131,6 +132,29 @@ def task_compute_seconds(api_url: str, since: float) -> tuple[float, int]:
     return covered, len(spans)
 
 
+FAILED_STAGE = re.compile(r"failed to reproduce '([^']+)'")
+
+
+def repro(cmd: list[str], env: dict[str, str]) -> tuple[int, tuple[str, str] | None]:
+    """Run `dvc repro`, its stderr passed through line by line. Returns the exit code and, when a stage
+    failed, (stage, the last line its command printed before DVC's message) for the parent run's tags."""
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1)
+    last, failure = "", None
+    try:
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            found = FAILED_STAGE.search(line)
+            if found and failure is None:
+                failure = (found[1], last or line.strip())
+            elif line.strip() and not line.startswith("ERROR:"):
+                last = line.strip()
+        return proc.wait(), failure
+    except BaseException:  # as subprocess.call does: nothing outlives the command
+        proc.kill()
+        proc.wait()
+        raise
+
+
 def run_pipeline(params_file: str = "params.yaml", targets: tuple[str, ...] = (), force: bool = False,
                  push: bool = False) -> int:
     from tasks import tracking  # MLflow: imported once the params are known to be good
@@ -151,7 +175,7 @@ def run_pipeline(params_file: str = "params.yaml", targets: tuple[str, ...] = ()
             warm = ready()
             print(f"[run] {' '.join(cmd)}", flush=True)
             t_repro, wall_start = time.perf_counter(), time.time()
-            code = subprocess.call(cmd, env=env)
+            code, failure = repro(cmd, env)
             repro_s = time.perf_counter() - t_repro
         compute_s, n_tasks = task_compute_seconds(api_url, wall_start)
         total = time.perf_counter() - t0
@@ -163,7 +187,7 @@ def run_pipeline(params_file: str = "params.yaml", targets: tuple[str, ...] = ()
             timing["dvc_between_stages_s"] = repro_s - warm["commands_s"]
             timing["stages_outside_tasks_s"] = warm["commands_s"] - compute_s  # flow runs, MLflow, params
             timing["run_startup_s"] = t_repro - t0  # Prefect server, MLflow parent run, fork server
-        tracking.end_pipeline_run(params.tracking, parent, timing, code == 0)
+        tracking.end_pipeline_run(params.tracking, parent, timing, code == 0, failure)
         atomic_write_json(Path(params.paths.metrics) / "pipeline_timing.json", timing)
     if code != 0:
         print(f"[run] dvc repro failed with exit code {code}; finished stages are kept, a rerun redoes only the rest",
@@ -184,9 +208,15 @@ def run_pipeline(params_file: str = "params.yaml", targets: tuple[str, ...] = ()
     print(f"  report:     {paths.benchmark}/report.md")
     print("  plots:      dvc plots show   (writes dvc_plots/index.html)")
     print("  metrics:    dvc metrics show")
-    print(f"  MLflow UI:  mlflow ui --backend-store-uri {params.tracking.mlflow_uri}   (then open http://127.0.0.1:5000)")
+    print(f"  MLflow UI:  mlflow ui --backend-store-uri {params.tracking.mlflow_uri}   (then open "
+          f"{runs_url(params.tracking)})")
     print(f"  lineage:    squeezenas lineage {params.tracking.registered_model}")
     return 0
+
+
+def runs_url(tracking_cfg, base: str = "http://127.0.0.1:5000") -> str:
+    """The experiment's runs table: MLflow 3's UI opens in its GenAI view, where stage runs are not listed."""
+    return f"{base}/#/experiments/{tracking.experiment_id(tracking_cfg)}/runs"
 
 
 def add_parser(sub) -> None:

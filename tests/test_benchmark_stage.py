@@ -69,6 +69,10 @@ def test_benchmark_flow_reports_every_network_and_registers_both_flavours(tmp_pa
     session = ort.InferenceSession(onnx_model.SerializeToString(), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     assert np.abs(got - expected).max() <= 1e-4
+    # the logged model carries our network's metrics, never the baselines' (the run has both)
+    info = mlflow.models.get_model_info("models:/tiny@champion")
+    assert {m.key.split(".")[0] for m in mlflow.get_logged_model(info.model_id).metrics} == {"ours"}
+    assert "squeezenas_lat_small.latency_ms" in client.get_run(info.run_id).data.metrics
 
 
 TINY_PARAMS = """
