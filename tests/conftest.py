@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to the reference material and a tiny search space for fast tests."""
+"""Shared fixtures: the reference material and one Prefect test server for the session."""
 from __future__ import annotations
 
 import os
@@ -23,3 +23,13 @@ def reference_dir() -> Path:
                if not p.is_file()]
     assert not missing, f"reference material missing from the project: {missing}"  # never a skip
     return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """Prefect's test server on a temporary SQLite database, one for the whole session (as Prefect's testing guide
+    recommends): started by the first test that asks for it, as each start costs seconds."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):  # the shared CPU can be slow to start it
+        yield

@@ -15,14 +15,6 @@ from tests.repo_copy import make_repo_copy, run
 ARCH = PUBLISHED["squeezenas_lat_small"]
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
 @pytest.mark.slow
 def test_benchmark_flow_reports_every_network_and_registers_both_flavours(tmp_path, monkeypatch, reference_dir,
                                                                           prefect_harness):

@@ -8,14 +8,6 @@ from nas_core.zoo import PUBLISHED
 from tests.repo_copy import make_repo_copy, run
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness():
-        yield
-
-
 def test_flow_writes_tables_and_mlflow_run(tmp_path, monkeypatch, prefect_harness):
     import mlflow
 

@@ -4,7 +4,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,14 +26,6 @@ def test_pipeline_flow_knows_every_dvc_stage():
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert list(STAGES) == list(stages)
-
-
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness():
-        yield
 
 
 def test_one_profile_per_device_at_a_time(prefect_harness):

@@ -23,14 +23,6 @@ SMALL_UNITS = 128  # distinct shapes of the small space at 32x64 (tests/test_pro
 
 
 @pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness():
-        yield
-
-
-@pytest.fixture(scope="module")
 def known_hosts(sshd, tmp_path_factory):
     """The server's key under both of its names: two devices to the pool."""
     kind, b64 = sshd.host_pub.read_text().split()[:2]

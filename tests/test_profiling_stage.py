@@ -10,14 +10,6 @@ SMALL_RUN = {"input_size": {"height": 32, "width": 64}, "warmup": 0, "runs": 2, 
              "clock": "thread", "fidelity": {"num_networks": 3, "seed": 1, "space": "small"}}
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness():
-        yield
-
-
 @pytest.mark.slow
 def test_flow_writes_table_facts_fidelity_and_an_mlflow_run(tmp_path, monkeypatch, prefect_harness):
     import mlflow

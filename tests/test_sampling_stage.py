@@ -26,15 +26,12 @@ sample: {{num_samples: 6, workers: 2, batch_size: 2, device: cpu}}
 
 
 @pytest.fixture(scope="module")
-def prefect_harness(tmp_path_factory):
-    """Prefect's test server, and one MLflow sqlite store for the module (creating one costs seconds);
-    each workdir logs to its own experiment."""
-    from prefect.testing.utilities import prefect_test_harness
-
+def prefect_harness(prefect_harness, tmp_path_factory):
+    """The session's Prefect test server (conftest.py), and one MLflow sqlite store for the module (creating one
+    costs seconds); each workdir logs to its own experiment."""
     global MLFLOW_URI
     MLFLOW_URI = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    with prefect_test_harness():
-        yield
+    yield
 
 
 MLFLOW_URI = ""

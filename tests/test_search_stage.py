@@ -22,14 +22,6 @@ SEARCH = ("search: {space: small, cost_table: costs/macs_small.parquet, alpha: 1
 
 
 @pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness():
-        yield
-
-
-@pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("search_stage")
     generate_cityscapes(root / "cityscapes", num_train=6, num_val=2, num_extra=0, size=(64, 128), seed=0)

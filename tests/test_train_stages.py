@@ -110,14 +110,6 @@ def test_a_switched_off_middle_stage_passes_the_previous_weights_on(tmp_path, da
     assert after["lineage"][-1] == {"stage": "train_fine", "status": "skipped", "passes_on": "train_coarse"}
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):  # the shared CPU can be slow to start it
-        yield
-
-
 @pytest.mark.slow
 def test_flows_skip_switched_off_stages_and_record_the_lineage_in_mlflow(tmp_path, data, monkeypatch,
                                                                           prefect_harness):
