@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from flows import forkserver, quiet_telemetry
+from tasks import processes
 
 # subcommand -> module providing add_parser(subparsers); explicit, no import-time registry
 COMMANDS = {
@@ -45,12 +47,20 @@ def main(argv: list[str] | None = None) -> int:
         code = forkserver.run_via_server(argv)
         if code is not None:
             return code
+    processes.raise_on_termination()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as e:
         print(f"squeezenas {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BaseException as e:
+        signum = processes.signal_of(e)
+        if signum is None:
+            raise
+        print(f"squeezenas {args.command}: interrupted ({signal.Signals(signum).name}); the work done so far is kept: "
+              "rerun the same command (or dvc repro) to resume", file=sys.stderr)
+        processes.exit_now(128 + signum)
 
 
 if __name__ == "__main__":

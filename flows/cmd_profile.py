@@ -38,8 +38,10 @@ def _profile(args) -> int:
         if args.trust_host is not None:
             return _trust(args)
         from flows.profile import profile_flow
+        from flows.server import stage_api
 
-        profile_flow(args.params, tuple(args.overrides))
+        with stage_api():
+            profile_flow(args.params, tuple(args.overrides))
     except ProfileError as e:
         print(f"squeezenas profile: error: {e}", file=sys.stderr)
         return 2

@@ -25,8 +25,12 @@ STAGE_COMMANDS = {
 
 
 def run_flow(target: str, args) -> int:
+    from flows.server import stage_api
+
     module, name = target.split(":")
-    getattr(importlib.import_module(module), name)(args.params, tuple(args.overrides))
+    flow = getattr(importlib.import_module(module), name)
+    with stage_api():
+        flow(args.params, tuple(args.overrides))
     return 0
 
 

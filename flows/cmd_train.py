@@ -5,9 +5,11 @@ from nas_core.retrain import STAGES
 
 
 def _train(args) -> int:
+    from flows.server import stage_api
     from flows.train import FLOWS
 
-    FLOWS[args.stage](args.params, tuple(args.overrides))
+    with stage_api():
+        FLOWS[args.stage](args.params, tuple(args.overrides))
     return 0
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.runners import ThreadRunner
 from nas_core.config import load_params
 from tasks import tracking
 from tasks.data import check_datasets_task, generate_cityscapes_task, generate_coco_task, generate_imagenet_task
 
 
-@flow(name="data")
+@flow(name="data", task_runner=ThreadRunner())
 def data_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
     params = load_params(params_file, overrides)
     cfg, paths = params.data, params.paths

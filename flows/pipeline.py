@@ -38,14 +38,16 @@ def pipeline_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] =
     params = load_params(params_file, overrides)
     parent = tracking.start_pipeline_run(params.tracking, {"squeezenas.runner": "prefect"})
     os.environ[tracking.PARENT_RUN_ENV] = parent
-    results, ok = {}, False
+    results, error = {}, None
     try:
         for name, stage_flow in STAGES.items():
             if not stages or name in stages:
                 print(f"[pipeline] stage {name}")
                 results[name] = stage_flow(params_file, overrides)
-        ok = True
+    except BaseException as e:
+        error = e
+        raise
     finally:
         os.environ.pop(tracking.PARENT_RUN_ENV, None)
-        tracking.end_pipeline_run(params.tracking, parent, {}, ok)
+        tracking.end_pipeline_run(params.tracking, parent, {}, *tracking.end_status(error))
     return {"parent_run_id": parent, "stages": list(results)}

@@ -5,66 +5,20 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
 from flows import forkserver
+from flows.server import prefect_server
 from nas_core.config import load_params
 from nas_core.io import atomic_write_json
-from tasks import tracking
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def prefect_server(home: Path) -> Iterator[tuple[str, Callable[[], float]]]:
-    """Yield (api_url, ready): the configured server, or a local one started for this run. The
-    URL is known at once; `ready()` waits until the server answers and returns its start-up
-    seconds, so the caller can start other work (the fork server, MLflow) meanwhile."""
-    if os.environ.get("PREFECT_API_URL"):
-        yield os.environ["PREFECT_API_URL"], lambda: 0.0
-        return
-    port, t0 = _free_port(), time.perf_counter()
-    home.mkdir(parents=True, exist_ok=True)
-    # no block types registered: the pipeline uses none, and it saves ~0.5 s of a fresh server's start
-    env = dict(os.environ, PREFECT_HOME=str(home.resolve()), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_API_BLOCKS_REGISTER_ON_START="false")
-    prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    url, started = f"http://127.0.0.1:{port}/api", []
-
-    def ready() -> float:
-        while not started:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1).read()
-                started.append(time.perf_counter() - t0)
-            except OSError:
-                if proc.poll() is not None or time.perf_counter() - t0 > 120:
-                    raise RuntimeError(f"the Prefect server did not start; see {home / 'server.log'}") from None
-                time.sleep(0.2)
-        return started[0]
-    try:
-        yield url, ready
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+from tasks import processes, tracking
 
 
 @contextmanager
@@ -132,6 +86,17 @@ def task_compute_seconds(api_url: str, since: float) -> tuple[float, int]:
     return covered, len(spans)
 
 
+def repro(cmd: list[str], env: dict[str, str], grace_s: float = 60.0) -> int:
+    """Run `dvc repro` in its own session and return its exit status. Interrupted (Ctrl-C reaches
+    only this process; SIGTERM), it passes SIGINT to dvc's group, which DVC leaves to the running
+    stage, and waits `grace_s` for the stage to end its runs and dvc to exit."""
+    proc = processes.spawn(cmd, first=signal.SIGINT, env=env)
+    try:
+        return proc.wait()
+    finally:
+        processes.stop(proc, grace_s, signal.SIGINT)  # at once if dvc is done
+
+
 def run_pipeline(params_file: str = "params.yaml", targets: tuple[str, ...] = (), force: bool = False,
                  push: bool = False) -> int:
     params = load_params(params_file)
@@ -150,7 +115,11 @@ def run_pipeline(params_file: str = "params.yaml", targets: tuple[str, ...] = ()
             warm = ready()
             print(f"[run] {' '.join(cmd)}", flush=True)
             t_repro, wall_start = time.perf_counter(), time.time()
-            code = subprocess.call(cmd, env=env)
+            try:
+                code = repro(cmd, env)
+            except BaseException as e:  # interrupted: the stages have ended; say so before the servers stop
+                tracking.end_pipeline_run(params.tracking, parent, {}, *tracking.end_status(e))
+                raise
             repro_s = time.perf_counter() - t_repro
         compute_s, n_tasks = task_compute_seconds(api_url, wall_start)
         total = time.perf_counter() - t0
@@ -162,7 +131,7 @@ def run_pipeline(params_file: str = "params.yaml", targets: tuple[str, ...] = ()
             timing["dvc_between_stages_s"] = repro_s - warm["commands_s"]
             timing["stages_outside_tasks_s"] = warm["commands_s"] - compute_s  # flow runs, MLflow, params
             timing["run_startup_s"] = t_repro - t0  # Prefect server, MLflow parent run, fork server
-        tracking.end_pipeline_run(params.tracking, parent, timing, code == 0)
+        tracking.end_pipeline_run(params.tracking, parent, timing, "FINISHED" if code == 0 else "FAILED")
         atomic_write_json(Path(params.paths.metrics) / "pipeline_timing.json", timing)
     if code != 0:
         print(f"[run] dvc repro failed with exit code {code}; finished stages are kept, a rerun redoes only the rest",

@@ -11,6 +11,7 @@ from prefect import task
 from nas_core.data import CityscapesSegmentation, CocoSegmentation, ImageNetFolder, generate_cityscapes, \
     generate_coco, generate_imagenet
 from nas_core.io import atomic_write_json
+from tasks import processes
 
 
 def _generate_atomically(root: str, generate: Callable[[Path], dict]) -> dict:
@@ -18,6 +19,8 @@ def _generate_atomically(root: str, generate: Callable[[Path], dict]) -> dict:
     root_path = Path(root)
     root_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root_path.name}.", dir=root_path.parent))
+    # an interrupted or killed command exits without joining this task's thread: its reaper removes the folder
+    processes.reaper().remove_at_exit(tmp)
     try:
         summary = generate(tmp)
         atomic_write_json(tmp / "generated.json", summary)
@@ -26,6 +29,7 @@ def _generate_atomically(root: str, generate: Callable[[Path], dict]) -> dict:
         tmp.rename(root_path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        processes.reaper().forget(tmp)
     return summary
 
 

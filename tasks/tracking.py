@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import socket
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,12 +13,15 @@ from typing import Any, Iterator
 
 import yaml
 
+from tasks import processes
+
 # MLflow must never try the network (telemetry); set before mlflow is imported.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 PARENT_RUN_ENV = "SQUEEZENAS_PARENT_RUN_ID"
 UPSTREAM_TAG = "squeezenas.upstream_run_ids"
+KILLED_TAG = "squeezenas.killed_by"  # the signal that ended a KILLED run
 
 
 def tracking_uri(uri: str) -> str:
@@ -146,10 +151,62 @@ def stage_run(tracking, stage: str, params: dict[str, Any] | None = None,
     if upstream:
         all_tags[UPSTREAM_TAG] = ",".join(upstream)
     all_tags.update(tags or {})
-    with mlflow.start_run(run_name=stage, tags=all_tags) as run:
+    all_tags.update(_process_tags())
+    end_stale_runs(tracking, stage)
+    run = mlflow.start_run(run_name=stage, tags=all_tags)
+    try:
         if params:
             mlflow.log_params(_flatten(params))
         yield run
+    except BaseException as e:
+        status, end_tags = end_status(e)
+        mlflow.set_tags(end_tags)
+        mlflow.end_run(status)
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def end_status(exc: BaseException | None) -> tuple[str, dict[str, str]]:
+    """How a run ends on `exc`: FINISHED, FAILED, or KILLED with the signal in a tag."""
+    if exc is None:
+        return "FINISHED", {}
+    signum = processes.signal_of(exc)
+    if signum is None:
+        return "FAILED", {}
+    return "KILLED", {KILLED_TAG: signal.Signals(signum).name}
+
+
+def _process_tags() -> dict[str, str]:
+    return {"squeezenas.host": socket.gethostname(), "squeezenas.pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def end_stale_runs(tracking, stage: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of `stage` whose process on this host is gone (a kill -9 gives
+    the process no chance to end its run, so the next run of the stage does). Returns their ids."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri(tracking.mlflow_uri))
+    exp = client.get_experiment_by_name(tracking.experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], filter_string=(
+        f"tags.`squeezenas.stage` = '{stage}' and attributes.status = 'RUNNING' "
+        f"and tags.`squeezenas.host` = '{socket.gethostname()}'"))
+    stale = [r.info.run_id for r in runs if not _alive(int(r.data.tags.get("squeezenas.pid", "0")))]
+    for run_id in stale:
+        client.set_tag(run_id, KILLED_TAG, "unknown: its process was gone (kill -9?) when a later run started")
+        client.set_terminated(run_id, "KILLED")
+    return stale
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -227,19 +284,24 @@ def start_pipeline_run(tracking, tags: dict[str, str] | None = None) -> str:
     mlflow.set_tracking_uri(tracking_uri(tracking.mlflow_uri))
     exp = mlflow.set_experiment(tracking.experiment)
     client = mlflow.MlflowClient()
+    end_stale_runs(tracking, "pipeline")
     run = client.create_run(exp.experiment_id, run_name="pipeline",
-                            tags={"squeezenas.stage": "pipeline", "git.commit": git_commit(), **(tags or {})})
+                            tags={"squeezenas.stage": "pipeline", "git.commit": git_commit(), **_process_tags(),
+                                  **(tags or {})})
     return run.info.run_id
 
 
-def end_pipeline_run(tracking, run_id: str, metrics: dict[str, float], ok: bool) -> None:
+def end_pipeline_run(tracking, run_id: str, metrics: dict[str, float], status: str = "FINISHED",
+                     tags: dict[str, str] | None = None) -> None:
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri(tracking.mlflow_uri))
     client = mlflow.MlflowClient()
     for k, v in metrics.items():
         client.log_metric(run_id, k, float(v))
-    client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    for k, v in (tags or {}).items():
+        client.set_tag(run_id, k, v)
+    client.set_terminated(run_id, status)
 
 
 def lineage(tracking, model: str) -> list[dict]:
