@@ -13,9 +13,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from tasks import processes
 
@@ -58,33 +58,32 @@ def prefect_server(home: Path | None = None) -> Iterator[tuple[str, Callable[[],
         yield os.environ["PREFECT_API_URL"], lambda: 0.0
         return
     port, t0 = _free_port(), time.perf_counter()
-    if home is None:  # its log only matters if it fails to start (its shutdown is noisy)
+    if home is None:
         cmd, env = _stage_server_command(port)
-        log = tempfile.TemporaryFile("w+")
     else:
         home.mkdir(parents=True, exist_ok=True)
         cmd, env = _run_server_command(home, port)
-        log = open(home / "server.log", "w+")
-    proc = processes.spawn(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-    url, started = f"http://127.0.0.1:{port}/api", []
+    # a stage's server log matters only if it fails to start (its shutdown is noisy): a temporary file
+    with tempfile.TemporaryFile("w+") if home is None else (home / "server.log").open("w+") as log:
+        proc = processes.spawn(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        url, started = f"http://127.0.0.1:{port}/api", []
 
-    def ready() -> float:
-        while not started:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1).read()
-                started.append(time.perf_counter() - t0)
-            except OSError:
-                if proc.poll() is not None or time.perf_counter() - t0 > 120:
-                    log.seek(0)
-                    tail = " | ".join(log.read().strip().splitlines()[-3:])
-                    raise RuntimeError(f"the Prefect server did not start: {tail or 'no output'}") from None
-                time.sleep(0.1)
-        return started[0]
-    try:
-        yield url, ready
-    finally:
-        processes.stop(proc)
-        log.close()
+        def ready() -> float:
+            while not started:
+                try:
+                    urllib.request.urlopen(f"{url}/health", timeout=1).read()
+                    started.append(time.perf_counter() - t0)
+                except OSError:
+                    if proc.poll() is not None or time.perf_counter() - t0 > 120:
+                        log.seek(0)
+                        tail = " | ".join(log.read().strip().splitlines()[-3:])
+                        raise RuntimeError(f"the Prefect server did not start: {tail or 'no output'}") from None
+                    time.sleep(0.1)
+            return started[0]
+        try:
+            yield url, ready
+        finally:
+            processes.stop(proc)
 
 
 @contextmanager

@@ -94,7 +94,9 @@ class Reaper:
     def __init__(self) -> None:
         read, self._write = os.pipe()  # non-inheritable: only the reaper holds the read end
         self.proc = subprocess.Popen([sys.executable, "-m", "tasks.processes"], stdin=read, start_new_session=True,
-                                     stdout=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1])
+                                     # not the caller's streams: a pipe it reads would stay open until the reaper ends
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     cwd=Path(__file__).resolve().parents[1])
         os.close(read)
 
     def _say(self, line: str) -> None:

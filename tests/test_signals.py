@@ -56,11 +56,17 @@ def still_running(procs: list[tuple[int, str]], within_s: float = 30.0) -> list[
     """Those of `procs` still alive (zombies count as gone) after waiting up to `within_s`."""
     deadline = time.time() + within_s
     while True:
-        alive = [pid for pid, started in procs if _start_time(pid) == started
-                 and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+        alive = [pid for pid, started in procs if _start_time(pid) == started and _state(pid) not in ("Z", "")]
         if not alive or time.time() > deadline:
             return alive
         time.sleep(0.2)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def start(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -186,6 +192,50 @@ def test_after_a_kill_9_the_next_run_of_the_stage_marks_the_stale_run_killed(sea
     assert "gone" in runs[stale.info.run_id].data.tags[tracking.KILLED_TAG]
 
 
+HELPER = """
+import sys, time
+from tasks import processes
+helper = processes.spawn(["sh", "-c", "sleep 300 & sleep 300"])
+processes.reaper().remove_at_exit(sys.argv[1])
+print(helper.pid, flush=True)
+if sys.stdin.readline() == "stop\\n":
+    processes.stop(helper)
+    print("stopped", flush=True)
+time.sleep(300)
+"""
+
+
+@pytest.mark.parametrize("ending", ["kill -9 of the owner", "stop"])
+def test_helpers_and_registered_folders_do_not_outlive_their_owner(tmp_path, ending):
+    folder = tmp_path / ".half-written"
+    (folder / "sub").mkdir(parents=True)
+    owner = subprocess.Popen([sys.executable, "-c", HELPER, str(folder)], cwd=ROOT, env=stage_env(PYTHONPATH=str(ROOT)),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    helper_pid = int(owner.stdout.readline())
+    while len([p for p, _ in descendants(helper_pid) if _cmdline(p).startswith("sleep")]) < 2:
+        time.sleep(0.05)
+    started = descendants(owner.pid)
+    helpers = [p for p in started if p[0] == helper_pid or _cmdline(p[0]).startswith("sleep")]
+    assert len(helpers) == 3 and len(started) == 4  # the shell, its two sleeps, the reaper
+    if ending == "stop":  # the helper's whole group ends, the background sleep too; the owner goes on
+        owner.stdin.write("stop\n")
+        owner.stdin.flush()
+        assert owner.stdout.readline() == "stopped\n"
+        assert not still_running(helpers, within_s=0)
+        assert folder.is_dir()
+    owner.kill()
+    owner.wait()
+    assert not still_running(started), "a helper outlived its owner"
+    assert not folder.exists()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
+
+
 def test_a_live_running_run_is_not_taken_for_stale(search_dir):
     params = load_params(search_dir / "params.yaml")
     with tracking.stage_run(params.tracking, "select") as run:  # this process: alive
@@ -205,7 +255,7 @@ def pipeline_repo(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGKILL"])
 def test_a_signalled_pipeline_run_leaves_no_process_behind(pipeline_repo, how):
     signum = getattr(signal, how)
     env = stage_env(PYTHONPATH=str(ROOT))
@@ -223,7 +273,7 @@ def test_a_signalled_pipeline_run_leaves_no_process_behind(pipeline_repo, how):
     if signum == signal.SIGKILL:
         assert code == -signal.SIGKILL
         return
-    assert code == 130 and seconds < 60, (code, seconds, err[-3000:])
-    assert "squeezenas run: interrupted (SIGINT)" in err.strip().splitlines()[-1], err[-3000:]
-    assert parent.info.status == "KILLED" and parent.data.tags[tracking.KILLED_TAG] == "SIGINT"
+    assert code == 128 + signum and seconds < 60, (code, seconds, err[-3000:])
+    assert f"squeezenas run: interrupted ({how})" in err.strip().splitlines()[-1], err[-3000:]
+    assert parent.info.status == "KILLED" and parent.data.tags[tracking.KILLED_TAG] == how
     assert flow_run_states(pipeline_repo / ".prefect") == {"data": "CRASHED"}
