@@ -58,9 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         signum = processes.signal_of(e)
         if signum is None:
             raise
-        print(f"squeezenas {args.command}: interrupted ({signal.Signals(signum).name}); the work done so far is kept: "
-              "rerun the same command (or dvc repro) to resume", file=sys.stderr)
-        processes.exit_now(128 + signum)
+        processes.exit_now(128 + signum, f"squeezenas {args.command}: interrupted ({signal.Signals(signum).name}); "
+                           "the work done so far is kept: rerun the same command (or dvc repro) to resume")
 
 
 if __name__ == "__main__":

@@ -47,16 +47,19 @@ def signal_of(exc: BaseException) -> int | None:
     return int(signum) if not isinstance(exc, Exception) and isinstance(signum, int) else None
 
 
-def exit_now(code: int) -> NoReturn:
-    """Exit with `code` once the atexit hooks ran (Prefect and MLflow flush there). A plain exit
-    would first join the task runner's worker threads, which finish their task (minutes of data
-    generation) before the process may end; whatever they left is the reaper's to remove."""
+def exit_now(code: int, last_words: str = "") -> NoReturn:
+    """Exit with `code` once the atexit hooks ran (Prefect and MLflow flush there), printing
+    `last_words` after them, so they are the last line. A plain exit would first join the task
+    runner's worker threads, which finish their task (minutes of data generation) before the
+    process may end; whatever they left is the reaper's to remove."""
     import atexit
 
     try:
         atexit._run_exitfuncs()
     finally:
         sys.stdout.flush()
+        if last_words:
+            print(last_words, file=sys.stderr)
         sys.stderr.flush()
         os._exit(code)
 

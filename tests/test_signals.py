@@ -70,9 +70,10 @@ def _state(pid: int) -> str:
 
 
 def start(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
-    # its own process group, as a shell gives a foreground job: a terminal's Ctrl-C is SIGINT to that group
+    # its own process group, as a shell gives a foreground job: a terminal's Ctrl-C is SIGINT to that group.
+    # SIGINT as a foreground job has it: pytest run in the background of a shell inherits it ignored
     return subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(condition, proc: subprocess.Popen, timeout_s: float = 600.0) -> None:
