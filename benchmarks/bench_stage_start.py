@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flows import forkserver  # noqa: E402
-from flows.run import prefect_server  # noqa: E402
+from flows.server import prefect_server  # noqa: E402
 
 
 def main() -> None:

@@ -6,9 +6,11 @@ import difflib
 import importlib
 import logging
 import re
+import signal
 import sys
 
 from flows import forkserver, quiet_telemetry
+from tasks import processes
 
 # errors whose message is the whole story (it names the file, the field or the path): one line, exit 2, no traceback
 USER_ERRORS = (ValueError, OSError)
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         code = forkserver.run_via_server(argv)
         if code is not None:
             return code
+    processes.raise_on_termination()
     args = build_parser().parse_args(argv)
     try:
         check_params(args)
@@ -70,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"squeezenas {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except BaseException as e:
+        signum = processes.signal_of(e)
+        if signum is None:
+            raise
+        processes.exit_now(128 + signum, f"squeezenas {args.command}: interrupted ({signal.Signals(signum).name}); "
+                           "the work done so far is kept: rerun the same command (or dvc repro) to resume")
 
 
 def check_params(args: argparse.Namespace) -> None:

@@ -39,9 +39,11 @@ def _profile(args) -> int:
             return _trust(args)
         from flows.cli import quiet_user_tracebacks
         from flows.profile import profile_flow
+        from flows.server import stage_api
 
         quiet_user_tracebacks()
-        profile_flow(args.params, tuple(args.overrides))
+        with stage_api():
+            profile_flow(args.params, tuple(args.overrides))
     except ProfileError as e:
         print(f"squeezenas profile: error: {e}", file=sys.stderr)
         return 2

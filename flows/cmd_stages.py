@@ -26,11 +26,13 @@ STAGE_COMMANDS = {
 
 def run_flow(target: str, args) -> int:
     from flows.cli import quiet_user_tracebacks
+    from flows.server import stage_api
 
     module, name = target.split(":")
     flow = getattr(importlib.import_module(module), name)
     quiet_user_tracebacks()
-    flow(args.params, tuple(args.overrides))
+    with stage_api():
+        flow(args.params, tuple(args.overrides))
     return 0
 
 

@@ -6,10 +6,12 @@ from nas_core.config import TRAIN_STAGE_DEFAULTS
 
 def _train(args) -> int:
     from flows.cli import quiet_user_tracebacks
+    from flows.server import stage_api
     from flows.train import FLOWS
 
     quiet_user_tracebacks()
-    FLOWS[args.stage](args.params, tuple(args.overrides))
+    with stage_api():
+        FLOWS[args.stage](args.params, tuple(args.overrides))
     return 0
 
 

@@ -6,13 +6,14 @@ from pathlib import Path
 
 from prefect import flow
 
+from flows.runners import ThreadRunner
 from nas_core.config import load_params
 from nas_core.io import atomic_write_json
 from tasks import tracking
 from tasks.cost_tables import build_cost_table_task
 
 
-@flow(name="cost-tables")
+@flow(name="cost-tables", task_runner=ThreadRunner())
 def cost_tables_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
     params = load_params(params_file, overrides)
     cfg, out_dir = params.cost_tables, params.paths.cost_tables

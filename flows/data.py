@@ -6,6 +6,7 @@ from pathlib import Path
 
 from prefect import flow
 
+from flows.runners import ThreadRunner
 from nas_core.config import Params, load_params, missing_datasets
 from nas_core.data import DatasetError
 from nas_core.data.generate import ForeignFolderError, check_replaceable
@@ -28,7 +29,7 @@ def refuse_foreign_folders(params: Params) -> None:
         raise ForeignFolderError("; ".join(problems))
 
 
-@flow(name="data")
+@flow(name="data", task_runner=ThreadRunner())
 def data_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
     params = load_params(params_file, overrides)
     cfg, paths = params.data, params.paths

@@ -253,14 +253,17 @@ def serve(path: str, ready_file: str | None = None, entry: str = "flows.cli:main
 
 def launch(path: Path, env: dict[str, str], entry: str | None = None, modules: tuple[str, ...] | None = None):
     """Start a server at `path` with `env` (what the stages get) and return its Popen at once: it
-    preloads while the caller does other work; `wait_ready` tells when it serves."""
+    preloads while the caller does other work; `wait_ready` tells when it serves. It and its
+    children form their own process group, ended with the caller (tasks/processes.py)."""
     import subprocess
+
+    from tasks import processes
 
     for p in (path, path.with_suffix(".ready")):
         p.unlink(missing_ok=True)
     extra = [] if entry is None else [entry, *(PRELOAD if modules is None else modules)]
-    return subprocess.Popen([sys.executable, "-m", "flows.forkserver", str(path), str(path.with_suffix(".ready")),
-                             *extra], env=env, stdin=subprocess.DEVNULL)
+    return processes.spawn([sys.executable, "-m", "flows.forkserver", str(path), str(path.with_suffix(".ready")),
+                            *extra], env=env, stdin=subprocess.DEVNULL)
 
 
 def wait_ready(proc, path: Path, timeout_s: float = 120.0) -> bool:
@@ -268,7 +271,9 @@ def wait_ready(proc, path: Path, timeout_s: float = 120.0) -> bool:
     t0 = time.perf_counter()
     while not path.with_suffix(".ready").exists():
         if proc.poll() is not None or time.perf_counter() - t0 > timeout_s:
-            proc.kill()
+            from tasks import processes
+
+            processes.stop(proc, 0.0, signal.SIGKILL)
             return False
         time.sleep(0.05)
     return True
@@ -282,19 +287,16 @@ def start(path: Path, env: dict[str, str], timeout_s: float = 120.0, entry: str 
 
 
 def stop(proc, path: Path) -> dict:
-    """Stop a server from `launch`; return its counts of served and refused commands."""
-    import subprocess
+    """Stop a server from `launch` and any child it left; return its counts of served and refused
+    commands (empty if it had to be killed)."""
+    from tasks import processes
 
-    proc.terminate()
+    processes.stop(proc)
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return {}
-    try:
-        return json.loads(path.with_suffix(".ready").read_text())
+        counts = json.loads(path.with_suffix(".ready").read_text())
     except (OSError, ValueError):
         return {}
+    return counts if "served" in counts else {}
 
 
 if __name__ == "__main__":  # SOCKET READY_FILE [ENTRY [MODULE ...]]

@@ -38,7 +38,7 @@ def pipeline_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] =
     params = load_params(params_file, overrides)
     parent = tracking.start_pipeline_run(params.tracking, {"squeezenas.runner": "prefect"})
     os.environ[tracking.PARENT_RUN_ENV] = parent
-    results, ok, failure = {}, False, None
+    results, ok, failure, error = {}, False, None, None
     try:
         for name, stage_flow in STAGES.items():
             if not stages or name in stages:
@@ -46,10 +46,13 @@ def pipeline_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] =
                 failure = (name, "interrupted")
                 results[name] = stage_flow(params_file, overrides)
         ok = True
-    except Exception as e:
-        failure = (failure[0] if failure else "?", str(e) or type(e).__name__)
+    except BaseException as e:
+        error = e
+        if isinstance(e, Exception):
+            failure = (failure[0] if failure else "?", str(e) or type(e).__name__)
         raise
     finally:
         os.environ.pop(tracking.PARENT_RUN_ENV, None)
-        tracking.end_pipeline_run(params.tracking, parent, {}, ok, failure)
+        status, end_tags = tracking.end_status(None if ok else error)
+        tracking.end_pipeline_run(params.tracking, parent, {}, ok, failure, status=status, tags=end_tags)
     return {"parent_run_id": parent, "stages": list(results)}

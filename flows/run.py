@@ -6,65 +6,20 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
 from flows import forkserver
+from flows.server import prefect_server
 from nas_core.config import load_params
 from nas_core.io import atomic_write_json
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def prefect_server(home: Path) -> Iterator[tuple[str, Callable[[], float]]]:
-    """Yield (api_url, ready): the configured server, or a local one started for this run. The
-    URL is known at once; `ready()` waits until the server answers and returns its start-up
-    seconds, so the caller can start other work (the fork server, MLflow) meanwhile."""
-    if os.environ.get("PREFECT_API_URL"):
-        yield os.environ["PREFECT_API_URL"], lambda: 0.0
-        return
-    port, t0 = _free_port(), time.perf_counter()
-    home.mkdir(parents=True, exist_ok=True)
-    # no block types registered: the pipeline uses none, and it saves ~0.5 s of a fresh server's start
-    env = dict(os.environ, PREFECT_HOME=str(home.resolve()), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_API_BLOCKS_REGISTER_ON_START="false")
-    prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
-    log = open(home / "server.log", "w")
-    proc = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
-    url, started = f"http://127.0.0.1:{port}/api", []
-
-    def ready() -> float:
-        while not started:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1).read()
-                started.append(time.perf_counter() - t0)
-            except OSError:
-                if proc.poll() is not None or time.perf_counter() - t0 > 120:
-                    raise RuntimeError(f"the Prefect server did not start; see {home / 'server.log'}") from None
-                time.sleep(0.2)
-        return started[0]
-    try:
-        yield url, ready
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+from tasks import processes
 
 
 @contextmanager
@@ -135,10 +90,14 @@ def task_compute_seconds(api_url: str, since: float) -> tuple[float, int]:
 FAILED_STAGE = re.compile(r"failed to reproduce '([^']+)'")
 
 
-def repro(cmd: list[str], env: dict[str, str]) -> tuple[int, tuple[str, str] | None]:
-    """Run `dvc repro`, its stderr passed through line by line. Returns the exit code and, when a stage
-    failed, (stage, the last line its command printed before DVC's message) for the parent run's tags."""
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1)
+def repro(cmd: list[str], env: dict[str, str], grace_s: float = 60.0) -> tuple[int, tuple[str, str] | None]:
+    """Run `dvc repro` in its own session, its stderr passed through line by line. Returns the exit code
+    and, when a stage failed, (stage, the last line its command printed before DVC's message) for the
+    parent run's tags. Interrupted (Ctrl-C reaches only this process; SIGTERM), it passes SIGINT to
+    dvc's group, which DVC leaves to the running stage, and waits `grace_s` for the stage to end its
+    runs and dvc to exit."""
+    proc = processes.spawn(cmd, first=signal.SIGINT, env=env, stderr=subprocess.PIPE, text=True,
+                           errors="replace", bufsize=1)
     last, failure = "", None
     try:
         for line in proc.stderr:
@@ -149,10 +108,8 @@ def repro(cmd: list[str], env: dict[str, str]) -> tuple[int, tuple[str, str] | N
             elif line.strip() and not line.startswith("ERROR:"):
                 last = line.strip()
         return proc.wait(), failure
-    except BaseException:  # as subprocess.call does: nothing outlives the command
-        proc.kill()
-        proc.wait()
-        raise
+    finally:
+        processes.stop(proc, grace_s, signal.SIGINT)  # at once if dvc is done
 
 
 def run_pipeline(params_file: str = "params.yaml", targets: tuple[str, ...] = (), force: bool = False,
@@ -175,7 +132,12 @@ def run_pipeline(params_file: str = "params.yaml", targets: tuple[str, ...] = ()
             warm = ready()
             print(f"[run] {' '.join(cmd)}", flush=True)
             t_repro, wall_start = time.perf_counter(), time.time()
-            code, failure = repro(cmd, env)
+            try:
+                code, failure = repro(cmd, env)
+            except BaseException as e:  # interrupted: the stages have ended; say so before the servers stop
+                status, tags = tracking.end_status(e)
+                tracking.end_pipeline_run(params.tracking, parent, {}, False, None, status=status, tags=tags)
+                raise
             repro_s = time.perf_counter() - t_repro
         compute_s, n_tasks = task_compute_seconds(api_url, wall_start)
         total = time.perf_counter() - t0
@@ -216,6 +178,8 @@ def run_pipeline(params_file: str = "params.yaml", targets: tuple[str, ...] = ()
 
 def runs_url(tracking_cfg, base: str = "http://127.0.0.1:5000") -> str:
     """The experiment's runs table: MLflow 3's UI opens in its GenAI view, where stage runs are not listed."""
+    from tasks import tracking
+
     return f"{base}/#/experiments/{tracking.experiment_id(tracking_cfg)}/runs"
 
 

@@ -12,6 +12,7 @@ from nas_core.data import CityscapesSegmentation, CocoSegmentation, ImageNetFold
     generate_coco, generate_imagenet
 from nas_core.data.generate import GENERATED_MARKER, check_replaceable
 from nas_core.io import atomic_write_json, temp_dir
+from tasks import processes
 
 
 def _generate_atomically(root: str, field: str, generate: Callable[[Path], dict]) -> dict:
@@ -19,6 +20,8 @@ def _generate_atomically(root: str, field: str, generate: Callable[[Path], dict]
     check_replaceable(root, field)
     root_path = Path(root)
     tmp = temp_dir(root_path.parent, f".{root_path.name}.")  # group-readable, unlike mkdtemp's 0700
+    # an interrupted or killed command exits without joining this task's thread: its reaper removes the folder
+    processes.reaper().remove_at_exit(tmp)
     try:
         summary = generate(tmp)
         atomic_write_json(tmp / GENERATED_MARKER, summary)  # the marker, written last
@@ -27,6 +30,7 @@ def _generate_atomically(root: str, field: str, generate: Callable[[Path], dict]
         tmp.rename(root_path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        processes.reaper().forget(tmp)
     return summary
 
 

@@ -4,6 +4,8 @@ and the upstream runs), and the registered model described, tagged and aliased w
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +13,8 @@ from typing import Any, Iterator
 
 from tasks.dvc_files import (DATA_STAGE, dvc_default_remote, dvc_inputs, dvc_md5, locked_outputs, stage_names,
                              stage_outputs)
+
+from tasks import processes
 
 # MLflow must never try the network (telemetry); set before mlflow is imported.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -26,6 +30,7 @@ ERROR_TAG = "squeezenas.error"
 INPUT_TAG, OUTPUT_TAG, EXTERNAL_TAG = "dvc.input.", "dvc.output.", "dvc.external."
 NOTE_TAG = "mlflow.note.content"  # a run's description, Markdown in the UI
 MODEL_ALIAS = "champion"  # the newest benchmarked version ("latest" is reserved by MLflow)
+KILLED_TAG = "squeezenas.killed_by"  # the signal that ended a KILLED run
 
 
 def tracking_uri(uri: str) -> str:
@@ -141,7 +146,10 @@ def stage_run(tracking, stage: str, params: dict[str, Any] | None = None,
     all_tags.update(input_tags)
     all_tags[NOTE_TAG] = _stage_note(stage, exp_id, parent, commit, summary, input_lines)
     all_tags.update(tags or {})
-    with mlflow.start_run(run_name=stage, tags=all_tags) as run:
+    all_tags.update(_process_tags())
+    end_stale_runs(tracking, stage)
+    run = mlflow.start_run(run_name=stage, tags=all_tags)
+    try:
         if params:
             mlflow.log_params(_flatten(params))
         _log_dataset_inputs(inputs)
@@ -154,6 +162,56 @@ def stage_run(tracking, stage: str, params: dict[str, Any] | None = None,
         outputs = {p: known.get(f"{OUTPUT_TAG}{p}") or dvc_md5(p) for p in stage_outputs(stage) if Path(p).exists()}
         mlflow.set_tags({**{f"{OUTPUT_TAG}{p}": m for p, m in outputs.items()},
                          NOTE_TAG: _stage_note(stage, exp_id, parent, commit, summary, input_lines, outputs)})
+    except BaseException as e:
+        status, end_tags = end_status(e)
+        mlflow.set_tags(end_tags)
+        mlflow.end_run(status)
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def end_status(exc: BaseException | None) -> tuple[str, dict[str, str]]:
+    """How a run ends on `exc`: FINISHED, FAILED, or KILLED with the signal in a tag."""
+    if exc is None:
+        return "FINISHED", {}
+    signum = processes.signal_of(exc)
+    if signum is None:
+        return "FAILED", {}
+    return "KILLED", {KILLED_TAG: signal.Signals(signum).name}
+
+
+def _process_tags() -> dict[str, str]:
+    return {"squeezenas.host": socket.gethostname(), "squeezenas.pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def end_stale_runs(tracking, stage: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of `stage` whose process on this host is gone (a kill -9 gives
+    the process no chance to end its run, so the next run of the stage does). Returns their ids."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri(tracking.mlflow_uri))
+    exp = client.get_experiment_by_name(tracking.experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], filter_string=(
+        f"tags.`squeezenas.stage` = '{stage}' and attributes.status = 'RUNNING' "
+        f"and tags.`squeezenas.host` = '{socket.gethostname()}'"))
+    stale = [r.info.run_id for r in runs if not _alive(int(r.data.tags.get("squeezenas.pid", "0")))]
+    for run_id in stale:
+        client.set_tag(run_id, KILLED_TAG, "unknown: its process was gone (kill -9?) when a later run started")
+        client.set_terminated(run_id, "KILLED")
+    return stale
+
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
@@ -216,8 +274,9 @@ def start_pipeline_run(tracking, tags: dict[str, str] | None = None) -> str:
     import mlflow
 
     exp = _experiment(tracking)
+    end_stale_runs(tracking, "pipeline")
     run = mlflow.MlflowClient().create_run(exp.experiment_id, run_name="pipeline", tags={
-        "squeezenas.stage": "pipeline", "git.commit": git_commit(), **(tags or {})})
+        "squeezenas.stage": "pipeline", "git.commit": git_commit(), **_process_tags(), **(tags or {})})
     return run.info.run_id
 
 
@@ -259,10 +318,12 @@ def _pipeline_summary(experiment_id: str, ran: dict, tags: dict[str, str]) -> st
 
 
 def end_pipeline_run(tracking, run_id: str, metrics: dict[str, float], ok: bool,
-                     failure: tuple[str, str] | None = None) -> None:
+                     failure: tuple[str, str] | None = None, status: str | None = None,
+                     tags: dict[str, str] | None = None) -> None:
     """Finish the parent run with a description linking every stage's run (_pipeline_stage_lines).
     A failed run is tagged with the failing stage and the first line of its error: the stage run's
-    own when it got that far, else `failure` (stage, error) as its caller saw it."""
+    own when it got that far, else `failure` (stage, error) as its caller saw it. `status` (KILLED
+    after a signal, with `tags` naming it) overrides FINISHED/FAILED."""
     import mlflow
 
     exp_id = _experiment(tracking).experiment_id
@@ -276,15 +337,16 @@ def end_pipeline_run(tracking, run_id: str, metrics: dict[str, float], ok: bool,
     if not ok and failed:
         failure = (failed[-1].data.tags.get("squeezenas.stage", "?"),
                    failed[-1].data.tags.get(ERROR_TAG) or (failure[1] if failure else "see the stage's run"))
+    extra = dict(tags or {})
     tags, lines = _pipeline_stage_lines(client, exp_id, ran, None if ok else failure)
     head = "**Pipeline run** " + ("finished" if ok else "failed")
     if not ok and failure:
         tags.update({FAILED_STAGE_TAG: failure[0], ERROR_TAG: _first_line(failure[1])})
         head += f" at stage `{failure[0]}`: {_first_line(failure[1])}"
     tags[NOTE_TAG] = "\n".join([head + ". " + _pipeline_summary(exp_id, ran, tags), "", "Stage runs:", *lines])
-    for k, v in tags.items():
+    for k, v in {**tags, **extra}.items():
         client.set_tag(run_id, k, v)
-    client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    client.set_terminated(run_id, status or ("FINISHED" if ok else "FAILED"))
 
 
 def _walk(client, run_id: str) -> Iterator[Any]:
