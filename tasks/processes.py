@@ -64,14 +64,23 @@ def exit_now(code: int, last_words: str = "") -> NoReturn:
         os._exit(code)
 
 
-def group_alive(pgid: int) -> bool:
+def _answers(send, target: int) -> bool:
+    """Whether signal 0 through `send` (os.kill or os.killpg) finds `target`."""
     try:
-        os.killpg(pgid, 0)
+        send(target, 0)
         return True
     except ProcessLookupError:
         return False
-    except PermissionError:  # a member we cannot signal is still a member
+    except PermissionError:  # one we cannot signal still exists
         return True
+
+
+def group_alive(pgid: int) -> bool:
+    return _answers(os.killpg, pgid)
+
+
+def pid_alive(pid: int) -> bool:
+    return _answers(os.kill, pid)
 
 
 def end_group(pgid: int, grace_s: float = GRACE_S, first: int | None = signal.SIGTERM) -> None:

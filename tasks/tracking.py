@@ -184,16 +184,6 @@ def _process_tags() -> dict[str, str]:
     return {"squeezenas.host": socket.gethostname(), "squeezenas.pid": str(os.getpid())}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
 def end_stale_runs(tracking, stage: str) -> list[str]:
     """Mark KILLED the RUNNING runs of `stage` whose process on this host is gone (a kill -9 gives
     the process no chance to end its run, so the next run of the stage does). Returns their ids."""
@@ -206,7 +196,7 @@ def end_stale_runs(tracking, stage: str) -> list[str]:
     runs = client.search_runs([exp.experiment_id], filter_string=(
         f"tags.`squeezenas.stage` = '{stage}' and attributes.status = 'RUNNING' "
         f"and tags.`squeezenas.host` = '{socket.gethostname()}'"))
-    stale = [r.info.run_id for r in runs if not _alive(int(r.data.tags.get("squeezenas.pid", "0")))]
+    stale = [r.info.run_id for r in runs if not processes.pid_alive(int(r.data.tags.get("squeezenas.pid", "0")))]
     for run_id in stale:
         client.set_tag(run_id, KILLED_TAG, "unknown: its process was gone (kill -9?) when a later run started")
         client.set_terminated(run_id, "KILLED")
