@@ -17,8 +17,9 @@ from tasks.train import MODEL
 
 
 @flow(name="benchmark")
-def benchmark_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
-    params = load_params(params_file, overrides)
+def benchmark_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (),
+                experiment: str | None = None) -> dict:
+    params = load_params(params_file, overrides, experiment)
     cfg, paths = params.benchmark, params.paths
     out_dir, model_path = Path(paths.benchmark), stage_dir(paths, "train_fine") / MODEL
     onnx_dir = out_dir / ONNX_DIR
@@ -26,24 +27,27 @@ def benchmark_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] 
                   warmup=cfg.warmup, runs=cfg.runs, cityscapes_root=paths.cityscapes, atol=cfg.onnx_atol,
                   latency_cfg=params.latency)
     # one network at a time: concurrent latency runs would share the cores and disturb each other
-    rows = [benchmark_network_task(OURS, str(model_path), None, **common)]
-    rows += [benchmark_network_task(name, None, cfg.weights.get(name), **common) for name in cfg.baselines]
+    # an experiment's benchmark measures its own network; the report stage measures the baselines for all
+    ours = params.experiment or OURS
+    baselines = () if params.experiment else cfg.baselines
+    rows = [benchmark_network_task(ours, str(model_path), None, **common)]
+    rows += [benchmark_network_task(name, None, cfg.weights.get(name), **common) for name in baselines]
     references = references_task(str(model_path), paths.cityscapes, params.train.seed)
     lat = params.latency
     where = (f"local:{device_name(lat)} (onnxruntime CPU, {cfg.threads} thread(s), {cfg.runs} runs)"
              if cfg.target == "local" else f"{lat.target}:{device_name(lat)} ({lat.backend}, {lat.runs}+ runs)")
     written = write_report_task(rows, references, str(out_dir), where, cfg.input_size.hw)
 
-    with tracking.stage_run(params.tracking, "benchmark", params=cfg.model_dump(mode="json")):
+    with tracking.stage_run(params.tracking, params.dvc_stage("benchmark"), params=cfg.model_dump(mode="json")):
         model = segmentation_network(load_payload(model_path), str(model_path))
         registered = params.tracking.registered_model if cfg.register_model else None
         # the model first: MLflow gives a new model the run's metrics so far, and the baselines' are not its own
-        logged = tracking.log_model(model, onnx_dir / f"{OURS}.onnx", "squeezenas", registered)
+        logged = tracking.log_model(model, onnx_dir / f"{ours}.onnx", "squeezenas", registered)
         for r in rows:
             metrics = {f"{r['network']}.{k}": r[k] for k in
                        ("latency_ms", "gmacs", "gmacs_per_s", "params_m", "onnx_max_abs_diff", "class_miou")
                        if r.get(k) is not None}
-            tracking.log_metrics(metrics, model_id=logged["pytorch_model_id"] if r["network"] == OURS else None)
+            tracking.log_metrics(metrics, model_id=logged["pytorch_model_id"] if r["network"] == ours else None)
         tracking.log_artifact(written["report"], "benchmark")
         tracking.log_artifact(written["metrics"], "benchmark")
     print(Path(written["report"]).read_text())

@@ -29,6 +29,7 @@ COMMANDS = {
     "train": "flows.cmd_train",
     "benchmark": "flows.cmd_stages",
     "search": "flows.cmd_stages",
+    "report": "flows.cmd_stages",
 }
 
 
@@ -88,7 +89,7 @@ def check_params(args: argparse.Namespace) -> None:
         return
     from nas_core.config import load_params
 
-    params = load_params(args.params, tuple(getattr(args, "overrides", ())))
+    params = load_params(args.params, tuple(getattr(args, "overrides", ())), getattr(args, "experiment", None))
     if getattr(args, "preflight", None):
         args.preflight(params)
 

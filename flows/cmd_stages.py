@@ -20,7 +20,11 @@ STAGE_COMMANDS = {
     "select": ("flows.sample:select_flow",
                "stage select: the estimated Pareto fronts, the plots and chosen_architecture.json"),
     "benchmark": ("flows.benchmark:benchmark_flow",
-                  "stage benchmark: Table-1 report of our network and the baselines"),
+                  "stage benchmark: latency, mIoU, MACs and parameters of the retrained network (with "
+                  "--experiment: that experiment's; without: ours and benchmark.baselines)"),
+    "report": ("flows.report:report_flow",
+               "stage report: the paper's experiment gathered: Table 1 (all networks timed in one session) "
+               "and Figures 5-6 in paths.report"),
 }
 
 
@@ -32,8 +36,22 @@ def run_flow(target: str, args) -> int:
     flow = getattr(importlib.import_module(module), name)
     quiet_user_tracebacks()
     with stage_api():
-        flow(args.params, tuple(args.overrides))
+        flow(args.params, tuple(args.overrides), **experiment_kwargs(args))
     return 0
+
+
+# the stages of an experiment's chain (dvc.yaml's foreach groups): they take --experiment NAME
+EXPERIMENT_COMMANDS = ("search", "sample", "select", "benchmark")
+
+
+def experiment_kwargs(args) -> dict:
+    return {"experiment": args.experiment} if getattr(args, "experiment", None) else {}
+
+
+def add_experiment_arg(p) -> None:
+    p.add_argument("--experiment", metavar="NAME", default=None,
+                   help="run the stage of experiment NAME (params.yaml's experiments: its search settings, "
+                        "choice rule and folders under paths.experiments)")
 
 
 def check_datasets(params) -> None:
@@ -59,4 +77,6 @@ def add_parser(sub) -> None:
     for command, (target, text) in STAGE_COMMANDS.items():
         p = sub.add_parser(command, help=text)
         add_params_args(p)
+        if command in EXPERIMENT_COMMANDS:
+            add_experiment_arg(p)
         p.set_defaults(func=lambda args, target=target: run_flow(target, args), preflight=PREFLIGHT.get(command))

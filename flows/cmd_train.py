@@ -6,12 +6,13 @@ from nas_core.config import TRAIN_STAGE_DEFAULTS
 
 def _train(args) -> int:
     from flows.cli import quiet_user_tracebacks
+    from flows.cmd_stages import experiment_kwargs
     from flows.server import stage_api
     from flows.train import FLOWS
 
     quiet_user_tracebacks()
     with stage_api():
-        FLOWS[args.stage](args.params, tuple(args.overrides))
+        FLOWS[args.stage](args.params, tuple(args.overrides), **experiment_kwargs(args))
     return 0
 
 
@@ -22,4 +23,7 @@ def add_parser(sub) -> None:
                                      "retrain the chosen architecture (paper section 5.3.2)")
     p.add_argument("stage", choices=tuple(TRAIN_STAGE_DEFAULTS))  # nas_core.retrain.STAGES, without torch
     add_params_args(p)
+    from flows.cmd_stages import add_experiment_arg
+
+    add_experiment_arg(p)
     p.set_defaults(func=_train)

@@ -13,6 +13,18 @@ from tasks import tracking
 from tasks.cost_tables import build_cost_table_task
 
 
+def write_published_cards(networks_dir: str) -> list[Path]:
+    """<networks>/<name>.json for each published network: the references the experiments' choice rules
+    read (section 5.3.1), beside the cards select writes for the experiments' own choices."""
+    from nas_core.zoo import PUBLISHED
+
+    paths = []
+    for name, arch in PUBLISHED.items():
+        paths.append(Path(networks_dir) / f"{name}.json")
+        arch.save(paths[-1])
+    return paths
+
+
 @flow(name="cost-tables", task_runner=ThreadRunner())
 def cost_tables_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
     params = load_params(params_file, overrides)
@@ -22,12 +34,15 @@ def cost_tables_flow(params_file: str = "params.yaml", overrides: tuple[str, ...
     metrics = {f"{space}.{k}": v for space, s in summaries.items() for k, v in s.items() if k not in ("path", "rows")}
     summary_path = Path(params.paths.metrics) / "cost_tables.json"
     atomic_write_json(summary_path, summaries)
+    cards = write_published_cards(params.paths.networks)
 
     with tracking.stage_run(params.tracking, "cost_tables", params=cfg.model_dump(mode="json")):
         tracking.log_metrics(metrics)
         for s in summaries.values():
             tracking.log_artifact(s["path"], "cost_tables")
         tracking.log_artifact(summary_path, "cost_tables")
+        for card in cards:
+            tracking.log_artifact(card, "networks")
     for space, s in summaries.items():
         print(f"[cost_tables] {space}: {s['rows']} rows, network MACs {s['macs_min'] / 1e9:.2f}-"
               f"{s['macs_max'] / 1e9:.2f} G -> {s['path']}")

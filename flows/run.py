@@ -167,12 +167,15 @@ def run_pipeline(params_file: str = "params.yaml", targets: tuple[str, ...] = ()
               f"fork server), {timing['dvc_between_stages_s']:.0f} s DVC between stages, "
               f"{timing['stages_outside_tasks_s']:.0f} s in stages outside their tasks (flow runs, MLflow logging); "
               f"{timing['forkserver_served']} stages started warm")
-    print(f"  report:     {paths.benchmark}/report.md")
+    print(f"  Table 1:    {paths.report}/table1.md   (and table1.json; per experiment: {paths.benchmark}/NAME/report.md)")
+    print(f"  figures:    {paths.report}/figure5_macs_vs_miou.png, {paths.report}/figure6_latency_vs_miou.png")
     print("  plots:      dvc plots show   (writes dvc_plots/index.html)")
     print("  metrics:    dvc metrics show")
     print(f"  MLflow UI:  mlflow ui --backend-store-uri {params.tracking.mlflow_uri}   (then open "
           f"{runs_url(params.tracking)})")
-    print(f"  lineage:    squeezenas lineage {params.tracking.registered_model}")
+    models = [params.for_experiment(name).tracking.registered_model for name in params.experiments]
+    print(f"  lineage:    squeezenas lineage {models[0] if models else params.tracking.registered_model}"
+          + (f"   (one registered model per experiment: {', '.join(models)})" if len(models) > 1 else ""))
     return 0
 
 

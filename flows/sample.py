@@ -18,7 +18,8 @@ from nas_core.io import atomic_write_json
 from tasks import tracking
 from tasks.sample import (EVAL_KEYS, PARTIAL_NAME, append_partial, choose_task, cost_table_paths, draw_task,
                           evaluate_task, evaluation_fingerprint, fronts_task, plots_task, read_partial, read_samples,
-                          resolve_target_task, write_samples_task)
+                          card_target_task, resolve_target_task, write_samples_task)
+from nas_core.search_space import Architecture
 
 
 def _devices(device: str) -> list[str]:
@@ -60,8 +61,9 @@ def evaluate_flow(pending: list[tuple[int, list[str]]], space: str, supernet_pat
 
 
 @flow(name="sample")
-def sample_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
-    params = load_params(params_file, overrides)
+def sample_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (),
+                experiment: str | None = None) -> dict:
+    params = load_params(params_file, overrides, experiment)
     cfg, paths = params.sample, params.paths
     out = Path(paths.samples)
     supernet_path, theta_path = str(Path(paths.search) / "supernet.pt"), str(Path(paths.search) / "theta.parquet")
@@ -113,7 +115,7 @@ def sample_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
     atomic_write_json(metrics_path, metrics)
 
     logged = cfg.model_dump(mode="json", exclude={"choice"})
-    with tracking.stage_run(params.tracking, "sample", params=logged, tags={"squeezenas.space": space}):
+    with tracking.stage_run(params.tracking, params.dvc_stage("sample"), params=logged, tags={"squeezenas.space": space}):
         tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         tracking.log_artifact(samples_path, "samples")
         tracking.log_artifact(metrics_path, "samples")
@@ -123,8 +125,9 @@ def sample_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
 
 
 @flow(name="select")
-def select_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
-    params = load_params(params_file, overrides)
+def select_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (),
+                experiment: str | None = None) -> dict:
+    params = load_params(params_file, overrides, experiment)
     choice, paths = params.sample.choice, params.paths
     out = Path(paths.samples)
     samples_path = str(out / "samples.parquet")
@@ -132,20 +135,27 @@ def select_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
     space = meta["space"]
     input_hw = (int(meta.get("input_h", 1024)), int(meta.get("input_w", 2048)))
     num_classes = int(meta.get("table_num_classes", meta.get("num_classes", 19)))
-    target, label = resolve_target_task(choice.metric, choice.reference, choice.target, space, input_hw,
-                                        num_classes, paths.latency)
+    if params.experiment:  # the paper's rules relative to a network card: published, or another experiment's choice
+        choice = params.experiments[params.experiment].choice
+        card = Path(paths.networks) / f"{choice.reference}.json"
+        target, label = card_target_task(choice.metric, str(card), input_hw, num_classes, paths.latency)
+    else:
+        target, label = resolve_target_task(choice.metric, choice.reference, choice.target, space, input_hw,
+                                            num_classes, paths.latency)
     fronts = fronts_task(samples_path, str(out / "fronts"))
     chosen = choose_task(samples_path, choice.rule, choice.metric, target, str(out / "chosen_architecture.json"))
+    if params.experiment:
+        Architecture(chosen["space"], chosen["choices"]).save(Path(paths.networks) / f"{params.experiment}.json")
     plots = plots_task(samples_path, chosen["sample"], choice.metric, target, label, str(out / "plots"))
     metrics = {"chosen_sample": chosen["sample"], "chosen_class_miou": chosen["class_miou"], "target": target,
                **{f"chosen_{k}": chosen[k] for k in ("macs", "params", "latency_ms") if k in chosen},
                **{f"front_size_{k}": len(v) for k, v in fronts.items()}}
     metrics_path = out / "select_metrics.json"
     atomic_write_json(metrics_path, {**metrics, "rule": choice.rule, "metric": choice.metric, "target_label": label,
-                                     "choices": chosen["choices"]})
+                                     "reference": choice.reference, "choices": chosen["choices"]})
     _prefect_artifacts(out, choice, chosen, fronts, label, plots)
 
-    with tracking.stage_run(params.tracking, "select", params=choice.model_dump(mode="json"),
+    with tracking.stage_run(params.tracking, params.dvc_stage("select"), params=choice.model_dump(mode="json"),
                             tags={"squeezenas.space": space, "squeezenas.chosen": ",".join(chosen["choices"])}):
         tracking.log_metrics(metrics)
         for path in [*plots, *(out / "fronts").glob("front_*.csv"), out / "chosen_architecture.json", metrics_path]:

@@ -19,11 +19,12 @@ def _numbers(d: dict) -> dict[str, float]:
 
 
 @flow(name="search")
-def search_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
-    params = load_params(params_file, overrides)
+def search_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (),
+                experiment: str | None = None) -> dict:
+    params = load_params(params_file, overrides, experiment)
     cfg, paths = params.search, params.paths
     out = Path(paths.search)
-    with tracking.stage_run(params.tracking, "search", params=cfg.model_dump(mode="json"),
+    with tracking.stage_run(params.tracking, params.dvc_stage("search"), params=cfg.model_dump(mode="json"),
                             tags={"squeezenas.space": cfg.space, "squeezenas.cost_metric": cfg.cost_metric}):
         summary = search_task(cfg, paths.cityscapes, str(out),
                               on_epoch_end=lambda epoch, m: tracking.log_metrics(_numbers(m), step=epoch))

@@ -31,11 +31,12 @@ def dataset_root(paths: Paths, stage: str) -> str:
     return {"imagenet": paths.imagenet, "coco": paths.coco, "cityscapes": paths.cityscapes}[STAGE_DATA[stage].dataset]
 
 
-def run_train_stage(stage: str, params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
+def run_train_stage(stage: str, params_file: str = "params.yaml", overrides: tuple[str, ...] = (),
+                    experiment: str | None = None) -> dict:
     """Train (or skip) `stage` as params.yaml says; outputs under ${paths.train}/<stage>/, an MLflow run."""
     if stage not in PREVIOUS:
         raise ValueError(f"unknown stage {stage!r}; valid stages are: {', '.join(STAGES)}")
-    params = load_params(params_file, overrides)
+    params = load_params(params_file, overrides, experiment)
     paths, cfg = params.paths, params.train
     stage_cfg = cfg.stage(stage)
     arch = architecture_path(paths)
@@ -45,7 +46,7 @@ def run_train_stage(stage: str, params_file: str = "params.yaml", overrides: tup
     out_dir = str(stage_dir(paths, stage))
     logged = {"stage": stage_cfg.model_dump(mode="json"),
               "shared": cfg.model_dump(mode="json", exclude=set(PREVIOUS))}
-    with tracking.stage_run(params.tracking, stage, params=logged,
+    with tracking.stage_run(params.tracking, params.dvc_stage(stage), params=logged,
                             tags={"squeezenas.enabled": str(stage_cfg.enabled).lower()}):
         if not stage_cfg.enabled:
             summary = skip_stage_task(stage, str(arch), previous, out_dir)
@@ -65,8 +66,9 @@ def run_train_stage(stage: str, params_file: str = "params.yaml", overrides: tup
 
 def _stage_flow(stage: str):
     @flow(name=stage.replace("_", "-"))
-    def stage_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
-        return run_train_stage(stage, params_file, overrides)
+    def stage_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (),
+                   experiment: str | None = None) -> dict:
+        return run_train_stage(stage, params_file, overrides, experiment)
     return stage_flow
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, ValidationError,
-                      field_validator, model_validator)
+                      StringConstraints, field_validator, model_validator)
 
 from nas_core.params_file import ParamsError, parse_yaml, read_text, yaml_kind
 from nas_core.search_space import SPACES
@@ -70,6 +70,11 @@ class Paths(Section):
     train: str = "outputs/train"
     benchmark: str = "outputs/benchmark"
     metrics: str = "outputs/metrics"  # small DVC metrics files kept in git (cache: false)
+    # the experiment layer: <experiments>/<name>/{search,samples,train} and <benchmark>/<name> per experiment,
+    # network cards <networks>/<name>.json (the published networks and each experiment's choice), Table 1 in <report>
+    experiments: str = "outputs/experiments"
+    networks: str = "outputs/networks"
+    report: str = "outputs/report"
 
 
 class Tracking(Section):
@@ -204,17 +209,15 @@ class BenchmarkParams(Section):
     warmup: Int = Field(3, ge=0)
     runs: Int = Field(20, ge=1)
     baselines: tuple[Baseline, ...] = ("squeezenas_lat_small", "mobilenetv3_small", "mobilenetv3_large")
-    # released weights of published networks (relative paths are from the repository root)
-    weights: dict[str, str] = {"squeezenas_lat_small": "reference/weights/squeezenas_lat_small.pth"}
+    # released weights of published networks (relative paths are from the repository root), used by the
+    # baselines here and by the report stage's Table 1
+    weights: dict[Baseline, str] = {"squeezenas_lat_small": "reference/weights/squeezenas_lat_small.pth"}
     onnx_atol: Float = Field(1e-4, gt=0)  # max |PyTorch - ONNX| on the logits
     register_model: Bool = True  # register our final model in the MLflow model registry
+    # the report stage times every network of Table 1 in one session, interleaved over this many rounds
+    # (each of warmup + runs), so that busy moments of a shared machine hit all of them alike
+    rounds: Int = Field(3, ge=1)
 
-    @model_validator(mode="after")
-    def _weights_of_baselines(self):
-        stray = sorted(set(self.weights) - set(self.baselines))
-        if stray:
-            raise ValueError(f"weights given for {stray}, which are not in baselines {list(self.baselines)}")
-        return self
 
 
 CostKind = Literal["macs", "params", "latency_ms"]
@@ -392,6 +395,43 @@ class LatencyParams(Section):
         return tuple(self.model_copy(update={"host": h, "hosts": ()}) for h in self.hosts) or (self,)
 
 
+class PipelineParams(Section):
+    """The Prefect parent flow (flows/pipeline.py, scheduling without DVC): independent experiment chains
+    run side by side, at most `concurrency` at a time (`dvc repro` runs stages one by one)."""
+
+    concurrency: Int = Field(2, ge=1)
+
+
+PUBLISHED_NAMES = ("squeezenas_mac_small", "squeezenas_lat_small", "squeezenas_mac_large", "squeezenas_lat_large",
+                   "squeezenas_mac_xlarge", "squeezenas_lat_xlarge")
+ExperimentName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+OBJECTIVE_METRIC = {"macs": "macs", "latency": "latency_ms"}
+
+
+class ExperimentChoice(Section):
+    """The paper's choice rules (section 5.3.1) relative to a network: `nearest_cost` picks the sample
+    whose cost is nearest to the reference's (MAC networks: the published MAC network of the space),
+    `best_under_budget` the best estimated mIoU at a cost no higher than the reference's (latency
+    networks: the MAC experiment's chosen network of the same space). `reference` names a published
+    network or another experiment; its card is <paths.networks>/<reference>.json."""
+
+    rule: Literal["nearest_cost", "best_under_budget"]
+    metric: CostKind
+    reference: ExperimentName
+
+
+class ExperimentParams(Section):
+    """One search of the paper's experiment (sections 5.1-5.3) and its chain: space, objective and its
+    cost table C(i, j), alpha, the choice rule; `search` overrides other search settings for it alone."""
+
+    space: SpaceName
+    objective: Literal["macs", "latency"]
+    cost_table: str
+    alpha: Float = Field(ge=0)
+    choice: ExperimentChoice
+    search: dict[str, Any] = {}
+
+
 class Params(Section):
     paths: Paths = Paths()
     tracking: Tracking = Tracking()
@@ -402,12 +442,109 @@ class Params(Section):
     benchmark: BenchmarkParams = BenchmarkParams()
     sample: SampleParams = SampleParams()
     search: SearchParams = SearchParams()
+    pipeline: PipelineParams = PipelineParams()
+    # the paper's six searches by default (params.yaml); each stage of a chain runs with --experiment NAME
+    experiments: dict[ExperimentName, ExperimentParams] = {}
+    experiment: str | None = None  # set by for_experiment (the --experiment option), never in the file
+
+    @model_validator(mode="after")
+    def _experiments_consistent(self):
+        for name, exp in self.experiments.items():
+            _check_experiment(self, name, exp)
+        for name in self.experiments:  # a chain of references must end at a published network
+            seen = [name]
+            while (ref := self.experiments[seen[-1]].choice.reference) in self.experiments:
+                if ref in seen:
+                    raise ValueError(f"experiments.{name}.choice.reference: the references form a cycle "
+                                     f"({' -> '.join([*seen, ref])})")
+                seen.append(ref)
+        return self
+
+    def for_experiment(self, name: str) -> Params:
+        """These params as experiment `name`'s chain sees them: its search settings, its choice rule, its
+        own folders under paths.experiments and its own registered model (squeezenas-<name>)."""
+        if name not in self.experiments:
+            known = ", ".join(self.experiments) or "none: add an experiments section"
+            raise ParamsError(f"--experiment {name}: no such experiment in params (experiments: {known})")
+        exp = self.experiments[name]
+        root = Path(self.paths.experiments) / name
+        # the benchmarks side by side under paths.benchmark: the report stage reads that one folder
+        paths = self.paths.model_copy(update={**{k: str(root / k) for k in ("search", "samples", "train")},
+                                              "benchmark": str(Path(self.paths.benchmark) / name)})
+        tracking = self.tracking.model_copy(update={"registered_model": f"{self.tracking.registered_model}-{name}"})
+        return self.model_copy(update={"search": experiment_search(self.search, name, exp), "paths": paths,
+                                       "tracking": tracking, "experiment": name})
+
+    def dvc_stage(self, stage: str) -> str:
+        """The DVC name of `stage` for these params: `search@lat_small` in an experiment's chain."""
+        return f"{stage}@{self.experiment}" if self.experiment else stage
 
     def datasets(self) -> dict[str, str]:
         """The datasets the pipeline reads: Cityscapes, COCO and ImageNet (each while a stage trains on it)."""
         used = {"cityscapes": True, "coco": self.train.pretrain_coco.enabled,
                 "imagenet": self.train.pretrain_imagenet.enabled}
         return {name: getattr(self.paths, name) for name, on in used.items() if on}
+
+
+def experiment_search(base: SearchParams, name: str, exp: ExperimentParams) -> SearchParams:
+    """The search section of experiment `name`: the shared one with its own space, table, objective,
+    alpha and `search` overrides."""
+    fixed = {"space": exp.space, "cost_table": exp.cost_table, "cost_metric": OBJECTIVE_METRIC[exp.objective],
+             "alpha": exp.alpha}
+    clash = sorted(set(exp.search) & set(fixed))
+    if clash:
+        raise ValueError(f"experiments.{name}.search.{clash[0]}: set it on the experiment itself, not under search")
+    try:
+        return SearchParams.model_validate({**base.model_dump(), **exp.search, **fixed})
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                problems.append(f"{field}: unknown search key ({_nearest(field, list(SearchParams.model_fields))}"
+                                f"valid keys: {', '.join(SearchParams.model_fields)})")
+            else:
+                problems.append(_problem({**err, "loc": ("experiments", name, "search", *err["loc"])}))
+        raise ValueError("; ".join(p if p.startswith("experiments.") else f"experiments.{name}.search.{p}"
+                                   for p in problems)) from None
+
+
+def _check_experiment(params: Params, name: str, exp: ExperimentParams) -> None:
+    """The experiment's table is one the pipeline makes (or an outside file), of its space and objective;
+    its reference exists and is not itself."""
+    where = f"experiments.{name}"
+    table = Path(exp.cost_table)
+    if table.parent == Path(params.paths.latency) / "tables":
+        if exp.objective != "latency":
+            raise ValueError(f"{where}.cost_table: {table} is a latency table; the objective is {exp.objective!r}")
+        if table.name != f"latency_{exp.space}.parquet":
+            raise ValueError(f"{where}.cost_table: {table} is not the latency table of space {exp.space!r} "
+                             f"(latency_{exp.space}.parquet)")
+        if exp.space not in params.latency.spaces:
+            raise ValueError(f"{where}: objective latency needs the latency table of space {exp.space!r}, which the "
+                             f"profiling stage does not measure: add {exp.space} to latency.spaces "
+                             f"{list(params.latency.spaces)}")
+    elif table.parent == Path(params.paths.cost_tables):
+        if exp.objective != "macs":
+            raise ValueError(f"{where}.cost_table: {table} is a MAC table; objective {exp.objective!r} needs "
+                             f"{params.paths.latency}/tables/latency_{exp.space}.parquet")
+        if table.name != f"macs_{exp.space}.parquet":
+            raise ValueError(f"{where}.cost_table: {table} is not the MAC table of space {exp.space!r} "
+                             f"(macs_{exp.space}.parquet)")
+        if exp.space not in params.cost_tables.spaces:
+            raise ValueError(f"{where}: the MAC table of space {exp.space!r} is not built: add {exp.space} to "
+                             f"cost_tables.spaces {list(params.cost_tables.spaces)}")
+    ref = exp.choice.reference
+    if ref == name:
+        raise ValueError(f"{where}.choice.reference: an experiment cannot be chosen relative to itself")
+    if ref not in params.experiments and ref not in PUBLISHED_NAMES:
+        raise ValueError(f"{where}.choice.reference: {ref!r} is neither a published network nor an experiment "
+                         f"{_nearest(ref, [*PUBLISHED_NAMES, *params.experiments])}(published: "
+                         f"{', '.join(PUBLISHED_NAMES)}; experiments: {', '.join(params.experiments)})")
+    if exp.choice.metric == "latency_ms" and exp.objective == "macs" and exp.space not in params.latency.spaces:
+        raise ValueError(f"{where}.choice.metric: latency_ms needs the latency table of space {exp.space!r}: add "
+                         f"it to latency.spaces")
+    experiment_search(params.search, name, exp)
 
 
 def missing_datasets(params: Params) -> list[str]:
@@ -476,14 +613,19 @@ def _set_dotted(data: dict, dotted: str, value: Any, source: str) -> None:
 def parse_params(data: dict, source: str = "params.yaml") -> Params:
     if not isinstance(data, dict):
         raise ParamsError(f"{source}: the top level must be a mapping of sections, not {yaml_kind(data)}")
+    if "experiment" in data:
+        raise ParamsError(f"{source}: experiment: chosen on the command line (--experiment NAME), not in the file; "
+                          "the experiments are listed under 'experiments'")
     try:
         return Params.model_validate(data)
     except ValidationError as e:
         raise ParamsError(_format(e, source)) from None
 
 
-def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Params:
-    """Read params.yaml and apply `key.sub=value` overrides (values parsed as YAML)."""
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = (),
+                experiment: str | None = None) -> Params:
+    """Read params.yaml and apply `key.sub=value` overrides (values parsed as YAML); with `experiment`,
+    the params as that experiment's chain sees them (Params.for_experiment)."""
     path = Path(path)
     data = parse_yaml(read_text(path), str(path))
     data = {} if data is None else data
@@ -503,4 +645,5 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[s
         _set_dotted(data, key, value, f"--set {key}")
     keys = [item.split("=", 1)[0].strip() for item in overrides]
     source = f"{path} with --set {', '.join(keys)}" if overrides else str(path)
-    return parse_params(data, source)
+    params = parse_params(data, source)
+    return params.for_experiment(experiment) if experiment else params

@@ -94,7 +94,6 @@ def reference_cost(metric: str, reference: str, space: str, input_hw: tuple[int,
     """The cost, in table units, of a reference network: a published one (`{space}` filled in with the
     searched space) from the analytic table at the samples' input size or from `latency_table`, or
     MobileNetV3-Small/-Large for MACs and parameters."""
-    from nas_core.cost_table import architecture_cost, build_cost_table, read_cost_table
     from nas_core.zoo import PUBLISHED
 
     name = reference.format(space=space)
@@ -108,7 +107,14 @@ def reference_cost(metric: str, reference: str, space: str, input_hw: tuple[int,
     if name not in PUBLISHED:
         raise ValueError(f"sample.choice.reference: unknown network {name!r}; use one of {', '.join(PUBLISHED)}, "
                          "mobilenetv3_small, mobilenetv3_large (or '{space}' in place of the space)")
-    arch = PUBLISHED[name]
+    return architecture_reference_cost(metric, PUBLISHED[name], input_hw, num_classes, latency_table)
+
+
+def architecture_reference_cost(metric: str, arch, input_hw: tuple[int, int], num_classes: int,
+                                latency_table: str | Path) -> float:
+    """The cost of `arch` in table units: analytic MACs/params at `input_hw`, or from `latency_table`."""
+    from nas_core.cost_table import architecture_cost, build_cost_table, read_cost_table
+
     if metric == "latency_ms":
         table = read_cost_table(latency_table)
     else:  # analytic and exact at the samples' input size: the same numbers as the MAC table

@@ -42,8 +42,41 @@ def _paths(entries: list, params: dict) -> list[str]:
     return out
 
 
+def _substitute(node: Any, key: str, item: Any) -> Any:
+    """A foreach template with ${key} and ${item.x} resolved (the rest is resolved against params)."""
+    if isinstance(node, dict):
+        return {_substitute(k, key, item): _substitute(v, key, item) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, key, item) for v in node]
+    if isinstance(node, str):
+        return re.sub(r"\$\{item\.([^}]+)\}", lambda m: _interpolate(m[0], {"item": item}),
+                      node.replace("${key}", key))
+    return node
+
+
+def _expand(stages: dict, params: dict) -> dict:
+    """dvc.yaml's stages with each `foreach` group expanded into its `group@key` stages, as DVC names them."""
+    out = {}
+    for name, entry in stages.items():
+        if isinstance(entry, dict) and "foreach" in entry:
+            items = entry["foreach"]
+            if isinstance(items, str):
+                m = re.fullmatch(r"\$\{([^}]+)\}", items.strip())
+                node: Any = params
+                for k in (m[1].split(".") if m else []):
+                    node = (node or {}).get(k)
+                items = node or {}
+            pairs = items.items() if isinstance(items, dict) else ((str(v), v) for v in items)
+            for key, item in pairs:
+                out[f"{name}@{key}"] = _substitute(entry["do"], str(key), item)
+        else:
+            out[name] = entry
+    return out
+
+
 def _stages(root: Path) -> tuple[dict, dict]:
-    return _load(root, "dvc.yaml").get("stages", {}), _load(root, "params.yaml")
+    params = _load(root, "params.yaml")
+    return _expand(_load(root, "dvc.yaml").get("stages", {}), params), params
 
 
 def stage_names(root: str | Path = ".") -> list[str]:
@@ -67,7 +100,13 @@ def upstream_stages(stage: str, root: str | Path = ".") -> list[str]:
     stages, params = _stages(Path(root))
     deps = _paths((stages.get(stage) or {}).get("deps"), params)
     return [name for name, entry in stages.items() if name != stage and any(
-        d == o or d.startswith(o + "/") for d in deps for o in _outs(entry, params))]
+        _overlaps(d, o) for d in deps for o in _outs(entry, params))]
+
+
+def _overlaps(dep: str, out: str) -> bool:
+    """A dependency reads an output: the output itself, a file inside it, or a folder holding it (the
+    report's ${paths.benchmark} holds every experiment's benchmark)."""
+    return dep == out or dep.startswith(out + "/") or out.startswith(dep + "/")
 
 
 def locked_outputs(root: str | Path = ".") -> dict[str, tuple[str, str]]:
@@ -83,9 +122,9 @@ def dvc_inputs(stage: str, root: str | Path = ".") -> dict[str, tuple[str, str]]
     deps = _paths((stages.get(stage) or {}).get("deps"), params)
     produced = locked_outputs(root)
     inputs = {}
-    for dep in deps:  # a dependency is an output, or a file inside an output directory
+    for dep in deps:  # a dependency is an output, a file inside one, or a folder holding outputs
         for out, origin in produced.items():
-            if dep == out or dep.startswith(out + "/"):
+            if _overlaps(dep, out):
                 inputs[out] = origin
     return inputs
 

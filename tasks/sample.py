@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Subset
 
 from nas_core.cost_table import architecture_cost, read_cost_table
 from nas_core.io import atomic_write_parquet, atomic_write_text
-from nas_core.pareto import choose, pareto_front, reference_cost
+from nas_core.pareto import architecture_reference_cost, choose, pareto_front, reference_cost
 from nas_core.sampling import evaluate_path, load_supernet, read_probabilities, sample_architectures
 from nas_core.search_space import Architecture
 from nas_core.zoo import PUBLISHED
@@ -217,6 +217,20 @@ def resolve_target_task(metric: str, reference: str | None, target: float | None
     name = reference.format(space=space)
     latency_table = latency_table_path(latency_dir, PUBLISHED[name].space if name in PUBLISHED else space)
     return reference_cost(metric, reference, space, input_hw, num_classes, latency_table), name
+
+
+@task(name="card-target")
+def card_target_task(metric: str, card: str, input_hw: tuple[int, int], num_classes: int,
+                     latency_dir: str) -> tuple[float, str]:
+    """The cost of the network on a card (<paths.networks>/<name>.json), the target or budget of an
+    experiment's choice: MACs/params analytic at the samples' input size, latency from the table of
+    its space (the same table the experiment's samples are costed with)."""
+    if not Path(card).is_file():
+        raise FileNotFoundError(f"{card}: no network card (the cost_tables stage writes the published ones, the "
+                                "select stage of an experiment its choice)")
+    arch = Architecture.load(card)
+    cost = architecture_reference_cost(metric, arch, input_hw, num_classes, latency_table_path(latency_dir, arch.space))
+    return cost, Path(card).stem
 
 
 @task(name="write-fronts")

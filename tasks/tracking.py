@@ -99,7 +99,7 @@ def _link_inputs(client, experiment_id: str, inputs: dict[str, tuple[str, str]]
             tags[f"{EXTERNAL_TAG}{path}"] = f"{md5} (stage {stage}: no run in this MLflow store made it)"
             tags["dvc.remote"] = remote
             lines.append(f"- `{path}` md5 `{md5}`, from DVC (remote `{remote}`): no run here made it")
-    tags.update({f"{UPSTREAM_STAGE_TAG}{s}": rid for s, rid in upstream.items()})
+    tags.update({f"{UPSTREAM_STAGE_TAG}{tag_key(s)}": rid for s, rid in upstream.items()})
     if upstream:
         tags[UPSTREAM_TAG] = ",".join(dict.fromkeys(upstream.values()))
     summary = "Made from " + ", ".join(run_link(experiment_id, rid, s) for s, rid in upstream.items()) + "."
@@ -127,6 +127,11 @@ def _log_dataset_inputs(inputs: dict[str, tuple[str, str]]) -> None:
             _log_input(path, Path(path).name, md5, "input")
 
 
+def tag_key(stage: str) -> str:
+    """A stage name as part of a tag key: MLflow keys allow no '@' (search@lat_small -> search:lat_small)."""
+    return stage.replace("@", ":")
+
+
 @contextmanager
 def stage_run(tracking, stage: str, params: dict[str, Any] | None = None,
               tags: dict[str, str] | None = None) -> Iterator[Any]:
@@ -139,6 +144,8 @@ def stage_run(tracking, stage: str, params: dict[str, Any] | None = None,
     client = mlflow.MlflowClient()
     commit, parent = git_commit(), os.environ.get(PARENT_RUN_ENV)
     all_tags = {"squeezenas.stage": stage, "git.commit": commit}
+    if "@" in stage:  # a stage of an experiment's chain (dvc.yaml's foreach): search@lat_small
+        all_tags["squeezenas.experiment"] = stage.split("@", 1)[1]
     if parent:
         all_tags["mlflow.parentRunId"] = parent
     inputs = dvc_inputs(stage)
@@ -287,7 +294,7 @@ def _pipeline_stage_lines(client, experiment_id: str, ran: dict, failure: tuple[
         made = next((r for p in stage_outputs(stage) if locked.get(p, ("", ""))[0] == stage
                      for r in [_producing_run(client, experiment_id, p, locked[p][1])] if r), None)
         if made:
-            tags[f"{REUSED_TAG}{stage}"] = made.info.run_id
+            tags[f"{REUSED_TAG}{tag_key(stage)}"] = made.info.run_id
             lines.append(f"- {run_link(experiment_id, made.info.run_id, stage)} reused: its current outputs "
                          "(dvc.lock) were made by this earlier run")
         else:
@@ -410,7 +417,7 @@ def _register_lineage(client, name: str, version: str, run) -> None:
     tags = {}
     for r in _walk(client, run.info.run_id):
         stage = r.data.tags.get("squeezenas.stage", "?")
-        tags[f"lineage.{stage}"] = r.info.run_id
+        tags[f"lineage.{tag_key(stage)}"] = r.info.run_id
         inputs = _tagged(r.data.tags, INPUT_TAG)
         tags.update({f"{INPUT_TAG}{p}": m for p, m in inputs.items()})
         lines.append(f"- {run_link(exp_id, r.info.run_id, stage)}, git `{r.data.tags.get('git.commit', '')[:12]}`"

@@ -81,14 +81,14 @@ CASES = [
     ("ssh-without-host", ["profile", S, "latency.target=ssh"], "latency.host: target 'ssh' needs a host"),
     ("reference-unknown", ["select", S, "sample.choice.reference=resnet50"], "sample.choice.reference: String should match pattern"),
     ("baseline-unknown", ["benchmark", S, "benchmark.baselines=[resnet50]"], "benchmark.baselines.0: Input should be"),
-    ("milestone-past-the-end", ["train", "train_fine", S, "train.train_fine.milestones=[99]"], "milestones must increase strictly within 1..7"),
+    ("milestone-past-the-end", ["train", "train_fine", S, "train.train_fine.milestones=[99]"], "milestones must increase strictly within 1..3"),
     ("password-refused", ["profile", S, "latency.password=hunter2"], "--set latency.password: secrets are never accepted"),
     # --set syntax
     ("set-without-equals", ["search", S, "search.alpha"], "--set 'search.alpha': expected key.sub=value"),
     ("set-empty-key", ["search", S, "=3"], "--set '': expected key.sub=value"),
     ("set-empty-part", ["search", S, "search..alpha=1"], "--set 'search..alpha': expected key.sub=value"),
     ("set-bad-yaml-value", ["search", S, "search.scale=[0.5, 2"], "--set search.scale: not valid YAML"),
-    ("set-into-a-value", ["search", S, "search.alpha.low=1"], "--set search.alpha.low: alpha is a value, not a section"),
+    ("set-into-a-value", ["search", S, "search.epochs.low=1"], "--set search.epochs.low: epochs is a value, not a section"),
     ("set-duplicate-key", ["search", S, "search.patch={height: 64, height: 32}"], "search.patch.height: duplicate key"),
     # command line
     ("unknown-stage", ["serach"], "invalid choice: 'serach'"),

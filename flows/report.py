@@ -1,0 +1,76 @@
+"""Flow of the DVC stage `report`: the paper's experiment gathered (Table 1, Figures 5-6). Every row -
+the experiments' networks, the six published networks (the authors' weights where released) and
+MobileNetV3-Small/-Large - is timed in one interleaved session on the same target with the same
+protocol; then the per-space comparison of the latency network with the MAC network (sections 5.1-5.4)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from nas_core.config import load_params
+from nas_core.profiling.targets import device_name
+from nas_core.report import compare_spaces, figure, load_paper_figures, table_row, write_table1
+from tasks import tracking
+from tasks.report import REFERENCE_NETWORKS, experiment_row_task, reference_row_task, time_networks_task
+
+FIGURE5, FIGURE6 = "figure5_macs_vs_miou.png", "figure6_latency_vs_miou.png"
+PAPER_FIGURES = "reference/paper_figures.json"
+
+
+def report_target(params):
+    """The benchmark's target with the report's interleaving: 'local' (onnxruntime on this machine) or
+    'profiling' (the latency stage's device and protocol)."""
+    from nas_core.profiling.targets import LocalTarget, Protocol, build_target
+
+    cfg = params.benchmark
+    if cfg.target == "local":
+        return LocalTarget(Protocol(warmup=cfg.warmup, runs=cfg.runs, rounds=cfg.rounds, threads=cfg.threads,
+                                    clock="thread" if cfg.threads == 1 else "wall")), \
+            f"local:{device_name(params.latency)} (onnxruntime CPU, {cfg.threads} thread(s), {cfg.rounds} rounds " \
+            f"of {cfg.runs} runs, interleaved)"
+    lat = params.latency
+    return build_target(lat), f"{lat.target}:{device_name(lat)} ({lat.backend}, {lat.runs}+ runs)"
+
+
+@flow(name="report")
+def report_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
+    params = load_params(params_file, overrides)
+    if not params.experiments:
+        raise ValueError(f"{params_file}: experiments: none listed; the report gathers the experiments' networks")
+    cfg, paths = params.benchmark, params.paths
+    out = Path(paths.report)
+    rows = []
+    for name, exp in params.experiments.items():
+        chain = params.for_experiment(name)
+        rows.append(experiment_row_task(name, exp.space, exp.objective, chain.paths.benchmark,
+                                        str(Path(paths.networks) / f"{name}.json")))
+    for name in REFERENCE_NETWORKS:
+        rows.append(reference_row_task(name, cfg.weights.get(name), str(out / "onnx"), cfg.input_size.hw,
+                                       paths.cityscapes, cfg.onnx_atol, cfg.threads))
+    target, where = report_target(params)
+    timed = time_networks_task({r["network"]: r["onnx"] for r in rows}, cfg.input_size.hw, target)
+    table = [table_row(r["network"], r["kind"], r["space"], r["objective"], r["architecture"], r["weights"],
+                       r["class_miou"], timed[r["network"]]["latency_ms"], timed[r["network"]]["latency_p10_ms"],
+                       timed[r["network"]]["latency_p90_ms"], r["gmacs"], r["params_m"]) for r in rows]
+    comparisons = compare_spaces(table)
+    h, w = cfg.input_size.hw
+    notes = [f"Input 1x3x{h}x{w}, batch 1; every network timed in one interleaved session on {where}.",
+             "class mIoU: Cityscapes-format validation set at full resolution, no test-time augmentation"
+             + (" - here the generated default data, so the mIoU values are not comparable with the paper's"
+                if params.data.generate else ""),
+             "Published networks without released weights have no mIoU (their MACs, parameters and latency are "
+             "measured all the same)."]
+    written = write_table1(table, comparisons, where, out, load_paper_figures(PAPER_FIGURES), notes)
+    fig5 = figure(table, "gmacs", out / FIGURE5, "Figure 5: GMACs vs class mIoU")
+    fig6 = figure(table, "latency_ms", out / FIGURE6, f"Figure 6: latency on {where.split(' (')[0]} vs class mIoU")
+
+    with tracking.stage_run(params.tracking, "report", params=cfg.model_dump(mode="json"),
+                            tags={"squeezenas.experiments": ",".join(params.experiments)}):
+        tracking.log_metrics({f"{r['network']}.{k}": r[k] for r in table
+                              for k in ("class_miou", "latency_ms", "gmacs", "params_m") if r.get(k) is not None})
+        tracking.log_metrics({f"{c['kind']}.{c['space']}.faster_pct": c["faster_pct"] for c in comparisons})
+        for path in (written["json"], written["md"], fig5, fig6):
+            tracking.log_artifact(path, "report")
+    print(Path(written["md"]).read_text())
+    return {"rows": table, "comparison": comparisons, **{k: str(v) for k, v in written.items()}}
