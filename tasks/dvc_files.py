@@ -79,6 +79,11 @@ def _stages(root: Path) -> tuple[dict, dict]:
     return _expand(_load(root, "dvc.yaml").get("stages", {}), params), params
 
 
+def expanded_stages(root: str | Path = ".") -> dict[str, dict]:
+    """dvc.yaml's stages by the names DVC gives them (foreach groups expanded: search@lat_small)."""
+    return _stages(Path(root))[0]
+
+
 def stage_names(root: str | Path = ".") -> list[str]:
     """The stages of dvc.yaml, in the file's (pipeline) order."""
     return list(_stages(Path(root))[0])

@@ -1,6 +1,8 @@
-"""The whole pipeline on a tiny configuration in a fresh copy of the repository: `squeezenas run`
-(dvc repro of every stage), lineage back to the dataset hash, a no-op second repro, a parameter
-change that reruns exactly what depends on it, and the MLflow UI's REST API."""
+"""The whole pipeline on a tiny configuration in a fresh copy of the repository, with the paper's
+experiment cut to one space (a MAC experiment and its latency twin): `squeezenas run` (dvc repro of
+every stage), Table 1 and the figures, the latency choice under the MAC network's latency, lineage back
+to the dataset hash, a no-op second repro, one experiment's alpha rerunning only its chain and the
+report, and the MLflow UI's REST API."""
 from __future__ import annotations
 
 import json
@@ -13,97 +15,112 @@ import urllib.request
 import pytest
 import yaml
 
-from tests.repo_copy import make_repo_copy, run, stage_env
+from tests.repo_copy import TINY_EXPERIMENTS, make_repo_copy, run, stage_env, write_tiny_params
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "data": {"cityscapes_train": 6, "cityscapes_val": 2, "cityscapes_extra": 2,
-             "cityscapes_size": {"height": 64, "width": 128}, "coco_train": 4, "coco_val": 2,
-             "coco_size": {"height": 64, "width": 96}, "imagenet_classes": 2, "imagenet_train_per_class": 4,
-             "imagenet_val_per_class": 2, "imagenet_size": 32},
-    "cost_tables": {"spaces": ["small"]},
-    "latency": {"input_size": {"height": 64, "width": 128}, "warmup": 1, "runs": 3, "min_time_s": 0.0,
-                "fidelity": {"num_networks": 3, "seed": 0, "space": "small"}},
-    "search": {"epochs": 1, "patch": {"height": 64, "width": 128}, "batch_size": 2, "log_every": 1},
-    "sample": {"num_samples": 4, "workers": 1, "batch_size": 2},
-    "train": {"pretrain_imagenet": {"epochs": 1, "patch": {"height": 32, "width": 32}, "batch_size": 4,
-                                    "milestones": []},
-              "pretrain_coco": {"epochs": 1, "patch": {"height": 64, "width": 64}, "batch_size": 2},
-              "train_coarse": {"epochs": 1, "patch": {"height": 64, "width": 64}, "batch_size": 2},
-              "train_fine": {"epochs": 1, "patch": {"height": 64, "width": 64}, "batch_size": 2,
-                             "milestones": []}},
-    "benchmark": {"input_size": {"height": 64, "width": 128}, "warmup": 1, "runs": 2,
-                  "baselines": ["squeezenas_lat_small"]},
-}
+SHARED = {"data", "cost_tables", "latency_table"}
+CHAIN = ("search", "sample", "select", "pretrain_imagenet", "pretrain_coco", "train_coarse", "train_fine", "benchmark")
+ROW_KEYS = {"network", "kind", "space", "objective", "architecture", "weights", "class_miou", "latency_ms",
+            "gmacs", "gmacs_per_s", "params_m"}
 
 
-def merge(base: dict, update: dict) -> dict:
-    for k, v in update.items():
-        base[k] = merge(base.get(k) or {}, v) if isinstance(v, dict) and k != "weights" else v
-    return base
+def chain(name: str) -> set[str]:
+    return {f"{stage}@{name}" for stage in CHAIN}
 
 
 def stages_run(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([a-z_]+)'", output))
+    return set(re.findall(r"Running stage '([a-z_@]+)'", output))
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     repo = make_repo_copy(tmp_path_factory.mktemp("e2e") / "repo")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump(merge(params, TINY), sort_keys=False))
+    write_tiny_params(repo)
     run(["git", "commit", "-qam", "tiny params"], repo)
     first = run(["squeezenas", "run"], repo, timeout=1800)
     return repo, first
 
 
-def test_run_reproduces_every_stage_and_prints_where_things_are(pipeline):
+def test_run_reproduces_the_shared_stages_each_chain_and_the_report(pipeline):
     repo, first = pipeline
-    spec = yaml.safe_load((repo / "dvc.yaml").read_text())
-    assert stages_run(first.stdout) == set(spec["stages"])
-    assert "report:" in first.stdout and "mlflow ui --backend-store-uri" in first.stdout
+    expected = SHARED | chain("mac_small") | chain("lat_small") | {"report"}
+    assert stages_run(first.stdout) == expected
+    assert "Table 1:" in first.stdout and "mlflow ui --backend-store-uri" in first.stdout
     # every stage ran warm in a child of the run's fork server (flows/forkserver.py), none fell back
     timing = json.loads((repo / "outputs" / "metrics" / "pipeline_timing.json").read_text())
-    assert (timing["forkserver_served"], timing["forkserver_refused"]) == (len(spec["stages"]), 0), timing
+    assert (timing["forkserver_served"], timing["forkserver_refused"]) == (len(expected), 0), timing
     assert "fork server refused" not in first.stderr
-    report = repo / "outputs" / "benchmark" / "report.md"
-    assert report.is_file() and "squeezenas_lat_small" in report.read_text()
 
 
-def test_dvc_plots_render_front_search_and_training_curves(pipeline):
+def test_table1_has_every_row_and_our_macs_are_describes(pipeline):
     repo, _ = pipeline
-    run(["dvc", "plots", "show", "-o", "plots_html"], repo)
-    html = (repo / "plots_html" / "index.html").read_text()
-    for name in ("fronts/front_macs.csv", "search_curves.csv", "train_fine/curves.csv", "pretrain_imagenet/curves.csv"):
-        assert name in html, name
+    table = json.loads((repo / "outputs" / "report" / "table1.json").read_text())
+    rows = {r["network"]: r for r in table["rows"]}
+    assert set(rows) == {"mac_small", "lat_small", "squeezenas_mac_small", "squeezenas_lat_small",
+                         "squeezenas_mac_large", "squeezenas_lat_large", "squeezenas_mac_xlarge",
+                         "squeezenas_lat_xlarge", "mobilenetv3_small", "mobilenetv3_large"}
+    assert all(ROW_KEYS <= set(r) for r in rows.values())
+    assert [rows[n]["kind"] for n in ("mac_small", "squeezenas_lat_small", "mobilenetv3_large")] == \
+        ["ours", "published", "baseline"]
+    assert rows["lat_small"]["objective"] == "latency" and rows["mobilenetv3_small"]["objective"] is None
+    assert rows["squeezenas_lat_small"]["class_miou"] is not None  # the authors' weights, evaluated here
+    assert rows["squeezenas_lat_large"]["class_miou"] is None  # no released weights
+    for name in ("mac_small", "lat_small"):
+        card = repo / "outputs" / "networks" / f"{name}.json"
+        assert json.loads(card.read_text())["choices"] == rows[name]["architecture"]
+        described = json.loads(run(["squeezenas", "describe", str(card), "--input-size", "64x128", "--json"],
+                                   repo).stdout)
+        assert rows[name]["gmacs"] == pytest.approx(described["macs"] / 1e9, rel=1e-12)
+    assert {(c["space"], c["kind"]) for c in table["comparison"]} >= {("small", "ours"), ("small", "published")}
+    for fig in ("figure5_macs_vs_miou.png", "figure6_latency_vs_miou.png"):
+        assert (repo / "outputs" / "report" / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (repo / "outputs" / "report" / "table1.md").read_text()
+    assert "mac_small" in md and "differs from the paper" in md
 
 
-def test_lineage_traces_the_registered_model_to_the_dataset_hash(pipeline):
+def test_latency_choice_is_under_the_mac_networks_latency(pipeline):
+    repo, _ = pipeline
+    from nas_core.cost_table import architecture_cost, read_cost_table
+    from nas_core.pareto import choose
+    from nas_core.search_space import Architecture
+
+    table = read_cost_table(repo / "outputs" / "latency" / "tables" / "latency_small.parquet")
+    mac_arch = Architecture.load(repo / "outputs" / "networks" / "mac_small.json")
+    budget = architecture_cost(table, mac_arch, "latency_ms")
+    chosen = json.loads((repo / "outputs" / "experiments" / "lat_small" / "samples" / "select_metrics.json").read_text())
+    assert (chosen["rule"], chosen["reference"]) == ("best_under_budget", "mac_small")
+    assert chosen["target"] == pytest.approx(budget)
+    assert chosen["chosen_latency_ms"] <= budget
+    import pandas as pd
+    samples = pd.read_parquet(repo / "outputs" / "experiments" / "lat_small" / "samples" / "samples.parquet")
+    best = choose("best_under_budget", samples["latency_ms"].to_numpy(), samples["class_miou"].to_numpy(), budget)
+    assert samples.iloc[best]["choices"].split(",") == chosen["choices"]
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    assert "outputs/networks/mac_small.json" in {d["path"] for d in lock["select@lat_small"]["deps"]}
+
+
+def test_lineage_traces_each_experiments_model_to_the_dataset_hash(pipeline):
     repo, _ = pipeline
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    outs = {o["path"]: o["md5"] for o in lock["stages"]["data"]["outs"]}
-    cityscapes_md5 = outs["data/cityscapes"]
-    cost_md5 = {o["path"]: o["md5"] for o in lock["stages"]["cost_tables"]["outs"]}["outputs/cost_tables"]
-    proc = run(["squeezenas", "lineage", "squeezenas", "--json"], repo)
-    chain = json.loads(proc.stdout)
-    stages = [n.get("stage") for n in chain[1:]]
-    assert {"benchmark", "train_fine", "select", "search", "data", "cost_tables"} <= set(stages)
-    inputs = {k: v for n in chain[1:] for k, v in n["inputs"].items()}
+    cityscapes_md5 = {o["path"]: o["md5"] for o in lock["stages"]["data"]["outs"]}["data/cityscapes"]
+    chain_ = json.loads(run(["squeezenas", "lineage", "squeezenas-lat_small", "--json"], repo).stdout)
+    stages = {n.get("stage") for n in chain_[1:]}
+    assert {"benchmark@lat_small", "train_fine@lat_small", "select@lat_small", "select@mac_small",
+            "search@lat_small", "latency_table", "data"} <= stages
+    assert "benchmark@mac_small" not in stages  # the MAC network's choice feeds it, not its training
+    inputs = {k: v for n in chain_[1:] for k, v in n["inputs"].items()}
     assert inputs["data/cityscapes"] == cityscapes_md5
-    assert inputs["outputs/cost_tables"] == cost_md5
-    text = run(["squeezenas", "lineage", "squeezenas"], repo).stdout
-    assert cityscapes_md5 in text
 
 
-def test_second_repro_is_a_noop_and_alpha_reruns_only_what_depends_on_it(pipeline):
+def test_second_repro_is_a_noop_and_one_alpha_reruns_only_its_chain_and_the_report(pipeline):
     repo, _ = pipeline
     again = run(["dvc", "repro"], repo)
     assert stages_run(again.stdout) == set(), again.stdout
-    changed = run(["dvc", "exp", "run", "--set-param", "search.alpha=3.0"], repo, timeout=1800)
+    changed = run(["dvc", "exp", "run", "--set-param", "experiments.lat_small.alpha=3.0"], repo, timeout=1800)
     ran = stages_run(changed.stdout)
-    assert "search" in ran
-    assert not ran & {"data", "cost_tables", "latency_table"}, ran
+    assert "search@lat_small" in ran and "report" in ran, ran
+    assert ran <= chain("lat_small") | {"report"}, ran  # downstream of an unchanged output is skipped
 
 
 def _free_port() -> int:
@@ -118,7 +135,7 @@ def _api(base: str, path: str, body: dict | None = None) -> dict:
     return json.loads(urllib.request.urlopen(req, timeout=10).read())
 
 
-def test_mlflow_ui_shows_parent_run_stage_runs_and_registered_model(pipeline):
+def test_mlflow_ui_shows_parent_run_experiment_runs_and_one_model_per_experiment(pipeline):
     repo, _ = pipeline
     port = _free_port()
     ui = subprocess.Popen(["mlflow", "ui", "--backend-store-uri", "sqlite:///mlflow.db", "--host", "127.0.0.1",
@@ -139,9 +156,14 @@ def test_mlflow_ui_shows_parent_run_stage_runs_and_registered_model(pipeline):
         parents = [r["info"]["run_id"] for r, t in zip(runs, tags) if t.get("squeezenas.stage") == "pipeline"]
         assert parents
         children = {t["squeezenas.stage"] for t in tags if t.get("mlflow.parentRunId") in parents}
-        assert {"data", "cost_tables", "search", "select", "train_fine", "benchmark"} <= children
-        model = _api(base, "/api/2.0/mlflow/registered-models/get?name=squeezenas")["registered_model"]
-        assert model["latest_versions"]
+        assert {"data", "cost_tables", "search@mac_small", "select@lat_small", "train_fine@lat_small",
+                "benchmark@mac_small", "report"} <= children
+        by_stage = {t["squeezenas.stage"]: t for t in tags}
+        assert by_stage["search@lat_small"]["squeezenas.experiment"] == "lat_small"
+        assert "squeezenas.experiment" not in by_stage["data"]
+        for name in TINY_EXPERIMENTS:
+            model = _api(base, f"/api/2.0/mlflow/registered-models/get?name=squeezenas-{name}")["registered_model"]
+            assert model["latest_versions"]
     finally:
         ui.terminate()
         ui.wait(20)
