@@ -45,7 +45,7 @@ def benchmark_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] 
         logged = tracking.log_model(model, onnx_dir / f"{ours}.onnx", "squeezenas", registered)
         for r in rows:
             metrics = {f"{r['network']}.{k}": r[k] for k in
-                       ("latency_ms", "gmacs", "gmacs_per_s", "params_m", "onnx_max_abs_diff", "class_miou")
+                       ("latency_ms", "gmacs", "gmacs_per_s", "params_m", "onnx_max_rel_diff", "class_miou")
                        if r.get(k) is not None}
             tracking.log_metrics(metrics, model_id=logged["pytorch_model_id"] if r["network"] == ours else None)
         tracking.log_artifact(written["report"], "benchmark")

@@ -212,7 +212,7 @@ class BenchmarkParams(Section):
     # released weights of published networks (relative paths are from the repository root), used by the
     # baselines here and by the report stage's Table 1
     weights: dict[Baseline, str] = {"squeezenas_lat_small": "reference/weights/squeezenas_lat_small.pth"}
-    onnx_atol: Float = Field(1e-4, gt=0)  # max |PyTorch - ONNX| on the logits
+    onnx_atol: Float = Field(1e-4, gt=0)  # max |PyTorch - ONNX| on the logits / max(1, max |logit|)
     register_model: Bool = True  # register our final model in the MLflow model registry
     # the report stage times every network of Table 1 in one session, interleaved over this many rounds
     # (each of warmup + runs), so that busy moments of a shared machine hit all of them alike

@@ -43,7 +43,7 @@ def test_benchmark_flow_reports_every_network_and_registers_both_flavours(tmp_pa
     lat_small = metrics["networks"]["squeezenas_lat_small"]
     assert lat_small["weights"] == "authors" and 0 <= lat_small["class_miou"] <= 1
     assert metrics["networks"]["mobilenetv3_small"]["class_miou"] is None
-    assert all(r["onnx_max_abs_diff"] <= 1e-4 and r["latency_ms"] > 0 for r in metrics["networks"].values())
+    assert all(r["onnx_max_rel_diff"] <= 1e-4 and r["latency_ms"] > 0 for r in metrics["networks"].values())
     report = (tmp_path / "bench/report.md").read_text()
     assert report.count("\n| ") == 5 and "constant prediction" in report
 
