@@ -81,7 +81,7 @@ CASES = [
     ("ssh-without-host", ["profile", S, "latency.target=ssh"], "latency.host: target 'ssh' needs a host"),
     ("reference-unknown", ["select", S, "sample.choice.reference=resnet50"], "sample.choice.reference: String should match pattern"),
     ("baseline-unknown", ["benchmark", S, "benchmark.baselines=[resnet50]"], "benchmark.baselines.0: Input should be"),
-    ("milestone-past-the-end", ["train", "train_fine", S, "train.train_fine.milestones=[99]"], "milestones must increase strictly within 1..3"),
+    ("milestone-past-the-end", ["train", "train_fine", S, "train.train_fine.milestones=[99]"], "milestones must increase strictly within 1..2"),
     ("password-refused", ["profile", S, "latency.password=hunter2"], "--set latency.password: secrets are never accepted"),
     # --set syntax
     ("set-without-equals", ["search", S, "search.alpha"], "--set 'search.alpha': expected key.sub=value"),
