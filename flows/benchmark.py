@@ -3,6 +3,7 @@ exported to ONNX, timed on the target at batch 1 and scored on Cityscapes val; a
 metrics, and the final model logged to MLflow (PyTorch and ONNX) and registered."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import flow
@@ -36,7 +37,10 @@ def benchmark_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] 
     lat = params.latency
     where = (f"local:{device_name(lat)} (onnxruntime CPU, {cfg.threads} thread(s), {cfg.runs} runs)"
              if cfg.target == "local" else f"{lat.target}:{device_name(lat)} ({lat.backend}, {lat.runs}+ runs)")
-    written = write_report_task(rows, references, str(out_dir), where, cfg.input_size.hw)
+    # an experiment's row carries how its network was chosen (rule, reference, budget, whether it was met)
+    choice_path = Path(paths.samples) / "select_metrics.json"
+    choice = json.loads(choice_path.read_text()) if params.experiment and choice_path.is_file() else None
+    written = write_report_task(rows, references, str(out_dir), where, cfg.input_size.hw, choice)
 
     with tracking.stage_run(params.tracking, params.dvc_stage("benchmark"), params=cfg.model_dump(mode="json")):
         model = segmentation_network(load_payload(model_path), str(model_path))

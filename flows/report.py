@@ -4,6 +4,7 @@ MobileNetV3-Small/-Large - is timed in one interleaved session on the same targe
 protocol; then the per-space comparison of the latency network with the MAC network (sections 5.1-5.4)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import flow
@@ -31,6 +32,20 @@ def report_target(params):
             f"of {cfg.runs} runs, interleaved)"
     lat = params.latency
     return build_target(lat), f"{lat.target}:{device_name(lat)} ({lat.backend}, {lat.runs}+ runs)"
+
+
+def budget_notes(params) -> list[str]:
+    """One note per experiment whose choice found no sample under its budget (select took the cheapest)."""
+    notes = []
+    for name in params.experiments:
+        path = Path(params.for_experiment(name).paths.benchmark) / "metrics.json"  # benchmark@NAME copies it
+        chosen = json.loads(path.read_text()).get("choice") or {} if path.is_file() else {}
+        if chosen.get("budget_met") is False:
+            notes.append(f"{name}: no sample under the budget of {chosen['reference']} ({chosen['metric']} <= "
+                         f"{chosen['target']:.4g}); select took the cheapest sample ({chosen['metric']} "
+                         f"{chosen.get('chosen_' + chosen['metric'], float('nan')):.4g}): a longer search or more "
+                         "samples would give the paper's rule something to choose from")
+    return notes
 
 
 @flow(name="report")
@@ -61,6 +76,7 @@ def report_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
                 if params.data.generate else ""),
              "Published networks without released weights have no mIoU (their MACs, parameters and latency are "
              "measured all the same)."]
+    notes += budget_notes(params)
     written = write_table1(table, comparisons, where, out, load_paper_figures(PAPER_FIGURES), notes)
     fig5 = figure(table, "gmacs", out / FIGURE5, "Figure 5: GMACs vs class mIoU")
     fig6 = figure(table, "latency_ms", out / FIGURE6, f"Figure 6: latency on {where.split(' (')[0]} vs class mIoU")

@@ -143,7 +143,8 @@ def select_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
         target, label = resolve_target_task(choice.metric, choice.reference, choice.target, space, input_hw,
                                             num_classes, paths.latency)
     fronts = fronts_task(samples_path, str(out / "fronts"))
-    chosen = choose_task(samples_path, choice.rule, choice.metric, target, str(out / "chosen_architecture.json"))
+    chosen = choose_task(samples_path, choice.rule, choice.metric, target, str(out / "chosen_architecture.json"),
+                         getattr(choice, "if_none_under", "fail"))
     if params.experiment:
         Architecture(chosen["space"], chosen["choices"]).save(Path(paths.networks) / f"{params.experiment}.json")
     plots = plots_task(samples_path, chosen["sample"], choice.metric, target, label, str(out / "plots"))
@@ -152,7 +153,8 @@ def select_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
                **{f"front_size_{k}": len(v) for k, v in fronts.items()}}
     metrics_path = out / "select_metrics.json"
     atomic_write_json(metrics_path, {**metrics, "rule": choice.rule, "metric": choice.metric, "target_label": label,
-                                     "reference": choice.reference, "choices": chosen["choices"]})
+                                     "reference": choice.reference, "budget_met": chosen["budget_met"],
+                                     "choices": chosen["choices"]})
     _prefect_artifacts(out, choice, chosen, fronts, label, plots)
 
     with tracking.stage_run(params.tracking, params.dvc_stage("select"), params=choice.model_dump(mode="json"),

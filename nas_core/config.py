@@ -418,6 +418,9 @@ class ExperimentChoice(Section):
     rule: Literal["nearest_cost", "best_under_budget"]
     metric: CostKind
     reference: ExperimentName
+    # best_under_budget with no sample under the budget (a short search, few samples): 'cheapest' takes the
+    # cheapest sample and records budget_met: false in select_metrics.json (the report says so); 'fail' stops
+    if_none_under: Literal["cheapest", "fail"] = "cheapest"
 
 
 class ExperimentParams(Section):

@@ -75,13 +75,13 @@ def references_task(model_path: str, cityscapes_root: str, seed: int = 0) -> dic
 
 @task(name="benchmark-report", cache_policy=NO_CACHE)
 def write_report_task(rows: list[dict], references: dict[str, float], out_dir: str, target: str,
-                      input_size: tuple[int, int]) -> dict:
+                      input_size: tuple[int, int], choice: dict | None = None) -> dict:
     """report.md (Table-1 style) and metrics.json (DVC metrics: one entry per network)."""
     fields = set(BenchmarkRow.__dataclass_fields__)
     table = [BenchmarkRow(**{k: v for k, v in r.items() if k in fields}) for r in rows]
     out = Path(out_dir)
     atomic_write_text(out / REPORT, report_markdown(table, target, input_size, references))
     metrics = {"target": target, "input_size": list(input_size), "networks": {r["network"]: r for r in rows},
-               "references": references}
+               "references": references, **({"choice": choice} if choice else {})}
     atomic_write_json(out / METRICS_JSON, metrics)
     return {"report": str(out / REPORT), "metrics": str(out / METRICS_JSON)}

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from prefect import task
@@ -249,18 +250,28 @@ def fronts_task(samples_path: str, fronts_dir: str) -> dict[str, list[int]]:
 
 
 @task(name="choose-architecture")
-def choose_task(samples_path: str, rule: str, metric: str, target: float, out_path: str) -> dict:
-    """Apply the choice rule on the (metric, class mIoU) front; write the Architecture JSON."""
+def choose_task(samples_path: str, rule: str, metric: str, target: float, out_path: str,
+                if_none_under: str = "fail") -> dict:
+    """Apply the choice rule on the (metric, class mIoU) front; write the Architecture JSON. With
+    best_under_budget and no sample under the budget, `if_none_under` 'cheapest' takes the cheapest
+    sample (budget_met false in the result) instead of failing."""
     df, meta = read_samples(samples_path)
     if metric not in df.columns:
         raise ValueError(f"sample.choice.metric: {samples_path} has no {metric!r} costs "
                          f"(cost kinds found: {meta.get('cost_kinds') or 'none'})")
-    i = choose(rule, df[metric].to_numpy(), df["class_miou"].to_numpy(), target)
+    cost, score = df[metric].to_numpy(), df["class_miou"].to_numpy()
+    budget_met = rule != "best_under_budget" or bool((cost <= target).any())
+    if not budget_met and if_none_under == "cheapest":
+        print(f"[select] no sample's {metric} is <= {target:.4g} (cheapest {np.nanmin(cost):.4g}): taking the cheapest")
+        i = choose("nearest_cost", cost, score, float(np.nanmin(cost)))
+    else:
+        i = choose(rule, cost, score, target)
     row = df.iloc[i]
     arch = Architecture(row["space"], row["choices"].split(","))
     arch.save(out_path)
     return {"sample": int(row["sample"]), "class_miou": float(row["class_miou"]), "space": arch.space,
-            "choices": list(arch.choices), **{k: float(row[k]) for k in ("macs", "params", "latency_ms") if k in df}}
+            "choices": list(arch.choices), "budget_met": budget_met,
+            **{k: float(row[k]) for k in ("macs", "params", "latency_ms") if k in df}}
 
 
 @task(name="plot-samples")

@@ -91,10 +91,17 @@ def test_latency_choice_is_under_the_mac_networks_latency(pipeline):
     chosen = json.loads((repo / "outputs" / "experiments" / "lat_small" / "samples" / "select_metrics.json").read_text())
     assert (chosen["rule"], chosen["reference"]) == ("best_under_budget", "mac_small")
     assert chosen["target"] == pytest.approx(budget)
-    assert chosen["chosen_latency_ms"] <= budget
     import pandas as pd
     samples = pd.read_parquet(repo / "outputs" / "experiments" / "lat_small" / "samples" / "samples.parquet")
-    best = choose("best_under_budget", samples["latency_ms"].to_numpy(), samples["class_miou"].to_numpy(), budget)
+    latency = samples["latency_ms"].to_numpy()
+    assert chosen["budget_met"] == bool((latency <= budget).any())
+    if chosen["budget_met"]:  # the paper's rule: the best estimated mIoU at no more than the MAC network's latency
+        assert chosen["chosen_latency_ms"] <= budget
+        best = choose("best_under_budget", latency, samples["class_miou"].to_numpy(), budget)
+    else:  # a tiny search may leave no sample under it: the cheapest is taken, and the report says so
+        assert chosen["chosen_latency_ms"] == pytest.approx(latency.min())
+        best = int(latency.argmin())
+        assert "no sample under" in (repo / "outputs" / "report" / "table1.md").read_text()
     assert samples.iloc[best]["choices"].split(",") == chosen["choices"]
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     assert "outputs/networks/mac_small.json" in {d["path"] for d in lock["select@lat_small"]["deps"]}
