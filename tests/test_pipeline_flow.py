@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.repo_copy import make_repo_copy, run, write_tiny_params
+from tests.repo_copy import make_repo_copy, run, stage_env, write_tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -16,15 +16,17 @@ SCRIPT = '''
 import asyncio, json, sys
 from flows.pipeline import pipeline_flow
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.sorting import FlowRunSort
 
 result = pipeline_flow(concurrency=2)
 
 async def flow_runs():
     async with get_client() as client:
-        runs = await client.read_flow_runs(limit=200)
-        flows = {f.id: f.name for f in await client.read_flows(limit=200)}
+        runs = await client.read_flow_runs(limit=200, sort=FlowRunSort.START_TIME_ASC)
+        flows = {i: (await client.read_flow(i)).name for i in {r.flow_id for r in runs}}
         return [{"flow": flows[r.flow_id], "experiment": r.parameters.get("experiment"), "state": r.state_name,
-                 "start": r.start_time.isoformat(), "end": r.end_time.isoformat()} for r in runs]
+                 "start": r.start_time and r.start_time.isoformat(), "end": r.end_time and r.end_time.isoformat()}
+                for r in runs]  # the parent flow run is still running
 
 print("RESULT " + json.dumps({"result": result, "runs": asyncio.run(flow_runs())}))
 '''
@@ -32,9 +34,11 @@ print("RESULT " + json.dumps({"result": result, "runs": asyncio.run(flow_runs())
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
-    repo = make_repo_copy(tmp_path_factory.mktemp("parent") / "repo")
+    base = tmp_path_factory.mktemp("parent")
+    repo = make_repo_copy(base / "repo")
     write_tiny_params(repo)
-    proc = run(["python", "-c", SCRIPT], repo, timeout=1800)
+    # its own Prefect home: the temporary server's database holds this execution's flow runs only
+    proc = run(["python", "-c", SCRIPT], repo, stage_env(PREFECT_HOME=str(base / "prefect")), timeout=1800)
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
     return repo, json.loads(line.removeprefix("RESULT "))
 
