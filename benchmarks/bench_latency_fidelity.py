@@ -15,9 +15,8 @@ import os
 import time
 from pathlib import Path
 
-from nas_core.profiling.fidelity import (fidelity_metrics, predicted_latencies, sample_architectures,
-                                         scatter_plot)
 from nas_core.cost_table import build_cost_table
+from nas_core.profiling.fidelity import fidelity_metrics, predicted_latencies, sample_architectures, scatter_plot
 from nas_core.profiling.profile import MeasurementStore, latency_table, measure_networks, profile_space, store_path
 from nas_core.profiling.targets import LocalTarget, Protocol, TorchCudaTarget
 

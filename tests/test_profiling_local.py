@@ -11,8 +11,14 @@ from nas_core.cost_table import architecture_cost, build_cost_table, read_cost_t
 from nas_core.profiling.boundary import boundary_ms, edges, probe_key, probe_units
 from nas_core.profiling.export import export_onnx, network_unit, onnx_filename, table_units
 from nas_core.profiling.fidelity import sample_architectures
-from nas_core.profiling.profile import (MeasurementStore, latency_table, measure_networks, measure_units,
-                                       profile_space, store_path)
+from nas_core.profiling.profile import (
+    MeasurementStore,
+    latency_table,
+    measure_networks,
+    measure_units,
+    profile_space,
+    store_path,
+)
 from nas_core.profiling.targets import LocalTarget, MeasurementError, Protocol, TransientError
 from nas_core.search_space import SPACES, SearchSpace
 

@@ -16,8 +16,17 @@ import paramiko
 
 from nas_core.io import atomic_write_text
 from nas_core.profiling.export import onnx_filename
-from nas_core.profiling.targets import (RUNNER, Job, OnResult, ProfileError, Protocol, RunnerOutput, Target,
-                                        TransientError, write_manifest)
+from nas_core.profiling.targets import (
+    RUNNER,
+    Job,
+    OnResult,
+    ProfileError,
+    Protocol,
+    RunnerOutput,
+    Target,
+    TransientError,
+    write_manifest,
+)
 
 
 class HostKeyError(ProfileError):
