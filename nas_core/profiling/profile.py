@@ -48,7 +48,8 @@ class MeasurementStore:
                     rec = json.loads(line)
                     self.records[rec["key"]] = rec
                 except (ValueError, KeyError, TypeError):
-                    raise ValueError(f"{self.path}:{n}: not a measurement record; delete the file to re-measure") from None
+                    raise ValueError(f"{self.path}:{n}: not a measurement record; "
+                                     "delete the file to re-measure") from None
 
     def __contains__(self, key: str) -> bool:
         return key in self.records

@@ -172,7 +172,8 @@ class SshTarget(Target):
         except (OSError, EOFError, paramiko.SSHException) as e:
             raise TransientError(f"{self.name}: connection lost running {argv[0]} ({e})") from None
         if rc != 0:
-            raise ProfileError(f"{self.name}: `{quote_command(argv)}` exited with {rc}: {err.decode(errors='replace')[-1000:]}")
+            raise ProfileError(f"{self.name}: `{quote_command(argv)}` exited with {rc}: "
+                               f"{err.decode(errors='replace')[-1000:]}")
         return out.decode(errors="replace")
 
     def _put(self, local: Path, remote_name: str) -> str:
