@@ -39,6 +39,14 @@ def images_per_second(run_batch, batches: int, batch_size: int) -> float:
     return batches * batch_size / (time.perf_counter() - start)
 
 
+def loader_images_per_second(loader: DataLoader, batches: int, batch_size: int) -> float:
+    """Images/s of the loader's workers; they stop when this returns, before the model is timed, so they do not
+    share the cores with it. The iterator (which owns the workers) lives only in this frame: the old inline form
+    read it from a lambda after which the same scope `del`eted it, a name the lambda could no longer resolve."""
+    iterator = iter(loader)
+    return images_per_second(lambda: next(iterator), batches, batch_size)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=6)
@@ -51,7 +59,8 @@ def main() -> None:
     parser.add_argument("--model-steps", type=int, default=2)
     parser.add_argument("--space", default="small")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast for the model, as the paper's mixed precision")
+    parser.add_argument("--amp", action="store_true",
+                        help="bf16 autocast for the model, as the paper's mixed precision")
     args = parser.parse_args()
     device = torch.device(args.device)
     print(f"torch threads {torch.get_num_threads()}, device {device}, patch {args.patch}x{args.patch}")
@@ -80,9 +89,7 @@ def main() -> None:
                                 generator=torch.Generator().manual_seed(0))
         loader = DataLoader(dataset, batch_size=args.loader_batch, sampler=sampler, num_workers=args.workers,
                             pin_memory=device.type == "cuda")
-        batches = iter(loader)
-        loader_ips = images_per_second(lambda: next(batches), args.loader_batches, args.loader_batch)
-        del batches, loader  # stop the workers before timing the model, so they do not share the cores
+        loader_ips = loader_images_per_second(loader, args.loader_batches, args.loader_batch)
 
     metric = ConfusionMatrix(device=device)
     generator = torch.Generator(device=device).manual_seed(0)

@@ -15,9 +15,8 @@ import os
 import time
 from pathlib import Path
 
-from nas_core.profiling.fidelity import (fidelity_metrics, predicted_latencies, sample_architectures,
-                                         scatter_plot)
 from nas_core.cost_table import build_cost_table
+from nas_core.profiling.fidelity import fidelity_metrics, predicted_latencies, sample_architectures, scatter_plot
 from nas_core.profiling.profile import MeasurementStore, latency_table, measure_networks, profile_space, store_path
 from nas_core.profiling.targets import LocalTarget, Protocol, TorchCudaTarget
 
@@ -76,9 +75,11 @@ def main() -> None:
     print(f"bar (tau >= 0.9 and >= 90% within 10%): "
           f"{'PASS' if metrics['kendall_tau'] >= 0.9 and metrics['within_10pct'] >= 0.9 else 'FAIL'}; "
           f"clock {args.clock}, optimization {args.optimization}, rounds {args.rounds}, "
-          f"edge correction {args.edge_correction}, {args.space} {args.size[0]}x{args.size[1]}, load average {os.getloadavg()[0]:.2f}, "
+          f"edge correction {args.edge_correction}, {args.space} {args.size[0]}x{args.size[1]}, "
+          f"load average {os.getloadavg()[0]:.2f}, "
           f"total {time.perf_counter() - t0:.0f} s")
-    scatter_plot(predicted, measured, out / f"fidelity_{args.space}_{args.backend}_{args.clock}_{args.optimization}.png",
+    plot = out / f"fidelity_{args.space}_{args.backend}_{args.clock}_{args.optimization}.png"
+    scatter_plot(predicted, measured, plot,
                  f"{args.space} {args.size[0]}x{args.size[1]}, {target.name}, {args.backend}, clock {args.clock}")
 
 

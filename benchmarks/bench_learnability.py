@@ -116,7 +116,8 @@ def main() -> None:
 
     params = sum(p.numel() for p in model.parameters())
     print(f"model {args.model} ({params / 1e3:.0f}k parameters), {steps} steps of batch {args.batch} "
-          f"in {train_s / 60:.1f} min on {device.type} ({torch.get_num_threads()} threads), final loss {loss.item():.3f}")
+          f"in {train_s / 60:.1f} min on {device.type} ({torch.get_num_threads()} threads), "
+          f"final loss {loss.item():.3f}")
     print(f"{'class':<15}{'trained':>9}{'majority':>10}")
     for k, name in enumerate(TRAIN_ID_NAMES):
         if not math.isnan(trained["class_iou"][k]) or not math.isnan(constant["class_iou"][k]):

@@ -44,7 +44,8 @@ def main() -> None:
     wall = time.perf_counter() - t0
     setup = sum(r.get("setup_s", 0.0) for r in store.records.values())
     other = wall - stats["export_s"] - setup - stats["warmup_s"] - stats["timed_s"]
-    report = {"space": args.space, "size": list(args.size), "units": stats["units"], "clock": args.clock, "optimization": args.optimization, "wall_s": wall,
+    report = {"space": args.space, "size": list(args.size), "units": stats["units"], "clock": args.clock,
+              "optimization": args.optimization, "wall_s": wall,
               "export_s": stats["export_s"], "session_setup_s": setup, "warmup_s": stats["warmup_s"],
               "timed_s": stats["timed_s"], "other_s (runner start, I/O, store writes)": other,
               "overhead_excluding_warmup": 1 - (stats["timed_s"] + stats["warmup_s"]) / wall,

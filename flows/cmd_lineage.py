@@ -22,7 +22,8 @@ def run(args) -> int:
     for node in chain[1:]:
         print(f"stage {node['stage']:<18} run {node['run_id']}  commit {node['git_commit'][:12]}")
         for path, md5 in sorted(node["inputs"].items()):
-            pulled = f"  <- from DVC (remote {node['remote']}), not made by a run here" if path in node["external"] else ""
+            pulled = (f"  <- from DVC (remote {node['remote']}), not made by a run here"
+                      if path in node["external"] else "")
             print(f"    input {path}  md5 {md5}{pulled}")
         for path, md5 in sorted(node["outputs"].items()):
             print(f"    output {path}  md5 {md5}")

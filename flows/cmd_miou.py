@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     class_iou = dict(zip(result["class_names"], map(_finite, result["class_iou"])))
     category_iou = dict(zip(result["category_names"], map(_finite, result["category_iou"])))
     if args.json:
-        print(json.dumps({"class_miou": _finite(result["class_miou"]), "category_miou": _finite(result["category_miou"]),
+        print(json.dumps({"class_miou": _finite(result["class_miou"]),
+                          "category_miou": _finite(result["category_miou"]),
                           "class_iou": class_iou, "category_iou": category_iou, "images": result["images"],
                           "pixels": result["pixels"], "split": args.split}))
         return 0

@@ -14,8 +14,14 @@ from nas_core.profiling.fidelity import placeholder_plot
 from nas_core.profiling.pool import check_same_hardware, pool_facts, pool_stats
 from nas_core.profiling.targets import ProfileError, device_name
 from tasks import tracking
-from tasks.profile import device_slot  # noqa: F401 (the per-device limit; callers import it from here)
-from tasks.profile import deal_task, device_facts_task, fidelity_task, latency_tables_task, measure_device_task
+from tasks.profile import (
+    deal_task,
+    device_facts_task,
+    device_slot,  # noqa: F401 (the per-device limit; callers import it from here)
+    fidelity_task,
+    latency_tables_task,
+    measure_device_task,
+)
 
 FACT_TAGS = ("hostname", "os", "cpu", "gpu", "jetson_model", "onnxruntime", "tensorrt", "power_mode", "target")
 

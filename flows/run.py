@@ -167,7 +167,8 @@ def run_pipeline(params_file: str = "params.yaml", targets: tuple[str, ...] = ()
               f"fork server), {timing['dvc_between_stages_s']:.0f} s DVC between stages, "
               f"{timing['stages_outside_tasks_s']:.0f} s in stages outside their tasks (flow runs, MLflow logging); "
               f"{timing['forkserver_served']} stages started warm")
-    print(f"  Table 1:    {paths.report}/table1.md   (and table1.json; per experiment: {paths.benchmark}/NAME/report.md)")
+    print(f"  Table 1:    {paths.report}/table1.md   (and table1.json; per experiment: "
+          f"{paths.benchmark}/NAME/report.md)")
     print(f"  figures:    {paths.report}/figure5_macs_vs_miou.png, {paths.report}/figure6_latency_vs_miou.png")
     print("  plots:      dvc plots show   (writes dvc_plots/index.html)")
     print("  metrics:    dvc metrics show")

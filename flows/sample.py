@@ -15,11 +15,25 @@ from prefect.futures import as_completed
 from flows.runners import make_task_runner
 from nas_core.config import load_params
 from nas_core.io import atomic_write_json
-from tasks import tracking
-from tasks.sample import (EVAL_KEYS, PARTIAL_NAME, append_partial, choose_task, cost_table_paths, draw_task,
-                          evaluate_task, evaluation_fingerprint, fronts_task, plots_task, read_partial, read_samples,
-                          card_target_task, resolve_target_task, write_samples_task)
 from nas_core.search_space import Architecture
+from tasks import tracking
+from tasks.sample import (
+    EVAL_KEYS,
+    PARTIAL_NAME,
+    append_partial,
+    card_target_task,
+    choose_task,
+    cost_table_paths,
+    draw_task,
+    evaluate_task,
+    evaluation_fingerprint,
+    fronts_task,
+    plots_task,
+    read_partial,
+    read_samples,
+    resolve_target_task,
+    write_samples_task,
+)
 
 
 def _devices(device: str) -> list[str]:
@@ -115,7 +129,8 @@ def sample_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
     atomic_write_json(metrics_path, metrics)
 
     logged = cfg.model_dump(mode="json", exclude={"choice"})
-    with tracking.stage_run(params.tracking, params.dvc_stage("sample"), params=logged, tags={"squeezenas.space": space}):
+    with tracking.stage_run(params.tracking, params.dvc_stage("sample"), params=logged,
+                            tags={"squeezenas.space": space}):
         tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         tracking.log_artifact(samples_path, "samples")
         tracking.log_artifact(metrics_path, "samples")

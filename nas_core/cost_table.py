@@ -55,6 +55,12 @@ class _Counter:
     def bn(self, channels: int) -> None:
         self.params += 2 * channels
 
+    def conv_bn(self, c_in: int, c_out: int, out_hw: tuple[int, int], kernel: int | tuple[int, int] = 1,
+                groups: int = 1) -> None:
+        """A bias-free conv followed by BatchNorm over its outputs: the unit nearly every layer here is built of."""
+        self.conv(c_in, c_out, out_hw, kernel, groups)
+        self.bn(c_out)
+
 
 def candidate_cost(cand: Candidate, spec: BlockSpec, in_hw: tuple[int, int]) -> tuple[int, int, tuple[int, int]]:
     """(MACs, params, output size) of candidate `cand` at block `spec` on an in_hw input."""
@@ -64,10 +70,11 @@ def candidate_cost(cand: Candidate, spec: BlockSpec, in_hw: tuple[int, int]) -> 
     c = _Counter()
     if not cand.is_skip:
         hidden = spec.c_in * cand.expansion
-        c.conv(spec.c_in, hidden, (h, w), 1, cand.groups); c.bn(hidden)
-        out = (conv_out(h, cand.kernel, spec.stride, cand.dilation), conv_out(w, cand.kernel, spec.stride, cand.dilation))
-        c.conv(hidden, hidden, out, cand.kernel, hidden); c.bn(hidden)
-        c.conv(hidden, spec.c_out, out, 1, cand.groups); c.bn(spec.c_out)
+        c.conv_bn(spec.c_in, hidden, (h, w), 1, cand.groups)
+        out = (conv_out(h, cand.kernel, spec.stride, cand.dilation),
+               conv_out(w, cand.kernel, spec.stride, cand.dilation))
+        c.conv_bn(hidden, hidden, out, cand.kernel, hidden)
+        c.conv_bn(hidden, spec.c_out, out, 1, cand.groups)
     elif spec.residual:
         pass  # the candidate contributes zero: no layer at all
     elif spec.stride == 2:  # factorized reduce: the second conv sees the input shifted by one pixel
@@ -75,27 +82,27 @@ def candidate_cost(cand: Candidate, spec: BlockSpec, in_hw: tuple[int, int]) -> 
         c.conv(spec.c_in, spec.c_out // 2, (conv_out(h - 1, 1, 2, padding=0), conv_out(w - 1, 1, 2, padding=0)))
         c.bn(spec.c_out)
     else:
-        c.conv(spec.c_in, spec.c_out, out); c.bn(spec.c_out)
+        c.conv_bn(spec.c_in, spec.c_out, out)
     return c.macs, c.params, out
 
 
 def _decoder_cost(space: SearchSpace, num_classes: int, f_hw: tuple[int, int], low_hw: tuple[int, int]) -> _Counter:
     c, mid, cin, low = _Counter(), space.decoder_channels, space.encoder_channels, space.low_level_channels
     if space.decoder == "lraspp":
-        c.conv(cin, mid, f_hw); c.bn(mid)
+        c.conv_bn(cin, mid, f_hw)
         (kh, kw), (sh, sw) = lraspp_pool_geometry(*f_hw)
         c.conv(cin, mid, ((f_hw[0] - kh) // sh + 1, (f_hw[1] - kw) // sw + 1), bias=True)
         up = (2 * f_hw[0], 2 * f_hw[1])
         c.conv(mid, num_classes, up, bias=True)
         c.conv(low, num_classes, low_hw, bias=True)
     else:
-        c.conv(cin, mid, f_hw); c.bn(mid)
+        c.conv_bn(cin, mid, f_hw)
         for _ in range(3):
-            c.conv(cin, mid, f_hw, 3, groups=mid); c.bn(mid)
-        c.conv(4 * mid + cin, mid, f_hw); c.bn(mid)
+            c.conv_bn(cin, mid, f_hw, 3, groups=mid)
+        c.conv_bn(4 * mid + cin, mid, f_hw)
         c.conv(low, low, low_hw, bias=True)
         fused = mid + low
-        c.conv(fused, fused, low_hw, 3, groups=fused); c.bn(fused)
+        c.conv_bn(fused, fused, low_hw, 3, groups=fused)
         c.conv(fused, num_classes, low_hw, bias=True)
     return c
 
@@ -128,7 +135,7 @@ def build_cost_table(space: str | SearchSpace, input_size: tuple[int, int] = (10
 
     stem = _Counter()
     hw = (conv_out(H, 3, 2), conv_out(W, 3, 2))
-    stem.conv(3, space.stem_channels, hw, 3); stem.bn(space.stem_channels)
+    stem.conv_bn(3, space.stem_channels, hw, 3)
     row("fixed", -1, "stem", 3, space.stem_channels, 2, (H, W), hw, stem.macs, stem.params)
 
     low_hw = hw
@@ -144,7 +151,7 @@ def build_cost_table(space: str | SearchSpace, input_size: tuple[int, int] = (10
 
     post = _Counter()
     if space.post_encoder_channels:
-        post.conv(space.groups[-1][0], space.post_encoder_channels, hw); post.bn(space.post_encoder_channels)
+        post.conv_bn(space.groups[-1][0], space.post_encoder_channels, hw)
     row("fixed", -1, "post_encoder", space.groups[-1][0], space.encoder_channels, 1, hw, hw, post.macs, post.params)
     dec = _decoder_cost(space, num_classes, hw, low_hw)
     row("fixed", -1, "decoder", space.encoder_channels, num_classes, 1, hw, (H, W), dec.macs, dec.params)

@@ -74,7 +74,8 @@ class ConfusionMatrix:
     def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
         """Add another matrix's counts (e.g. from another worker) into this one; returns self."""
         if other.matrix.shape != self.matrix.shape:
-            raise ValueError(f"cannot merge matrices of shapes {tuple(self.matrix.shape)} and {tuple(other.matrix.shape)}")
+            raise ValueError(f"cannot merge matrices of shapes {tuple(self.matrix.shape)} and "
+                             f"{tuple(other.matrix.shape)}")
         self.matrix += other.matrix.to(self.matrix.device)
         return self
 

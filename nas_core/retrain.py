@@ -14,8 +14,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from nas_core.classifier import Classifier, load_encoder
-from nas_core.data import (ClassificationEvalTransform, ClassificationTrainTransform, CityscapesSegmentation,
-                           CocoSegmentation, ImageNetFolder, TrainTransform)
+from nas_core.data import (
+    CityscapesSegmentation,
+    ClassificationEvalTransform,
+    ClassificationTrainTransform,
+    CocoSegmentation,
+    ImageNetFolder,
+    TrainTransform,
+)
 from nas_core.evaluate import evaluate_classification, evaluate_segmentation
 from nas_core.io import atomic_torch_save
 from nas_core.network import SegmentationNetwork

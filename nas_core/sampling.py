@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from nas_core.candidates import CANDIDATE_NAMES, NUM_CANDIDATES
-from nas_core.io import read_parquet
 from nas_core.evaluate import pad_to_multiple
+from nas_core.io import read_parquet
 from nas_core.metrics import ConfusionMatrix
 from nas_core.search_space import Architecture, get_space
 from nas_core.supernet import Supernet, extract_network

@@ -57,7 +57,8 @@ class SearchConfig:
         if self.scheme not in SCHEMES:
             raise ValueError(f"unknown search scheme {self.scheme!r}; valid schemes are: {', '.join(SCHEMES)}")
         if self.epochs < 1 or not 0 <= self.warmup_epochs < self.epochs:
-            raise ValueError(f"need epochs >= 1 and 0 <= warmup_epochs < epochs, got {self.epochs}, {self.warmup_epochs}")
+            raise ValueError(f"need epochs >= 1 and 0 <= warmup_epochs < epochs, "
+                             f"got {self.epochs}, {self.warmup_epochs}")
         if not 0 <= self.prune_threshold < 1 / NUM_CANDIDATES:
             raise ValueError(f"prune_threshold must be in [0, 1/{NUM_CANDIDATES}), got {self.prune_threshold}")
         if self.alpha < 0:
@@ -178,7 +179,8 @@ def run_search(supernet: Supernet, train_loader, cost: np.ndarray, config: Searc
     opt_w = _weight_optimizer(supernet, config)
     opt_t = torch.optim.Adam(supernet.arch_parameters(), lr=config.theta_lr, weight_decay=config.theta_weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    data = [(len(loader), loader.batch_sampler.batch_size) for loader in (train_loader, arch_loader) if loader is not None]
+    data = [(len(loader), loader.batch_sampler.batch_size)
+            for loader in (train_loader, arch_loader) if loader is not None]
     ckpt = Checkpointer(checkpoint_dir, config, supernet, cost, fixed_cost, world, data, rank)
     state = {"epoch": 0, "phase": 0, "batch": 0, "step": 0, "tau": config.tau.start,
              "sums": torch.zeros(4, dtype=torch.float64),  # ce, L_E, loss, batches of the epoch so far
@@ -221,7 +223,8 @@ def run_search(supernet: Supernet, train_loader, cost: np.ndarray, config: Searc
                 if update_t:
                     scaler.step(opt_t)
                 scaler.update()
-                state["sums"] += torch.stack([ce.detach(), resource.detach(), loss.detach(), torch.ones((), device=device)]).cpu().double()
+                terms = [ce.detach(), resource.detach(), loss.detach(), torch.ones((), device=device)]
+                state["sums"] += torch.stack(terms).cpu().double()
                 state["batch"] += 1
                 state["step"] += 1
                 state["tau"] = tau

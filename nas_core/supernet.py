@@ -9,8 +9,7 @@ from torch import nn
 from nas_core.blocks import build_candidate, init_weights
 from nas_core.candidates import CANDIDATE_NAMES, CANDIDATES, NUM_CANDIDATES
 from nas_core.gumbel import gumbel_softmax, sample_gumbel
-from nas_core.network import (SegmentationNetwork, build_post_encoder, build_space_decoder, build_stem,
-                              check_input)
+from nas_core.network import SegmentationNetwork, build_post_encoder, build_space_decoder, build_stem, check_input
 from nas_core.search_space import Architecture, BlockSpec, get_space
 
 _COLUMN = {name: j for j, name in enumerate(CANDIDATE_NAMES)}

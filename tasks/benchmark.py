@@ -9,8 +9,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from torch.utils.data import DataLoader
 
-from nas_core.benchmark import (BenchmarkRow, Measure, baseline_network, benchmark_network, local_target, report_markdown,
-                                target_measure)
+from nas_core.benchmark import (
+    BenchmarkRow,
+    Measure,
+    baseline_network,
+    benchmark_network,
+    local_target,
+    report_markdown,
+    target_measure,
+)
 from nas_core.data import CityscapesSegmentation
 from nas_core.data.labels import TRAIN_ID_NAMES
 from nas_core.evaluate import evaluate_constant, evaluate_segmentation, majority_class

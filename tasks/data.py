@@ -8,8 +8,14 @@ from typing import Callable
 
 from prefect import task
 
-from nas_core.data import CityscapesSegmentation, CocoSegmentation, ImageNetFolder, generate_cityscapes, \
-    generate_coco, generate_imagenet
+from nas_core.data import (
+    CityscapesSegmentation,
+    CocoSegmentation,
+    ImageNetFolder,
+    generate_cityscapes,
+    generate_coco,
+    generate_imagenet,
+)
 from nas_core.data.generate import GENERATED_MARKER, check_replaceable
 from nas_core.io import atomic_write_json, temp_dir
 from tasks import processes

@@ -20,8 +20,7 @@ from nas_core.config import SearchParams
 from nas_core.cost_table import cost_matrix, read_cost_table
 from nas_core.data import CityscapesSegmentation, EvalTransform, TrainTransform
 from nas_core.gumbel import TauSchedule
-from nas_core.io import (atomic_torch_save, atomic_write_json, atomic_write_parquet, atomic_write_text,
-                         remove_checkpoint)
+from nas_core.io import atomic_torch_save, atomic_write_json, atomic_write_parquet, atomic_write_text, remove_checkpoint
 from nas_core.search import SearchConfig, evaluate_architecture, run_search
 from nas_core.search_data import search_loader, split_dataset
 from nas_core.search_plots import plot_probabilities

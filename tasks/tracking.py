@@ -11,10 +11,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from tasks.dvc_files import (DATA_STAGE, dvc_default_remote, dvc_inputs, dvc_md5, locked_outputs, stage_names,
-                             stage_outputs)
-
 from tasks import processes
+from tasks.dvc_files import (
+    DATA_STAGE,
+    dvc_default_remote,
+    dvc_inputs,
+    dvc_md5,
+    locked_outputs,
+    stage_names,
+    stage_outputs,
+)
 
 # MLflow must never try the network (telemetry); set before mlflow is imported.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

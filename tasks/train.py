@@ -17,8 +17,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from nas_core.io import atomic_write_json, atomic_write_text, remove_checkpoint
-from nas_core.retrain import (StageSettings, load_payload, run_stage, save_payload, skip_payload, stage_payload,
-                              trained_lineage)
+from nas_core.retrain import (
+    StageSettings,
+    load_payload,
+    run_stage,
+    save_payload,
+    skip_payload,
+    stage_payload,
+    trained_lineage,
+)
 from nas_core.search_space import Architecture
 from nas_core.train import init_distributed
 

@@ -15,6 +15,10 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+# the `sshd` fixture (a real OpenSSH server, module scope) for every test that names it, without each test file
+# importing the fixture function and then shadowing it with the parameter of the same name
+pytest_plugins = ["tests.sshd"]
+
 
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:

@@ -4,8 +4,17 @@ import json
 import pytest
 import torch
 
-from nas_core.benchmark import (BenchmarkRow, baseline_network, benchmark_network, export_checked, local_target,
-                                network_macs, network_unit, report_markdown, target_measure)
+from nas_core.benchmark import (
+    BenchmarkRow,
+    baseline_network,
+    benchmark_network,
+    export_checked,
+    local_target,
+    network_macs,
+    network_unit,
+    report_markdown,
+    target_measure,
+)
 from nas_core.cost_table import architecture_cost, build_cost_table
 from nas_core.mobilenetv3 import VARIANTS, count_conv_macs
 from nas_core.zoo import PUBLISHED

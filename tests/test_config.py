@@ -27,8 +27,10 @@ def test_defaults_and_frozen(tmp_path):
 
 @pytest.mark.parametrize("text,message", [
     ("cost_tables:\n  spacez: [small]\n", "cost_tables.spacez: unknown key"),
-    ("cost_tables:\n  spaces: [medium]\n", "cost_tables.spaces.0: Input should be 'small', 'large' or 'xlarge' (got 'medium')"),
-    ("cost_tables:\n  input_size: {height: 100, width: 2048}\n", "cost_tables.input_size.height: Input should be a multiple of 16"),
+    ("cost_tables:\n  spaces: [medium]\n",
+     "cost_tables.spaces.0: Input should be 'small', 'large' or 'xlarge' (got 'medium')"),
+    ("cost_tables:\n  input_size: {height: 100, width: 2048}\n",
+     "cost_tables.input_size.height: Input should be a multiple of 16"),
     ("cost_tables:\n  num_classes: 0\n", "cost_tables.num_classes: Input should be greater than or equal to 1"),
     ("mystery: 1\n", "mystery: unknown key"),
     ("cost_tables:\n  spaces: []\n", "cost_tables.spaces: list at least one space"),
@@ -45,7 +47,8 @@ def test_overrides(tmp_path):
     p = write(tmp_path, "cost_tables:\n  spaces: [small]\n")
     params = load_params(p, ["cost_tables.num_classes=7", "cost_tables.spaces=[large, xlarge]"])
     assert params.cost_tables.num_classes == 7 and params.cost_tables.spaces == ("large", "xlarge")
-    with pytest.raises(ParamsError, match="with --set cost_tables.num_classes: cost_tables.num_classes: Input should be a valid integer"):
+    with pytest.raises(ParamsError, match="with --set cost_tables.num_classes: "
+                                          "cost_tables.num_classes: Input should be a valid integer"):
         load_params(p, ["cost_tables.num_classes=many"])
     with pytest.raises(ParamsError, match="expected key.sub=value"):
         load_params(p, ["cost_tables.num_classes"])
@@ -69,7 +72,8 @@ def test_unreadable_files(tmp_path):
     ("search:\n  alpah: 0.5\n", "search.alpah: unknown key (did you mean 'alpha'? valid keys: space, cost_table,"),
     ("serach: {}\n", "serach: unknown key (did you mean 'search'? valid keys: paths, tracking, data,"),
     ("train:\n  train_fine: {epoch: 3}\n", "train.train_fine.epoch: unknown key (did you mean 'epochs'?"),
-    ("search:\n  space: smal\n", "search.space: Input should be 'small', 'large' or 'xlarge' (got 'smal'; did you mean 'small'?)"),
+    ("search:\n  space: smal\n",
+     "search.space: Input should be 'small', 'large' or 'xlarge' (got 'smal'; did you mean 'small'?)"),
 ])
 def test_no_lax_coercion_and_the_nearest_key(tmp_path, text, message):
     with pytest.raises(ParamsError) as e:
@@ -133,5 +137,6 @@ def test_real_datasets_the_pipeline_reads(tmp_path):
     assert [m.split(":")[0] for m in missing] == ["paths.coco", "paths.imagenet"]
     assert "or set train.pretrain_coco.enabled: false" in missing[0]
     off = load_params(write(tmp_path, f"data: {{generate: false}}\npaths: {{cityscapes: {tmp_path / 'cs'}}}\n"
-                                      "train: {pretrain_coco: {enabled: false}, pretrain_imagenet: {enabled: false}}\n"))
+                                      "train: {pretrain_coco: {enabled: false}, "
+                                      "pretrain_imagenet: {enabled: false}}\n"))
     assert off.datasets() == {"cityscapes": str(tmp_path / "cs")} and missing_datasets(off) == []

@@ -8,8 +8,14 @@ import torch
 from torch import nn
 
 from nas_core.candidates import CANDIDATE_NAMES
-from nas_core.cost_table import (KEY_COLUMNS, architecture_cost, build_cost_table, cost_matrix,
-                                 read_cost_table, write_cost_table)
+from nas_core.cost_table import (
+    KEY_COLUMNS,
+    architecture_cost,
+    build_cost_table,
+    cost_matrix,
+    read_cost_table,
+    write_cost_table,
+)
 from nas_core.network import SegmentationNetwork
 from nas_core.search_space import SPACES, Architecture
 from nas_core.zoo import PUBLISHED

@@ -18,7 +18,8 @@ def square(x0, y0, x1, y1, category, crowd=False, ann_id=1):
             "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]]}
 
 
-@pytest.mark.parametrize("coco_id", sorted(COCO_TO_CITYSCAPES), ids=lambda i: COCO_TO_CITYSCAPES[i][0].replace(" ", "_"))
+@pytest.mark.parametrize("coco_id", sorted(COCO_TO_CITYSCAPES),
+                         ids=lambda i: COCO_TO_CITYSCAPES[i][0].replace(" ", "_"))
 def test_mapped_category_becomes_its_cityscapes_class(coco_id):
     label = semantic_mask([square(4, 4, 12, 12, coco_id)], H, W)
     assert set(np.unique(label[5:11, 5:11]).tolist()) == {TRAIN_ID_NAMES.index(COCO_TO_CITYSCAPES[coco_id][1])}

@@ -5,8 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from nas_core.data import (ClassificationEvalTransform, ClassificationTrainTransform, DatasetError, ImageNetFolder,
-                           generate_imagenet)
+from nas_core.data import (
+    ClassificationEvalTransform,
+    ClassificationTrainTransform,
+    DatasetError,
+    ImageNetFolder,
+    generate_imagenet,
+)
 from nas_core.data.transforms import normalize
 
 

@@ -3,8 +3,14 @@ import numpy as np
 import pytest
 from cityscapesscripts.helpers.labels import labels as cs_labels
 
-from nas_core.data.labels import (CATEGORY_NAMES, CATEGORY_OF_TRAIN_ID, ID_TO_TRAIN_ID, TRAIN_ID_NAMES, VALID_LABEL_ID,
-                                  train_ids_to_label_ids)
+from nas_core.data.labels import (
+    CATEGORY_NAMES,
+    CATEGORY_OF_TRAIN_ID,
+    ID_TO_TRAIN_ID,
+    TRAIN_ID_NAMES,
+    VALID_LABEL_ID,
+    train_ids_to_label_ids,
+)
 
 DRAWN = [label for label in cs_labels if label.id >= 0]
 

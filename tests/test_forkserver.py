@@ -90,7 +90,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    status = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] if Path(f"/proc/{pid}").exists() else "X"
+    proc = Path(f"/proc/{pid}")
+    status = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] if proc.exists() else "X"
     return status not in ("Z", "X")
 
 

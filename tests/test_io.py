@@ -94,7 +94,8 @@ def test_a_checkpoint_on_a_full_disk_names_it_too(tmp_path):
     """torch.save wraps the failed write in a RuntimeError; the WriteError names the checkpoint."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    save = "import sys, torch; from nas_core.io import atomic_torch_save; atomic_torch_save(sys.argv[1], torch.zeros(10**5))"
+    save = ("import sys, torch; from nas_core.io import atomic_torch_save; "
+            "atomic_torch_save(sys.argv[1], torch.zeros(10**5))")
     script = (f"mount -t tmpfs -o size=64k none {disk} && {sys.executable} -c '{save}' {disk}/last.pt; "
               f"echo rc=$?; ls -A {disk}")
     proc = subprocess.run([*unshare("-rm"), "sh", "-c", script], capture_output=True, text=True, timeout=120,

@@ -116,7 +116,8 @@ def test_model_version_is_described_tagged_aliased_and_signed(repo):
     assert mv.tags["dvc.input.data/cityscapes"] == lock["data"]["outs"][0]["md5"]
     assert mv.tags["dvc.input.outputs/cost_tables"] == lock["cost_tables"]["outs"][0]["md5"]
     registered = client.get_registered_model("tiny")
-    assert registered.description and {a: str(v) for a, v in registered.aliases.items()} == {"champion": str(mv.version)}
+    assert registered.description
+    assert {a: str(v) for a, v in registered.aliases.items()} == {"champion": str(mv.version)}
     assert registered.tags["squeezenas.experiment_id"] == tracking.experiment_id(load_params().tracking)
     assert client.get_model_version_by_alias("tiny-onnx", "champion").tags["lineage.data"] == runs["data"].info.run_id
     info = mlflow.models.get_model_info("models:/tiny@champion")
@@ -158,7 +159,8 @@ def test_rerun_parent_names_reused_runs_and_the_failing_stage(repo):
     assert (tags["squeezenas.failed_stage"], tags["squeezenas.error"]) == ("benchmark", "benchmark broke on purpose")
     assert f"[data]{link(runs['data'].info.run_id)} reused" in tags["mlflow.note.content"]
     assert f"reused [data]{link(runs['data'].info.run_id)}" in tags["mlflow.note.content"].splitlines()[0]
-    assert f"[search]{link(stage_runs(second)['search'].info.run_id)} ran here (finished)" in tags["mlflow.note.content"]
+    search_run = stage_runs(second)["search"].info.run_id
+    assert f"[search]{link(search_run)} ran here (finished)" in tags["mlflow.note.content"]
     assert "failed at stage `benchmark`: benchmark broke on purpose" in tags["mlflow.note.content"]
     assert mlflow.MlflowClient().get_run(second).info.status == "FAILED"
     # a stage that fails before its run starts: the error comes from its own last line on stderr

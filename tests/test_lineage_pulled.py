@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from nas_core.config import load_params
-from tests.repo_copy import make_repo_copy, run, stage_env
 from tasks import tracking
+from tests.repo_copy import make_repo_copy, run, stage_env
 
 
 @pytest.mark.slow

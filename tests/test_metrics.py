@@ -104,7 +104,8 @@ def test_logits_are_reduced_by_argmax():
 
 def test_merge_equals_joint_accumulation_and_reset_clears():
     generator = torch.Generator().manual_seed(0)
-    pred, target = torch.randint(0, 19, (2, 64), generator=generator), torch.randint(0, 19, (2, 64), generator=generator)
+    pred = torch.randint(0, 19, (2, 64), generator=generator)
+    target = torch.randint(0, 19, (2, 64), generator=generator)
     joint, first, second = ConfusionMatrix(), ConfusionMatrix(), ConfusionMatrix()
     joint.update(pred, target)
     first.update(pred[0], target[0])

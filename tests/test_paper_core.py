@@ -91,7 +91,8 @@ def _block_with(probabilities: list[float]):
     return block
 
 
-def test_pruning_removes_candidates_under_half_a_percent(tiny_space):
+@pytest.mark.usefixtures("tiny_space")
+def test_pruning_removes_candidates_under_half_a_percent():
     rest = (1 - 0.0049 - 0.0051) / 11
     block = _block_with([0.0049, 0.0051] + [rest] * 11)
     removed = block.prune(Params().search.prune_threshold)
@@ -99,7 +100,8 @@ def test_pruning_removes_candidates_under_half_a_percent(tiny_space):
     assert block.live.tolist() == [False] + [True] * 12
 
 
-def test_pruning_keeps_a_candidate_exactly_at_the_threshold(tiny_space):
+@pytest.mark.usefixtures("tiny_space")
+def test_pruning_keeps_a_candidate_exactly_at_the_threshold():
     # "less than 0.5%": p == threshold is not less
     block = _block_with([0.002, 0.004] + [0.994 / 11] * 11)
     at = float(torch.softmax(block.logits().detach().float(), 0)[1])

@@ -88,11 +88,12 @@ def test_latency_choice_is_under_the_mac_networks_latency(pipeline):
     table = read_cost_table(repo / "outputs" / "latency" / "tables" / "latency_small.parquet")
     mac_arch = Architecture.load(repo / "outputs" / "networks" / "mac_small.json")
     budget = architecture_cost(table, mac_arch, "latency_ms")
-    chosen = json.loads((repo / "outputs" / "experiments" / "lat_small" / "samples" / "select_metrics.json").read_text())
+    samples_dir = repo / "outputs" / "experiments" / "lat_small" / "samples"
+    chosen = json.loads((samples_dir / "select_metrics.json").read_text())
     assert (chosen["rule"], chosen["reference"]) == ("best_under_budget", "mac_small")
     assert chosen["target"] == pytest.approx(budget)
     import pandas as pd
-    samples = pd.read_parquet(repo / "outputs" / "experiments" / "lat_small" / "samples" / "samples.parquet")
+    samples = pd.read_parquet(samples_dir / "samples.parquet")
     latency = samples["latency_ms"].to_numpy()
     assert chosen["budget_met"] == bool((latency <= budget).any())
     if chosen["budget_met"]:  # the paper's rule: the best estimated mIoU at no more than the MAC network's latency

@@ -6,8 +6,7 @@ import pytest
 
 from nas_core.candidates import CANDIDATE_NAMES
 from nas_core.cost_table import build_cost_table
-from nas_core.profiling.fidelity import (fidelity_metrics, predicted_latencies, sample_architectures,
-                                         scatter_plot)
+from nas_core.profiling.fidelity import fidelity_metrics, predicted_latencies, sample_architectures, scatter_plot
 from nas_core.search_space import SPACES
 
 

@@ -11,8 +11,14 @@ from nas_core.cost_table import architecture_cost, build_cost_table, read_cost_t
 from nas_core.profiling.boundary import boundary_ms, edges, probe_key, probe_units
 from nas_core.profiling.export import export_onnx, network_unit, onnx_filename, table_units
 from nas_core.profiling.fidelity import sample_architectures
-from nas_core.profiling.profile import (MeasurementStore, latency_table, measure_networks, measure_units,
-                                       profile_space, store_path)
+from nas_core.profiling.profile import (
+    MeasurementStore,
+    latency_table,
+    measure_networks,
+    measure_units,
+    profile_space,
+    store_path,
+)
 from nas_core.profiling.targets import LocalTarget, MeasurementError, Protocol, TransientError
 from nas_core.search_space import SPACES, SearchSpace
 
@@ -99,7 +105,8 @@ def _fake_store(tmp_path, base, edge_ms):
     """Every unit measured at 1 ms; probes such that boundary(C, H, W) = edge_ms(C)."""
     store = MeasurementStore(tmp_path / "fake.jsonl")
     for u in table_units(base, base["space"].iloc[0]):
-        store.records[u.key] = {"key": u.key, "latency_ms": 1.0, "latency_p10_ms": 0.9, "latency_p90_ms": 1.1, "runs": 5}
+        store.records[u.key] = {"key": u.key, "latency_ms": 1.0, "latency_p10_ms": 0.9, "latency_p90_ms": 1.1,
+                                "runs": 5}
     for shape in {s for row in edges(base) for s in row}:
         for n, t in ((1, 2.0), (2, 4.0 - edge_ms(shape[0]))):  # 2 T1 - T2 = edge_ms
             store.records[probe_key(n, shape)] = {"key": probe_key(n, shape), "latency_ms": t}

@@ -15,7 +15,6 @@ from nas_core.profiling.export import Unit
 from nas_core.profiling.pool import FIDELITY, PoolError, check_same_hardware, deal
 from nas_core.profiling.profile import MeasurementStore, store_path
 from nas_core.profiling.targets import build_target
-from tests.sshd import sshd  # noqa: F401 (fixture)
 
 HOSTS = ["127.0.0.1", "localhost"]
 SIZE = {"height": 32, "width": 64}

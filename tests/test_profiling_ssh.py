@@ -1,4 +1,5 @@
-"""The SSH target against a real OpenSSH server on 127.0.0.1 (started by tests/sshd.py)."""
+"""The SSH target against a real OpenSSH server on 127.0.0.1 (the `sshd` fixture of tests/sshd.py, a plugin of
+tests/conftest.py)."""
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from nas_core.profiling.profile import MeasurementStore, measure_units, profile_
 from nas_core.profiling.ssh import AuthError, HostKeyError, SshTarget, fetch_host_key, fingerprint, trust_host
 from nas_core.profiling.targets import Protocol
 from nas_core.search_space import SPACES
-from tests.sshd import _keygen, sshd  # noqa: F401 (fixture)
+from tests.sshd import _keygen
 from tests.test_profiling_local import FAST, SIZE, TINY, _tiny_units
 
 quiet = lambda s: None  # noqa: E731

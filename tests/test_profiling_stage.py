@@ -19,8 +19,8 @@ def test_flow_writes_table_facts_fidelity_and_an_mlflow_run(tmp_path, monkeypatc
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
-        "tracking": {"mlflow_uri": "sqlite:///mlflow.db", "experiment": "t"}, "paths": {"latency": "lat", "metrics": "m"},
-        "latency": SMALL_RUN}))
+        "tracking": {"mlflow_uri": "sqlite:///mlflow.db", "experiment": "t"},
+        "paths": {"latency": "lat", "metrics": "m"}, "latency": SMALL_RUN}))
     out = profile_flow("params.yaml")
     table = read_cost_table(tmp_path / "lat" / "tables" / "latency_small.parquet")
     assert (table["input_h"] == 32).all() and table["latency_ms"].notna().all()

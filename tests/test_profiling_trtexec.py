@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from nas_core.profiling.trtexec import (TrtexecError, compute_times, parse_summary, parse_trtexec,
-                                        parse_version)
+from nas_core.profiling.trtexec import TrtexecError, compute_times, parse_summary, parse_trtexec, parse_version
 
 FIXTURES = Path(__file__).parent / "fixtures" / "trtexec"
 RUNS = ("trt7.1.3_xavier", "trt8.2.1_xavier", "trt8.5.2_xavier", "trt10.3.0_orin")

@@ -7,8 +7,14 @@ import torch
 from nas_core.candidates import CANDIDATE_NAMES, NUM_CANDIDATES
 from nas_core.evaluate import evaluate_segmentation
 from nas_core.io import atomic_torch_save, atomic_write_parquet
-from nas_core.sampling import (class_map, evaluate_path, load_supernet, read_probabilities, recalibrate_bn,
-                               sample_architectures)
+from nas_core.sampling import (
+    class_map,
+    evaluate_path,
+    load_supernet,
+    read_probabilities,
+    recalibrate_bn,
+    sample_architectures,
+)
 from nas_core.search_space import get_space
 from nas_core.supernet import extract_network
 from tests.test_sampling_fixtures import SPACE, random_batches, searched_supernet, write_search_outputs

@@ -65,7 +65,8 @@ def test_wrong_block_count_says_how_many():
 def test_unknown_candidate_in_architecture_names_block_and_valid_names():
     choices = ["skip"] * 20
     choices[5] = "k7_d1_e1_g1"
-    with pytest.raises(ValueError, match=r"block 5: unknown candidate 'k7_d1_e1_g1'; valid candidates are: k3_d1_e1_g2"):
+    with pytest.raises(ValueError,
+                       match=r"block 5: unknown candidate 'k7_d1_e1_g1'; valid candidates are: k3_d1_e1_g2"):
         Architecture("small", choices)
 
 

@@ -15,6 +15,7 @@ from nas_core.config import load_params
 from nas_core.cost_table import build_cost_table, write_cost_table
 from nas_core.data import generate_cityscapes
 from tasks.search import load_cost
+from tests.launch import launch
 from tests.repo_copy import ROOT, make_repo_copy, run, stage_env
 
 SEARCH = ("search: {space: small, cost_table: costs/macs_small.parquet, alpha: 1.0, epochs: 2, patch: {height: 64, "
@@ -100,8 +101,7 @@ def test_a_killed_cli_search_resumes_from_its_checkpoint(workdir, tmp_path):
     env = stage_env(PREFECT_SERVER_ALLOW_EPHEMERAL_MODE="true")
     args = [sys.executable, "-m", "flows.cli", "search", "--set", "paths.search=" + str(tmp_path / "out"),
             "--set", "search.epochs=3", "--set", "search.checkpoint_every=1"]
-    proc = subprocess.Popen(args, cwd=workdir, env={**env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = launch(args, workdir, {**env, "PYTHONPATH": str(ROOT)}, stderr=subprocess.STDOUT)
     checkpoints = tmp_path / "out" / "checkpoints"
     deadline = time.time() + 300
     while not list(checkpoints.glob("*/last.pt")) and proc.poll() is None and time.time() < deadline:

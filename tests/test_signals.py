@@ -18,6 +18,7 @@ from nas_core.config import load_params
 from nas_core.cost_table import build_cost_table, write_cost_table
 from nas_core.data import generate_cityscapes
 from tasks import tracking
+from tests.launch import launch
 from tests.repo_copy import ROOT, make_repo_copy, stage_env
 
 BIG_DATA = ["--set", "data.cityscapes_train=2000"]  # minutes of generation: the signal lands mid-task
@@ -69,19 +70,13 @@ def _state(pid: int) -> str:
         return ""
 
 
-def start(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
-    # its own process group, as a shell gives a foreground job: a terminal's Ctrl-C is SIGINT to that group.
-    # SIGINT as a foreground job has it: pytest run in the background of a shell inherits it ignored
-    return subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
 def wait_for(condition, proc: subprocess.Popen, timeout_s: float = 600.0) -> None:
     deadline = time.time() + timeout_s
     while not condition():
         if proc.poll() is not None:
             out, err = proc.communicate()
-            raise AssertionError(f"the command ended ({proc.returncode}) before the signal:\n{out[-3000:]}\n{err[-3000:]}")
+            raise AssertionError(f"the command ended ({proc.returncode}) before the signal:\n"
+                                 f"{out[-3000:]}\n{err[-3000:]}")
         assert time.time() < deadline, "the command did not get under way"
         time.sleep(0.1)
 
@@ -121,7 +116,7 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
 def test_a_signalled_data_stage_stops_leaving_no_process_or_temporary(data_dir, how):
     signum = getattr(signal, how)
     env = cli_env(data_dir)
-    proc = start([sys.executable, "-m", "flows.cli", "data", *BIG_DATA], data_dir, env)
+    proc = launch([sys.executable, "-m", "flows.cli", "data", *BIG_DATA], data_dir, env)
     wait_for(lambda: any((data_dir / "data").glob(".cityscapes.*")), proc)
     code, err, seconds, started = interrupt(proc, signum)
 
@@ -161,7 +156,7 @@ def search_runs(root: Path) -> list:
 @pytest.mark.slow
 def test_ctrl_c_on_search_keeps_its_checkpoint_and_ends_its_runs_killed(search_dir):
     env = cli_env(search_dir)
-    proc = start([sys.executable, "-m", "flows.cli", "search"], search_dir, env)
+    proc = launch([sys.executable, "-m", "flows.cli", "search"], search_dir, env)
     wait_for(lambda: any((search_dir / "out").rglob("*.pt")), proc)
     code, err, seconds, started = interrupt(proc, signal.SIGINT)
 
@@ -178,7 +173,7 @@ def test_ctrl_c_on_search_keeps_its_checkpoint_and_ends_its_runs_killed(search_d
 def test_after_a_kill_9_the_next_run_of_the_stage_marks_the_stale_run_killed(search_dir):
     env = cli_env(search_dir)
     before = len(search_runs(search_dir))
-    proc = start([sys.executable, "-m", "flows.cli", "search", "--set", "paths.search=out9"], search_dir, env)
+    proc = launch([sys.executable, "-m", "flows.cli", "search", "--set", "paths.search=out9"], search_dir, env)
     wait_for(lambda: len(search_runs(search_dir)) > before, proc)
     code, _, _, started = interrupt(proc, signal.SIGKILL)
     assert code == -signal.SIGKILL and not still_running(started)
@@ -261,7 +256,7 @@ def test_a_signalled_pipeline_run_leaves_no_process_behind(pipeline_repo, how):
     signum = getattr(signal, how)
     env = stage_env(PYTHONPATH=str(ROOT))
     env.pop("PREFECT_API_URL", None)
-    proc = start([sys.executable, "-m", "flows.cli", "run", "data"], pipeline_repo, env)
+    proc = launch([sys.executable, "-m", "flows.cli", "run", "data"], pipeline_repo, env)
     wait_for(lambda: any((pipeline_repo / "data").glob(".cityscapes.*")), proc)
     time.sleep(1)
     code, err, seconds, started = interrupt(proc, signum)

@@ -26,7 +26,8 @@ def _x(n: int = 2, seed: int = 0) -> torch.Tensor:
 
 def _random_arch(seed: int) -> Architecture:
     g = torch.Generator().manual_seed(seed)
-    return Architecture("tiny", [CANDIDATE_NAMES[int(j)] for j in torch.randint(0, 13, (TINY.num_blocks,), generator=g)])
+    indices = torch.randint(0, 13, (TINY.num_blocks,), generator=g)
+    return Architecture("tiny", [CANDIDATE_NAMES[int(j)] for j in indices])
 
 
 def test_forward_gives_logits_of_the_input_size():

@@ -10,8 +10,14 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from nas_core.schedules import build_schedule, lr_curve
-from nas_core.train import (EpochBatchSampler, NonFiniteLossError, SeededDataset, load_checkpoint, make_train_loader,
-                            train)
+from nas_core.train import (
+    EpochBatchSampler,
+    NonFiniteLossError,
+    SeededDataset,
+    load_checkpoint,
+    make_train_loader,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, BATCH = 4, 4

@@ -138,7 +138,8 @@ def test_flows_skip_switched_off_stages_and_record_the_lineage_in_mlflow(tmp_pat
     assert load_payload(tmp_path / "train/pretrain_coco/model.pt")["state_dict"] is None
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = {r.data.tags["squeezenas.stage"]: r for r in mlflow.search_runs(experiment_names=["t"], output_format="list")}
+    found = mlflow.search_runs(experiment_names=["t"], output_format="list")
+    runs = {r.data.tags["squeezenas.stage"]: r for r in found}
     assert set(runs) == set(FLOWS)
     assert runs["pretrain_coco"].data.tags["squeezenas.enabled"] == "false"
     fine = runs["train_fine"]

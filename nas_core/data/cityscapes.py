@@ -20,7 +20,8 @@ SPLITS: dict[str, tuple[tuple[str, ...], str]] = {
     "coarse_train": (("train", "train_extra"), "gtCoarse"),
 }
 IMAGE_SUFFIX = "_leftImg8bit.png"
-# <city>_<seq>_<frame>: cities may contain '-' (bad-honnef) but never '_', exactly as csHelpers.getCsFileInfo splits them
+# <city>_<seq>_<frame>: cities may contain '-' (bad-honnef) but never '_',
+# exactly as csHelpers.getCsFileInfo splits them
 FRAME_RE = re.compile(r"^(?P<city>[^_]+)_(?P<seq>\d+)_(?P<frame>\d+)$")
 
 
@@ -62,7 +63,8 @@ def _list_frames(folder: Path, suffix: str, others_allowed: bool) -> dict[str, P
 
 
 def list_pairs(root: str | Path, split: str) -> list[tuple[Path, Path]]:
-    """All (image, labelIds) pairs of a split, sorted; any image without a label or label without an image is an error."""
+    """All (image, labelIds) pairs of a split, sorted;
+    any image without a label or label without an image is an error."""
     image_splits, annotation = _check_split(split)
     root = Path(root)
     pairs: list[tuple[Path, Path]] = []
@@ -124,7 +126,8 @@ class CityscapesSegmentation(Dataset):
         return self.transform(image, train_ids)
 
     def verify(self) -> int:
-        """Decode and check every pair now (readability, sizes, label ids) instead of when first loaded; returns the count."""
+        """Decode and check every pair now (readability, sizes, label ids) instead of when first loaded;
+        returns the count."""
         for pair in self.files:
             read_label_pair(*pair)
         return len(self.files)

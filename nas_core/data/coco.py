@@ -79,9 +79,11 @@ def _load_index(json_path: Path) -> tuple[list[dict], dict[int, list[dict]]]:
     by_image: dict[int, list[dict]] = {image["id"]: [] for image in images}
     for annotation in annotations:
         if annotation["image_id"] not in by_image:
-            raise DatasetError(f"{json_path}: annotation {annotation['id']} refers to unknown image {annotation['image_id']}")
+            raise DatasetError(f"{json_path}: annotation {annotation['id']} refers to unknown image "
+                               f"{annotation['image_id']}")
         if annotation["category_id"] not in names:
-            raise DatasetError(f"{json_path}: annotation {annotation['id']} has unknown category {annotation['category_id']}")
+            raise DatasetError(f"{json_path}: annotation {annotation['id']} has unknown category "
+                               f"{annotation['category_id']}")
         by_image[annotation["image_id"]].append(annotation)
     return sorted(images, key=lambda image: image["id"]), by_image
 
@@ -121,7 +123,8 @@ class CocoSegmentation(Dataset):
         try:
             return semantic_mask(self._annotations[info["id"]], info["height"], info["width"])
         except (ValueError, TypeError, KeyError) as error:  # pycocotools rejects malformed polygons with these
-            raise DatasetError(f"{self.json_path}: bad segmentation for image {self.files[index]} ({error!r})") from error
+            raise DatasetError(f"{self.json_path}: bad segmentation for image {self.files[index]} "
+                               f"({error!r})") from error
 
     def _pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image = read_rgb(self.files[index])

@@ -35,8 +35,9 @@ class _Canvas:
         self.rows: list[tuple[int, int, tuple[float, float, float], int, float, float]] = []
         self.instances = {name: 0 for name in INSTANCE_CLASSES}
 
-    def segment(self, name: str, texture: int = PLAIN, colour: str | None = None, period: tuple[float, float] = (8, 8),
-                instance: bool = False, part_of: int | None = None, rgb: tuple[float, float, float] | None = None) -> int:
+    def segment(self, name: str, texture: int = PLAIN, colour: str | None = None,
+                period: tuple[float, float] = (8, 8), instance: bool = False, part_of: int | None = None,
+                rgb: tuple[float, float, float] | None = None) -> int:
         """A new segment of class `name` coloured from palette `colour` (default: the class's own); returns its index.
 
         `instance` starts a new instance; `part_of` (a segment index) joins that segment's instance instead.
@@ -153,7 +154,8 @@ def _person(c: _Canvas, x: float, y: float, m: float) -> None:
     head = c.segment("person", colour="skin", part_of=clothes)
     legs = c.segment("person", colour="road", part_of=clothes)
     half = tall * 0.13
-    c.polygon(legs, [(x - half, y), (x - half * 0.2, y - tall * 0.48), (x + half * 0.2, y - tall * 0.48), (x + half, y)])
+    c.polygon(legs, [(x - half, y), (x - half * 0.2, y - tall * 0.48), (x + half * 0.2, y - tall * 0.48),
+                     (x + half, y)])
     c.polygon(clothes, [(x - half, y - tall * 0.45), (x + half, y - tall * 0.45), (x + half * 0.8, y - tall * 0.85),
                         (x - half * 0.8, y - tall * 0.85)])
     c.ellipse(head, x, y - tall * 0.92, tall * 0.07, tall * 0.08)

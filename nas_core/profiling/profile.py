@@ -20,8 +20,16 @@ import pandas as pd
 from nas_core.cost_table import build_cost_table, validate_cost_table
 from nas_core.io import atomic_write_text
 from nas_core.profiling.boundary import probe_units, remove_edge_costs
-from nas_core.profiling.export import (OPSET, Unit, export_onnx, is_zero_cost, network_key, network_unit,
-                                       onnx_filename, table_units)
+from nas_core.profiling.export import (
+    OPSET,
+    Unit,
+    export_onnx,
+    is_zero_cost,
+    network_key,
+    network_unit,
+    onnx_filename,
+    table_units,
+)
 from nas_core.profiling.targets import Job, Target, TransientError
 from nas_core.search_space import Architecture, SearchSpace, get_space
 
@@ -40,7 +48,8 @@ class MeasurementStore:
                     rec = json.loads(line)
                     self.records[rec["key"]] = rec
                 except (ValueError, KeyError, TypeError):
-                    raise ValueError(f"{self.path}:{n}: not a measurement record; delete the file to re-measure") from None
+                    raise ValueError(f"{self.path}:{n}: not a measurement record; "
+                                     "delete the file to re-measure") from None
 
     def __contains__(self, key: str) -> bool:
         return key in self.records

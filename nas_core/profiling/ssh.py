@@ -16,8 +16,17 @@ import paramiko
 
 from nas_core.io import atomic_write_text
 from nas_core.profiling.export import onnx_filename
-from nas_core.profiling.targets import (RUNNER, Job, OnResult, ProfileError, Protocol, RunnerOutput, Target,
-                                        TransientError, write_manifest)
+from nas_core.profiling.targets import (
+    RUNNER,
+    Job,
+    OnResult,
+    ProfileError,
+    Protocol,
+    RunnerOutput,
+    Target,
+    TransientError,
+    write_manifest,
+)
 
 
 class HostKeyError(ProfileError):
@@ -163,7 +172,8 @@ class SshTarget(Target):
         except (OSError, EOFError, paramiko.SSHException) as e:
             raise TransientError(f"{self.name}: connection lost running {argv[0]} ({e})") from None
         if rc != 0:
-            raise ProfileError(f"{self.name}: `{quote_command(argv)}` exited with {rc}: {err.decode(errors='replace')[-1000:]}")
+            raise ProfileError(f"{self.name}: `{quote_command(argv)}` exited with {rc}: "
+                               f"{err.decode(errors='replace')[-1000:]}")
         return out.decode(errors="replace")
 
     def _put(self, local: Path, remote_name: str) -> str:

@@ -127,7 +127,8 @@ class RunnerOutput:
                 self.errors.append(f"{msg['key']}: {e}")
                 return
             self.on_result(record(msg["key"], t.median_ms, t.p10_ms, t.p90_ms, t.runs,
-                                  timed_s=t.median_ms * t.runs / 1e3, setup_s=msg["wall_s"] - t.median_ms * t.runs / 1e3,
+                                  timed_s=t.median_ms * t.runs / 1e3,
+                                  setup_s=msg["wall_s"] - t.median_ms * t.runs / 1e3,
                                   warmup_s=0.0, source=t.source))
         elif event == "error":
             self.errors.append(f"{msg['key']}: {msg['message']}")
@@ -145,8 +146,8 @@ class RunnerOutput:
 def write_manifest(path: Path, protocol: Protocol, jobs: Iterable[tuple[str, str, tuple]]) -> None:
     from nas_core.io import atomic_write_json
 
-    atomic_write_json(path, {**protocol.manifest(),
-                             "jobs": [{"key": k, "file": f, "inputs": [list(s) for s in shapes]} for k, f, shapes in jobs]})
+    entries = [{"key": k, "file": f, "inputs": [list(s) for s in shapes]} for k, f, shapes in jobs]
+    atomic_write_json(path, {**protocol.manifest(), "jobs": entries})
 
 
 def _lines(proc: subprocess.Popen, timeout_s: float, where: str) -> Iterator[str]:

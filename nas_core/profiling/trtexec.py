@@ -104,7 +104,8 @@ def parse_summary(log: str) -> dict[str, float]:
         if not block:
             raise TrtexecError("trtexec output has no GPU compute summary (neither 7.x nor 8.x+ format)")
         stats = {k: float(v) for k, v in re.findall(rf"^(min|max|mean|median): {_NUMBER} ms", block[1], re.M)}
-        stats.update({f"p{p}": float(v) for v, p in re.findall(rf"^percentile: {_NUMBER} ms at (\d+)%", block[1], re.M)})
+        percentiles = re.findall(rf"^percentile: {_NUMBER} ms at (\d+)%", block[1], re.M)
+        stats.update({f"p{p}": float(v) for v, p in percentiles})
     if "median" not in stats:
         raise TrtexecError("trtexec GPU compute summary has no median")
     return stats
