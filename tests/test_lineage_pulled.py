@@ -35,7 +35,7 @@ def test_pulled_inputs_are_named_in_the_lineage(tmp_path, monkeypatch):
 
     monkeypatch.chdir(mate)
     params = load_params("params.yaml")
-    with tracking.stage_run(params.tracking, "search") as stage:
+    with tracking.stage_run(params.tracking, "search@mac_small") as stage:
         run_id = stage.info.run_id
     tags = mlflow.MlflowClient().get_run(run_id).data.tags
     assert tags["dvc.input.outputs/cost_tables"] == md5
@@ -46,7 +46,7 @@ def test_pulled_inputs_are_named_in_the_lineage(tmp_path, monkeypatch):
     client.create_registered_model("pulled-test")
     client.create_model_version("pulled-test", source=f"runs:/{run_id}/model", run_id=run_id)
     chain = tracking.lineage(params.tracking, "pulled-test")
-    assert chain[1]["stage"] == "search" and "outputs/cost_tables" in chain[1]["external"]
+    assert chain[1]["stage"] == "search@mac_small" and "outputs/cost_tables" in chain[1]["external"]
     text = subprocess.run(["squeezenas", "lineage", "pulled-test"], cwd=mate, env=stage_env(),
                           capture_output=True, text=True, check=True).stdout
     line = next(ln for ln in text.splitlines() if "input outputs/cost_tables" in ln)

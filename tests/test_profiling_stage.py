@@ -4,7 +4,7 @@ import json
 import pytest
 
 from nas_core.cost_table import read_cost_table
-from tests.repo_copy import make_repo_copy, run
+from tests.repo_copy import TINY_EXPERIMENTS, make_repo_copy, run
 
 SMALL_RUN = {"input_size": {"height": 32, "width": 64}, "warmup": 0, "runs": 2, "min_time_s": 0.0,
              "clock": "thread", "fidelity": {"num_networks": 3, "seed": 1, "space": "small"}}
@@ -57,7 +57,8 @@ def test_dvc_repro_latency_table_resumes_from_stored_measurements(tmp_path):
 
     repo = make_repo_copy(tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["latency"].update(SMALL_RUN)
+    params["latency"].update(SMALL_RUN, spaces=["small"])
+    params["experiments"] = TINY_EXPERIMENTS  # the small space's only: the others need their latency tables
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "commit", "-qam", "small profile"], repo)
     first = run(["dvc", "repro", "latency_table"], repo)

@@ -16,7 +16,7 @@ from nas_core.cost_table import build_cost_table, write_cost_table
 from nas_core.data import generate_cityscapes
 from tasks.search import load_cost
 from tests.launch import launch
-from tests.repo_copy import ROOT, make_repo_copy, run, stage_env
+from tests.repo_copy import ROOT, TINY_EXPERIMENTS, make_repo_copy, run, stage_env
 
 SEARCH = ("search: {space: small, cost_table: costs/macs_small.parquet, alpha: 1.0, epochs: 2, patch: {height: 64, "
           "width: 128}, batch_size: 2, theta_lr: 0.2, threads: 1, log_every: 1, device: cpu}\n")
@@ -129,10 +129,11 @@ def test_dvc_repro_search_in_a_fresh_repository(tmp_path):
     for section, values in overrides.items():
         params[section].update(values)
     params["search"].update(epochs=1, batch_size=2, patch={"height": 64, "width": 128}, threads=1)
+    params["experiments"] = {"mac_small": TINY_EXPERIMENTS["mac_small"]}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["dvc", "repro", "search"], repo)
-    out = repo / "outputs" / "search"
+    run(["dvc", "repro", "search@mac_small"], repo)  # an experiment's search alone, with what it needs
+    out = repo / "outputs" / "experiments" / "mac_small" / "search"
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 1
     assert (out / "supernet.pt").is_file() and "supernet.pt" in (repo / "dvc.lock").read_text()
-    again = run(["dvc", "repro", "search"], repo)
-    assert "Running stage 'search'" not in again.stdout
+    again = run(["dvc", "repro", "search@mac_small"], repo)
+    assert "Running stage 'search@mac_small'" not in again.stdout
