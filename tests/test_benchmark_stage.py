@@ -10,7 +10,7 @@ from nas_core.data import generate_cityscapes
 from nas_core.network import SegmentationNetwork
 from nas_core.retrain import save_payload, stage_payload
 from nas_core.zoo import PUBLISHED
-from tests.repo_copy import make_repo_copy, run
+from tests.repo_copy import TINY_EXPERIMENTS, make_repo_copy, run
 
 ARCH = PUBLISHED["squeezenas_lat_small"]
 
@@ -92,16 +92,20 @@ def test_dvc_repro_runs_the_chain_in_a_fresh_repository_and_beats_the_references
     params = yaml.safe_load((repo / "params.yaml").read_text())
     for section, values in yaml.safe_load(TINY_PARAMS).items():
         params[section] = {**params.get(section, {}), **values}
+    params["experiments"] = {"mac_small": TINY_EXPERIMENTS["mac_small"]}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    ARCH.save(repo / "outputs/samples/chosen_architecture.json")  # what the select stage writes
+    exp = repo / "outputs/experiments/mac_small"
+    ARCH.save(exp / "samples/chosen_architecture.json")  # what the select stage writes
+    (exp / "samples/select_metrics.json").write_text(json.dumps({"rule": "given by the test"}))
     run(["dvc", "repro", "--single-item", "data"], repo)
-    for stage in CHAIN:
-        run(["dvc", "repro", "--single-item", stage], repo)
-    metrics = json.loads((repo / "outputs/benchmark/metrics.json").read_text())
-    ours = metrics["networks"]["ours"]["class_miou"]
+    for stage in CHAIN:  # the experiment's chain from its chosen architecture on
+        run(["dvc", "repro", "--single-item", f"{stage}@mac_small"], repo)
+    metrics = json.loads((repo / "outputs/benchmark/mac_small/metrics.json").read_text())
+    assert metrics["choice"] == {"rule": "given by the test"}  # Table 1's row says how it was chosen
+    ours = metrics["networks"]["mac_small"]["class_miou"]
     assert all(ours > ref + 0.02 for ref in metrics["references"].values()), (ours, metrics["references"])
-    lineage = json.loads((repo / "outputs/train/train_fine/lineage.json").read_text())
+    lineage = json.loads((exp / "train/train_fine/lineage.json").read_text())
     assert lineage[0] == {"stage": "pretrain_imagenet", "status": "skipped", "passes_on": "scratch"}
     assert lineage[1]["starts_from"] == "scratch"
-    again = run(["dvc", "repro", "--single-item", "train_fine"], repo)
+    again = run(["dvc", "repro", "--single-item", "train_fine@mac_small"], repo)
     assert "didn't change, skipping" in again.stdout
