@@ -12,7 +12,7 @@ import yaml
 from nas_core.cost_table import build_cost_table, write_cost_table
 from nas_core.data import generate_cityscapes
 from nas_core.search_space import Architecture
-from tests.repo_copy import make_repo_copy, run, stage_env
+from tests.repo_copy import TINY_EXPERIMENTS, make_repo_copy, run, stage_env
 from tests.test_sampling_fixtures import IMAGE_SIZE, searched_supernet, write_search_outputs
 
 pytestmark = pytest.mark.slow
@@ -50,28 +50,37 @@ def test_a_killed_sample_run_keeps_its_evaluations_and_the_rerun_does_the_rest(t
 
 
 def test_dvc_repro_runs_sample_then_select_and_skips_them_when_nothing_changed(tmp_path):
+    from flows.cost_tables import write_published_cards
+
     repo = make_repo_copy(tmp_path / "repo")
     lay_out_inputs(repo)
+    exp = repo / "outputs" / "experiments" / "mac_small"
+    exp.mkdir(parents=True)
+    (repo / "outputs" / "search").rename(exp / "search")  # what search@mac_small writes
+    write_published_cards(repo / "outputs" / "networks")  # what cost_tables writes
+    (repo / "outputs" / "latency" / "tables").mkdir(parents=True)  # no latency table: MAC costs only
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["sample"].update(num_samples=5, workers=2, device="cpu")
+    params["experiments"] = {"mac_small": TINY_EXPERIMENTS["mac_small"]}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["dvc", "repro", "--single-item", "sample"], repo)
-    run(["dvc", "repro", "--single-item", "select"], repo)
-    samples = repo / "outputs" / "samples"
+    run(["dvc", "repro", "--single-item", "sample@mac_small"], repo)
+    run(["dvc", "repro", "--single-item", "select@mac_small"], repo)
+    samples = exp / "samples"
     arch = Architecture.load(samples / "chosen_architecture.json")
     assert arch.space == "small"
     assert {p.name for p in (samples / "plots").iterdir()} == {"pareto_macs.png", "pareto_params.png",
                                                                 "architecture.png"}
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    assert {"sample", "select"} <= set(lock)
-    assert "sample.choice" not in lock["sample"]["params"]["params.yaml"]  # the choice never reruns sampling
-    again = run(["dvc", "repro", "--single-item", "select"], repo)
+    assert {"sample@mac_small", "select@mac_small"} <= set(lock)
+    assert not any("choice" in key for key in lock["sample@mac_small"]["params"]["params.yaml"])  # never reruns it
+    assert (repo / "outputs" / "networks" / "mac_small.json").read_text() == (samples / "chosen_architecture.json"
+                                                                             ).read_text()
+    again = run(["dvc", "repro", "--single-item", "select@mac_small"], repo)
     assert "didn't change, skipping" in again.stdout and "Running stage" not in again.stdout
     plots = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)
     assert any("front_macs.csv" in key for key in json.dumps(plots).split('"'))
 
-    params["sample"]["choice"]["rule"] = "best_under_budget"
-    params["sample"]["choice"]["target"] = 1e12
+    params["experiments"]["mac_small"]["choice"]["rule"] = "best_under_budget"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = run(["dvc", "status", "sample", "select"], repo).stdout
-    assert "select" in status and "sample:" not in status
+    status = run(["dvc", "status", "sample@mac_small", "select@mac_small"], repo).stdout
+    assert "select@mac_small" in status and "sample@mac_small:" not in status
