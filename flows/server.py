@@ -89,15 +89,53 @@ def prefect_server(home: Path | None = None) -> Iterator[tuple[str, Callable[[],
 @contextmanager
 def stage_api() -> Iterator[str]:
     """The Prefect API for one stage command's flow: PREFECT_API_URL's, or a server of its own."""
+    from prefect import tags
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with prefect_server() as (url, ready):
         ready()
         try:
             with temporary_settings({PREFECT_API_URL: url}):
-                yield url
+                try:
+                    end_orphaned_flow_runs()
+                except Exception as e:  # bookkeeping of earlier commands never stops this one
+                    print(f"[prefect] could not check for flow runs of dead commands: {e}", file=sys.stderr)
+                with tags(f"{HOST_TAG}{socket.gethostname()}", f"{PID_TAG}{os.getpid()}"):  # for the next command
+                    yield url
         finally:
             _drain_to_server()
+
+
+HOST_TAG, PID_TAG = "squeezenas.host:", "squeezenas.pid:"
+
+
+def end_orphaned_flow_runs() -> list[str]:
+    """Mark Crashed the Running flow runs of this host whose command's process is gone. A kill -9 (or a
+    lost machine) gives a command no chance to report its end, so the next command on the machine
+    does, as tasks/tracking.end_stale_runs does for MLflow runs. Returns the flow run ids."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.states import Crashed
+
+    host, ended = socket.gethostname(), []
+    running = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])),
+                            tags=FlowRunFilterTags(all_=[f"{HOST_TAG}{host}"]))
+    with get_client(sync_client=True) as client:
+        for run in client.read_flow_runs(flow_run_filter=running, sort=FlowRunSort.START_TIME_ASC, limit=200):
+            pids = [t.removeprefix(PID_TAG) for t in run.tags if t.startswith(PID_TAG)]
+            if not pids or not pids[0].isdigit() or processes.pid_alive(int(pids[0])):
+                continue
+            client.set_flow_run_state(run.id, Crashed(message=f"its command's process {pids[0]} on {host} is gone "
+                                                      "(killed outright); marked by the next command"), force=True)
+            ended.append(str(run.id))
+    return ended
 
 
 def _drain_to_server(timeout_s: float = 10.0) -> None:

@@ -100,6 +100,13 @@ def flow_run_states(prefect_home: Path) -> dict[str, str]:
                                "on flow_run.flow_id = flow.id").fetchall())
 
 
+def flow_states(prefect_home: Path, flow: str) -> list[str]:
+    """The state of every flow run of `flow`, oldest first."""
+    with sqlite3.connect(prefect_home / "prefect.db") as db:
+        return [s for (s,) in db.execute("select flow_run.state_type from flow_run join flow on flow_run.flow_id = "
+                                         "flow.id where flow.name = ? order by flow_run.created", (flow,))]
+
+
 @pytest.fixture
 def data_dir(tmp_path):
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
@@ -180,12 +187,20 @@ def test_after_a_kill_9_the_next_run_of_the_stage_marks_the_stale_run_killed(sea
     stale = search_runs(search_dir)[-1]
     assert stale.info.status == "RUNNING"  # nothing could end it
 
+    assert "RUNNING" in flow_states(search_dir / "prefect_home", "search")  # nor its Prefect flow run
+
     params = load_params(search_dir / "params.yaml")
     with tracking.stage_run(params.tracking, "search"):  # the next run of the stage
         pass
     runs = {r.info.run_id: r for r in search_runs(search_dir)}
     assert runs[stale.info.run_id].info.status == "KILLED"
     assert "gone" in runs[stale.info.run_id].data.tags[tracking.KILLED_TAG]
+    # the next command on the machine, whichever stage, ends the dead command's flow run
+    nxt = launch([sys.executable, "-m", "flows.cli", "cost-tables", "--set", "cost_tables.spaces=[small]", "--set",
+                  "paths.cost_tables=ct", "--set", "paths.networks=nets"], search_dir, env)
+    _, err = nxt.communicate(timeout=300)
+    assert nxt.returncode == 0, err[-2000:]
+    assert "RUNNING" not in flow_states(search_dir / "prefect_home", "search")
 
 
 HELPER = """
