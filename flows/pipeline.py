@@ -95,12 +95,16 @@ def pipeline_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] =
     os.environ[tracking.PARENT_RUN_ENV] = parent
     results, ok, failure, error = [], False, None, None
     try:
-        for name, stage_flow in SHARED.items():
-            if not stages or name in stages:
-                print(f"[pipeline] stage {name}")
-                failure = (name, "interrupted")
-                stage_flow(params_file, overrides)
-                results.append(name)
+        def run_group(group: dict) -> None:  # the stages run once (not per experiment), in order
+            nonlocal failure
+            for name, stage_flow in group.items():
+                if not stages or name in stages:
+                    print(f"[pipeline] stage {name}")
+                    failure = (name, "interrupted")
+                    stage_flow(params_file, overrides)
+                    results.append(name)
+
+        run_group(SHARED)
         failure = ("experiment chains", "interrupted")
         chains = _Chains(params, params_file, overrides, stages)
         with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="chain") as pool:
@@ -117,12 +121,7 @@ def pipeline_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] =
             name, e = next(iter(errors.items()))
             failure = (f"chain {name}", str(e) or type(e).__name__)
             raise e
-        for name, stage_flow in FINAL.items():
-            if not stages or name in stages:
-                print(f"[pipeline] stage {name}")
-                failure = (name, "interrupted")
-                stage_flow(params_file, overrides)
-                results.append(name)
+        run_group(FINAL)
         ok = True
     except BaseException as e:
         error = e

@@ -4,7 +4,6 @@ MobileNetV3-Small/-Large - is timed in one interleaved session on the same targe
 protocol; then the per-space comparison of the latency network with the MAC network (sections 5.1-5.4)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prefect import flow
@@ -22,24 +21,24 @@ PAPER_FIGURES = "reference/paper_figures.json"
 def report_target(params):
     """The benchmark's target with the report's interleaving: 'local' (onnxruntime on this machine) or
     'profiling' (the latency stage's device and protocol)."""
-    from nas_core.profiling.targets import LocalTarget, Protocol, build_target
+    from nas_core.benchmark import local_target
+    from nas_core.profiling.targets import build_target
 
     cfg = params.benchmark
     if cfg.target == "local":
-        return LocalTarget(Protocol(warmup=cfg.warmup, runs=cfg.runs, rounds=cfg.rounds, threads=cfg.threads,
-                                    clock="thread" if cfg.threads == 1 else "wall")), \
+        return local_target(cfg.threads, cfg.warmup, cfg.runs, cfg.rounds), \
             f"local:{device_name(params.latency)} (onnxruntime CPU, {cfg.threads} thread(s), {cfg.rounds} rounds " \
             f"of {cfg.runs} runs, interleaved)"
     lat = params.latency
     return build_target(lat), f"{lat.target}:{device_name(lat)} ({lat.backend}, {lat.runs}+ runs)"
 
 
-def budget_notes(params) -> list[str]:
-    """One note per experiment whose choice found no sample under its budget (select took the cheapest)."""
+def budget_notes(rows: list[dict]) -> list[str]:
+    """One note per experiment whose choice found no sample under its budget (select took the cheapest);
+    `rows`' choice is the one benchmark@NAME copied from select_metrics.json."""
     notes = []
-    for name in params.experiments:
-        path = Path(params.for_experiment(name).paths.benchmark) / "metrics.json"  # benchmark@NAME copies it
-        chosen = json.loads(path.read_text()).get("choice") or {} if path.is_file() else {}
+    for row in rows:
+        name, chosen = row["network"], row.get("choice") or {}
         if chosen.get("budget_met") is False:
             notes.append(f"{name}: no sample under the budget of {chosen['reference']} ({chosen['metric']} <= "
                          f"{chosen['target']:.4g}); select took the cheapest sample ({chosen['metric']} "
@@ -76,7 +75,7 @@ def report_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
                 if params.data.generate else ""),
              "Published networks without released weights have no mIoU (their MACs, parameters and latency are "
              "measured all the same)."]
-    notes += budget_notes(params)
+    notes += budget_notes(rows)
     written = write_table1(table, comparisons, where, out, load_paper_figures(PAPER_FIGURES), notes)
     fig5 = figure(table, "gmacs", out / FIGURE5, "Figure 5: GMACs vs class mIoU")
     fig6 = figure(table, "latency_ms", out / FIGURE6, f"Figure 6: latency on {where.split(' (')[0]} vs class mIoU")

@@ -124,20 +124,31 @@ def benchmark_network(name: str, model: nn.Module, arch: Architecture | None, we
     """One row of the report: export + parity, latency on the target, MACs, params and, with
     `eval_loader`, the class mIoU at the loader's (full) resolution."""
     model = model.cpu().eval()
-    log(f"[benchmark] {name}: export to ONNX at {input_size[0]}x{input_size[1]} and parity check")
-    diff = export_checked(model, onnx_path, input_size, atol)
+    facts = network_facts(name, model, arch, onnx_path, input_size, eval_loader, num_classes, atol, log)
     log(f"[benchmark] {name}: latency on the target")
     lat = measure(network_unit(name, model, input_size), Path(onnx_path))
+    row = BenchmarkRow(name, describe_architecture(arch) if arch else f"{name} (LR-ASPP head)", weights,
+                       facts["class_miou"], float(lat["median_ms"]), float(lat["p10_ms"]), float(lat["p90_ms"]),
+                       int(lat["runs"]), facts["macs"], facts["params"], facts["onnx_max_rel_diff"])
+    log(f"[benchmark] {name}: {row.latency_ms:.1f} ms, {row.gmacs:.2f} GMACs, {row.params / 1e6:.3f} M params"
+        + (f", mIoU {100 * row.class_miou:.2f}%" if row.class_miou is not None else ""))
+    return row
+
+
+def network_facts(name: str, model: nn.Module, arch: Architecture | None, onnx_path: str | Path,
+                  input_size: tuple[int, int], eval_loader: Iterable | None = None, num_classes: int = 19,
+                  atol: float = 1e-4, log: Callable[[str], None] = print) -> dict:
+    """A Table-1 row but its latency: the ONNX export checked against PyTorch, MACs, parameters and,
+    with `eval_loader`, the class mIoU at the loader's (full) resolution."""
+    model = model.cpu().eval()
+    log(f"[benchmark] {name}: export to ONNX at {input_size[0]}x{input_size[1]} and parity check")
+    diff = export_checked(model, onnx_path, input_size, atol)
     miou = None
     if eval_loader is not None:
         log(f"[benchmark] {name}: class mIoU on the validation set")
         miou = float(evaluate_segmentation(model, eval_loader, num_classes)["class_miou"])
-    row = BenchmarkRow(name, describe_architecture(arch) if arch else f"{name} (LR-ASPP head)", weights, miou,
-                       float(lat["median_ms"]), float(lat["p10_ms"]), float(lat["p90_ms"]), int(lat["runs"]),
-                       network_macs(model, arch, input_size, num_classes), count_params(model), diff)
-    log(f"[benchmark] {name}: {row.latency_ms:.1f} ms, {row.gmacs:.2f} GMACs, {row.params / 1e6:.3f} M params"
-        + (f", mIoU {100 * miou:.2f}%" if miou is not None else ""))
-    return row
+    return {"onnx_max_rel_diff": diff, "macs": network_macs(model, arch, input_size, num_classes),
+            "params": count_params(model), "class_miou": miou}
 
 
 def target_measure(target) -> Measure:
@@ -156,12 +167,14 @@ def target_measure(target) -> Measure:
     return measure
 
 
-def local_target(threads: int = 1, warmup: int = 3, runs: int = 20):
+def local_target(threads: int = 1, warmup: int = 3, runs: int = 20, rounds: int = 1):
     """onnxruntime on this machine through the profiling runner (pinned threads, sequential execution;
-    thread CPU time when single-threaded, as the profiling stage does on shared machines)."""
+    thread CPU time when single-threaded, as the profiling stage does on shared machines; rounds > 1
+    interleaves the models of one call)."""
     from nas_core.profiling.targets import LocalTarget, Protocol
 
-    return LocalTarget(Protocol(warmup=warmup, runs=runs, threads=threads, clock="thread" if threads == 1 else "wall"))
+    return LocalTarget(Protocol(warmup=warmup, runs=runs, rounds=rounds, threads=threads,
+                                clock="thread" if threads == 1 else "wall"))
 
 
 def _fmt(v: float | None, spec: str) -> str:

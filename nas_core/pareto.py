@@ -80,11 +80,16 @@ def best_under_budget(cost, score, budget: float, front: np.ndarray | None = Non
     return _best(candidates, cost, score)
 
 
-def choose(rule: str, cost, score, target: float, front: np.ndarray | None = None) -> int:
-    """Apply choice rule `rule` (one of RULES) with its target cost or budget."""
+def choose(rule: str, cost, score, target: float, front: np.ndarray | None = None,
+           if_none_under: str = "fail") -> int:
+    """Apply choice rule `rule` (one of RULES) with its target cost or budget. best_under_budget with
+    no point under the budget fails, or with `if_none_under` 'cheapest' takes the cheapest front point."""
     if rule == "nearest_cost":
         return nearest_cost(cost, score, target, front)
     if rule == "best_under_budget":
+        c = _arrays(cost, score)[0]
+        if if_none_under == "cheapest" and not (c <= target).any():
+            return nearest_cost(cost, score, float(np.nanmin(c)), front)
         return best_under_budget(cost, score, target, front)
     raise ValueError(f"unknown choice rule {rule!r}; valid rules are: {', '.join(RULES)}")
 

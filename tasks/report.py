@@ -9,9 +9,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from nas_core.benchmark import baseline_network, describe_architecture, export_checked, network_macs
-from nas_core.evaluate import evaluate_segmentation
-from nas_core.mobilenetv3 import count_params
+from nas_core.benchmark import baseline_network, describe_architecture, network_facts
 from nas_core.profiling.export import Unit
 from nas_core.retrain import NUM_CLASSES
 from nas_core.search_space import Architecture
@@ -32,7 +30,8 @@ def experiment_row_task(name: str, space: str, objective: str, benchmark_dir: st
     the ONNX file that stage exported and checked (timed again here, with all the others)."""
     metrics_path = Path(benchmark_dir) / METRICS_JSON
     try:
-        row = json.loads(metrics_path.read_text())["networks"][name]
+        metrics = json.loads(metrics_path.read_text())
+        row = metrics["networks"][name]
     except FileNotFoundError:
         raise FileNotFoundError(f"{metrics_path}: experiment {name!r} has no benchmark (run dvc repro "
                                 f"benchmark@{name})") from None
@@ -44,7 +43,8 @@ def experiment_row_task(name: str, space: str, objective: str, benchmark_dir: st
     arch = Architecture.load(card)
     return {"network": name, "kind": "ours", "space": space, "objective": objective,
             "architecture": list(arch.choices), "weights": "trained here", "class_miou": row["class_miou"],
-            "gmacs": row["macs"] / 1e9, "params_m": row["params"] / 1e6, "onnx": str(onnx)}
+            "gmacs": row["macs"] / 1e9, "params_m": row["params"] / 1e6, "onnx": str(onnx),
+            "choice": metrics.get("choice")}
 
 
 @task(name="reference-row", cache_policy=NO_CACHE)
@@ -57,16 +57,13 @@ def reference_row_task(name: str, weights: str | None, onnx_dir: str, input_size
         raise FileNotFoundError(f"benchmark.weights.{name}: {weights}: no such weights file")
     model, arch, label = baseline_network(name, weights, NUM_CLASSES)
     onnx = Path(onnx_dir) / f"{name}.onnx"
-    export_checked(model, onnx, input_size, atol)
-    miou = None
-    if weights:
-        print(f"[report] {name}: class mIoU of the authors' weights on the validation set")
-        miou = float(evaluate_segmentation(model, val_loader(cityscapes_root), NUM_CLASSES)["class_miou"])
+    facts = network_facts(name, model, arch, onnx, input_size, val_loader(cityscapes_root) if weights else None,
+                          NUM_CLASSES, atol)  # the authors' weights get their mIoU; random ones none
     kind = "published" if name.startswith("squeezenas_") else "baseline"
     return {"network": name, "kind": kind, "space": arch.space if arch else None, "objective": _objective(name),
             "architecture": list(arch.choices) if arch else None,
-            "weights": label if label != "random" else "none (random init: no mIoU)", "class_miou": miou,
-            "gmacs": network_macs(model, arch, input_size, NUM_CLASSES) / 1e9, "params_m": count_params(model) / 1e6,
+            "weights": label if label != "random" else "none (random init: no mIoU)",
+            "class_miou": facts["class_miou"], "gmacs": facts["macs"] / 1e9, "params_m": facts["params"] / 1e6,
             "onnx": str(onnx), "family": describe_architecture(arch) if arch else f"{name} (LR-ASPP head)"}
 
 

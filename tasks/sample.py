@@ -263,9 +263,7 @@ def choose_task(samples_path: str, rule: str, metric: str, target: float, out_pa
     budget_met = rule != "best_under_budget" or bool((cost <= target).any())
     if not budget_met and if_none_under == "cheapest":
         print(f"[select] no sample's {metric} is <= {target:.4g} (cheapest {np.nanmin(cost):.4g}): taking the cheapest")
-        i = choose("nearest_cost", cost, score, float(np.nanmin(cost)))
-    else:
-        i = choose(rule, cost, score, target)
+    i = choose(rule, cost, score, target, if_none_under=if_none_under)
     row = df.iloc[i]
     arch = Architecture(row["space"], row["choices"].split(","))
     arch.save(out_path)
