@@ -33,10 +33,13 @@ from pathlib import Path
 from nas_core.io import atomic_write_json
 
 ENV = "SQUEEZENAS_FORKSERVER"
+# the server's own settings (never passed on to a stage): {"uris": [MLflow tracking URIs], "gate": a file}
+WARM_ENV = "SQUEEZENAS_FORKSERVER_MLFLOW"
 # variables read when a library loads (not when it is used): a child cannot honour a different value
 LOAD_TIME_PREFIXES = ("PREFECT_", "OMP_", "MKL_", "KMP_", "OPENBLAS_", "CUDA_", "LD_", "PYTHON", "TORCH", "MLFLOW_")
-PRELOAD = (
-    "torch", "numpy", "pandas", "pyarrow.parquet", "matplotlib.pyplot", "onnx", "onnxruntime",
+PRELOAD = (  # torch._dynamo: torch's optimizers import it on their first step (~1.6 s of every training stage)
+    "torch", "torch._dynamo", "torch.onnx", "git", "numpy", "pandas", "pyarrow.parquet", "matplotlib.pyplot",
+    "onnx", "onnxruntime",
     "prefect", "prefect.flow_engine", "prefect.task_engine", "prefect.client.orchestration",
     "mlflow", "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
     "flows.cli", "flows.data", "flows.cost_tables", "flows.profile", "flows.search", "flows.sample",
@@ -125,6 +128,42 @@ def preload(modules: tuple[str, ...] = PRELOAD) -> list[str]:
     return failed
 
 
+def warm_mlflow(uris: list[str], gate: str | None = None, timeout_s: float = 120.0) -> list[str]:
+    """Open the MLflow tracking and registry stores of `uris` once, so that no stage pays for it: a
+    process's first store checks the database schema against MLflow's ~100 migration scripts (~1.3 s of
+    every stage). MLflow caches the stores and their SQLAlchemy engines per URI; the engines' pooled
+    connections are closed here, so every child opens its own. `gate`: a file the run writes once its
+    parent run has created the database (two processes must not migrate one sqlite file at once).
+    Returns the URIs that failed (their stages open them themselves)."""
+    t0 = time.perf_counter()
+    while gate and not Path(gate).exists():
+        if time.perf_counter() - t0 > timeout_s:
+            return list(uris)
+        time.sleep(0.05)
+    failed = []
+    try:
+        import mlflow
+        from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+    except ImportError:
+        return list(uris)
+    for uri in uris:
+        try:
+            mlflow.set_tracking_uri(uri)
+            mlflow.MlflowClient()._get_registry_client()  # both stores, as a stage's client opens them
+        except Exception:
+            failed.append(uri)
+    mlflow.set_tracking_uri(None)
+    try:  # the installed packages' module map, which each model logging scans (~1.3 s) to check requirements
+        from mlflow.utils import requirements_utils
+        requirements_utils._init_packages_to_modules_map()
+    except Exception:
+        pass
+    for engine in (*TrackingStore._engine_map.values(), *RegistryStore._engine_map.values()):
+        engine.dispose()  # no connection is shared with a child
+    return failed
+
+
 def _entry(spec: str):
     module, name = spec.split(":")
     return getattr(importlib.import_module(module), name)
@@ -174,14 +213,18 @@ def _child(conn: socket.socket, listener: socket.socket, fds: list[int], request
 def serve(path: str, ready_file: str | None = None, entry: str = "flows.cli:main",
           modules: tuple[str, ...] = PRELOAD) -> None:
     """Serve requests at `path`: each is run as `entry(argv)` (an int exit status) in a forked child."""
+    # as started, before any import: torch._dynamo, for one, sets TORCHINDUCTOR_CACHE_DIR when it loads
+    server_env = _load_time_env(dict(os.environ))
     failed = preload(modules)
     _entry(entry)
+    warm = json.loads(os.environ.pop(WARM_ENV, "") or "{}")
+    if warm.get("uris"):
+        failed += [f"mlflow:{uri}" for uri in warm_mlflow(warm["uris"], warm.get("gate"))]
     if threading.active_count() > 1:  # a forked child would inherit a half-copied thread
         raise RuntimeError(f"fork server: preloading started threads ({threading.enumerate()}); not serving")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(16)
-    server_env = _load_time_env(dict(os.environ))
     children: dict[int, socket.socket] = {}
     counts = {"served": 0, "refused": 0, "commands_s": 0.0}  # commands_s: summed wall time of the children
     started: dict[int, float] = {}

@@ -3,6 +3,7 @@ runs as its Prefect flow against one Prefect server started for the run (unless 
 set), and every stage's MLflow run nests under one parent run of this execution."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,29 +17,33 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from flows import forkserver
-from flows.server import prefect_server
+from flows.server import ORPHANS_CHECKED_ENV, check_orphaned_flow_runs, prefect_server
 from nas_core.config import load_params
 from nas_core.io import atomic_write_json
 from tasks import processes
 
 
 @contextmanager
-def warm_stages(env: dict[str, str]) -> Iterator[Callable[[], dict]]:
+def warm_stages(env: dict[str, str], mlflow_uris: tuple[str, ...] = ()) -> Iterator[Callable[[], dict]]:
     """Launch the fork server the stage commands use (flows/forkserver.py); it preloads while the
     caller goes on. Yields `ready()`: waits for it, puts its socket into `env` and returns a dict
     of its start-up seconds and, once the block ends, how many commands it served (empty if it did
-    not start: stages then start cold). SQUEEZENAS_FORKSERVER=off switches it off."""
+    not start: stages then start cold). The server also opens the MLflow stores of `mlflow_uris`, once
+    `ready()` is called: call it after the database exists (the parent run). SQUEEZENAS_FORKSERVER=off
+    switches it off."""
     stats: dict = {}
     env.pop(forkserver.ENV, None)
     if os.environ.get(forkserver.ENV) == "off":
         yield lambda: stats
         return
     folder = Path(tempfile.mkdtemp(prefix="squeezenas-"))  # short: a unix socket path has ~100 bytes
-    sock, t0 = folder / "stages.sock", time.perf_counter()
-    proc = forkserver.launch(sock, env)
+    sock, gate, t0 = folder / "stages.sock", folder / "mlflow.ready", time.perf_counter()
+    warm = {forkserver.WARM_ENV: json.dumps({"uris": list(mlflow_uris), "gate": str(gate)})} if mlflow_uris else {}
+    proc = forkserver.launch(sock, {**env, **warm})
 
     def ready() -> dict:
         nonlocal proc
+        gate.touch()
         if proc is not None and "startup_s" not in stats:
             if forkserver.wait_ready(proc, sock):
                 stats["startup_s"] = time.perf_counter() - t0
@@ -114,6 +119,8 @@ def repro(cmd: list[str], env: dict[str, str], grace_s: float = 60.0) -> tuple[i
 
 def run_pipeline(params_file: str = "params.yaml", targets: tuple[str, ...] = (), force: bool = False,
                  push: bool = False) -> int:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from tasks import tracking  # MLflow: imported once the params are known to be good
 
     params = load_params(params_file)
@@ -123,12 +130,15 @@ def run_pipeline(params_file: str = "params.yaml", targets: tuple[str, ...] = ()
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         cmd = ["dvc", "repro", *(["--force"] if force else []), *targets]
         # the Prefect server, the fork server's imports and the MLflow parent run start side by side
-        with warm_stages(env) as ready:
+        with warm_stages(env, (tracking.tracking_uri(params.tracking.mlflow_uri),)) as ready:
             parent = tracking.start_pipeline_run(params.tracking, {"squeezenas.targets": ",".join(targets) or "all"})
             print(f"[run] MLflow parent run {parent} in {params.tracking.mlflow_uri}")
             env[tracking.PARENT_RUN_ENV] = parent
             prefect_startup = prefect_ready()
             print(f"[run] Prefect API {api_url} (start-up {prefect_startup:.1f} s)")
+            with temporary_settings({PREFECT_API_URL: api_url}):  # once for every stage of this run
+                check_orphaned_flow_runs()
+            env[ORPHANS_CHECKED_ENV] = api_url
             warm = ready()
             print(f"[run] {' '.join(cmd)}", flush=True)
             t_repro, wall_start = time.perf_counter(), time.time()

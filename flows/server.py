@@ -90,16 +90,21 @@ def prefect_server(home: Path | None = None) -> Iterator[tuple[str, Callable[[],
 def stage_api() -> Iterator[str]:
     """The Prefect API for one stage command's flow: PREFECT_API_URL's, or a server of its own."""
     from prefect import tags
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     with prefect_server() as (url, ready):
         ready()
+        settings = {PREFECT_API_URL: url}
+        in_run = os.environ.get(ORPHANS_CHECKED_ENV) == url
+        if in_run:
+            # A stage of `squeezenas run` against the run's own server: a flow run's heartbeats only feed a
+            # server-side crash automation, which that server has not got (the run marks its dead commands'
+            # runs Crashed itself), and ending the heartbeat thread holds every flow up to 1 s at its end.
+            settings[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
         try:
-            with temporary_settings({PREFECT_API_URL: url}):
-                try:
-                    end_orphaned_flow_runs()
-                except Exception as e:  # bookkeeping of earlier commands never stops this one
-                    print(f"[prefect] could not check for flow runs of dead commands: {e}", file=sys.stderr)
+            with temporary_settings(settings):
+                if not in_run:  # `squeezenas run` checks once for all its stages
+                    check_orphaned_flow_runs()
                 with tags(f"{HOST_TAG}{socket.gethostname()}", f"{PID_TAG}{os.getpid()}"):  # for the next command
                     yield url
         finally:
@@ -107,6 +112,15 @@ def stage_api() -> Iterator[str]:
 
 
 HOST_TAG, PID_TAG = "squeezenas.host:", "squeezenas.pid:"
+ORPHANS_CHECKED_ENV = "SQUEEZENAS_ORPHANS_CHECKED"  # the API URL whose dead commands' runs are marked already
+
+
+def check_orphaned_flow_runs() -> None:
+    """`end_orphaned_flow_runs`, never stopping the command that does this bookkeeping for earlier ones."""
+    try:
+        end_orphaned_flow_runs()
+    except Exception as e:
+        print(f"[prefect] could not check for flow runs of dead commands: {e}", file=sys.stderr)
 
 
 def end_orphaned_flow_runs() -> list[str]:
