@@ -413,10 +413,9 @@ def _signature(onnx_model):
                                                      graph.output[0].name)]))
 
 
-def _register_lineage(client, name: str, version: str, run) -> None:
-    """Describe model version `version` of `name` by links to the run that logged it and every upstream
-    stage run, tag it with its lineage (lineage.<stage> = run id, dvc.input.<path> = md5), and point the
-    alias MODEL_ALIAS at it (MLflow 3 replaces stages by aliases)."""
+def _lineage_record(client, run) -> tuple[str, dict[str, str]]:
+    """A model version's description, links from the run `run` that logged it to every upstream stage run,
+    and its lineage tags (lineage.<stage> = run id, dvc.input.<path> = md5, git.commit)."""
     exp_id = run.info.experiment_id
     lines = [f"SqueezeNAS network logged by the {run_link(exp_id, run.info.run_id, 'benchmark run')}.", "",
              "Lineage, from this model back to the data (each run's description links its own inputs):"]
@@ -429,14 +428,25 @@ def _register_lineage(client, name: str, version: str, run) -> None:
         lines.append(f"- {run_link(exp_id, r.info.run_id, stage)}, git `{r.data.tags.get('git.commit', '')[:12]}`"
                      + "".join(f"\n  - `{p}` md5 `{m}`" for p, m in inputs.items()))
     tags["git.commit"] = run.data.tags.get("git.commit", "")
-    client.update_model_version(name, version, description="\n".join(lines))
-    for k, v in tags.items():
-        client.set_model_version_tag(name, version, k, v)
+    return "\n".join(lines), tags
+
+
+def _register(client, name: str, model_id: str, run, lineage: tuple[str, dict[str, str]]) -> str:
+    """Register the logged model `model_id` as a new version of `name`, created with its lineage tags (one
+    call, not one per tag) and described by its lineage; point the alias MODEL_ALIAS at it (MLflow 3
+    replaces stages by aliases). Returns the version."""
+    import mlflow
+
+    description, tags = lineage
+    version = mlflow.register_model(f"models:/{model_id}", name, tags=tags).version
+    client.update_model_version(name, version, description=description)
     client.update_registered_model(name, description=(
-        f"SqueezeNAS networks of experiment {exp_id}, one version per benchmark run; alias `{MODEL_ALIAS}` is the "
-        "newest. Each version's description links its stage runs back to the dataset and cost-table hashes."))
-    client.set_registered_model_tag(name, "squeezenas.experiment_id", exp_id)
+        f"SqueezeNAS networks of experiment {run.info.experiment_id}, one version per benchmark run; alias "
+        f"`{MODEL_ALIAS}` is the newest. Each version's description links its stage runs back to the dataset and "
+        "cost-table hashes."))
+    client.set_registered_model_tag(name, "squeezenas.experiment_id", run.info.experiment_id)
     client.set_registered_model_alias(name, MODEL_ALIAS, version)
+    return version
 
 
 def log_model(model, onnx_path: str | Path, name: str, registered_model: str | None = None) -> dict[str, Any]:
@@ -455,16 +465,16 @@ def log_model(model, onnx_path: str | Path, name: str, registered_model: str | N
     # explicit requirements: inferring them would import-scan in a subprocess (slow, and may try the network)
     torch_req = f"torch=={torch.__version__.split('+')[0]}"
     # pickled, not 'pt2': a traced graph would be fixed to one input size (the decoder's pool depends on it)
-    pt = mlflow.pytorch.log_model(model, name=f"{name}_pytorch", registered_model_name=registered_model,
-                                  pip_requirements=[torch_req], serialization_format="pickle", signature=signature)
+    pt = mlflow.pytorch.log_model(model, name=f"{name}_pytorch", pip_requirements=[torch_req],
+                                  serialization_format="pickle", signature=signature)
     onnx_reqs = [f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"]
     ox = mlflow.onnx.log_model(onnx_model, name=f"{name}_onnx", save_as_external_data=False, signature=signature,
-                               registered_model_name=f"{registered_model}-onnx" if registered_model else None,
                                pip_requirements=onnx_reqs)
+    versions = {"pytorch_version": None, "onnx_version": None}
     if registered_model:
         client = mlflow.MlflowClient()
         run = client.get_run(mlflow.active_run().info.run_id)
-        _register_lineage(client, registered_model, pt.registered_model_version, run)
-        _register_lineage(client, f"{registered_model}-onnx", ox.registered_model_version, run)
-    return {"pytorch_uri": pt.model_uri, "onnx_uri": ox.model_uri, "pytorch_model_id": pt.model_id,
-            "pytorch_version": pt.registered_model_version, "onnx_version": ox.registered_model_version}
+        record = _lineage_record(client, run)
+        versions = {"pytorch_version": _register(client, registered_model, pt.model_id, run, record),
+                    "onnx_version": _register(client, f"{registered_model}-onnx", ox.model_id, run, record)}
+    return {"pytorch_uri": pt.model_uri, "onnx_uri": ox.model_uri, "pytorch_model_id": pt.model_id, **versions}
