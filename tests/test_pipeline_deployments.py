@@ -14,10 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def entrypoint(stage_flow) -> str:
-    """module/path.py:attribute of a flow object (the attribute of its module that holds it)."""
+    """module:attribute of a flow object (the attribute of its module that holds it). A module path, not a
+    file: Prefect loads a file's entrypoint with the file's folder first on sys.path, where flows/profile.py
+    hides the standard library's profile (which torch imports)."""
     module = importlib.import_module(stage_flow.fn.__module__)
     (attr,) = [name for name, value in vars(module).items() if value is stage_flow]
-    return f"{module.__name__.replace('.', '/')}.py:{attr}"
+    return f"{module.__name__}:{attr}"
 
 
 def deployment_problems(prefect_yaml: dict) -> list[str]:
@@ -50,11 +52,11 @@ def test_a_missing_or_wrong_deployment_is_named():
     spec["deployments"] = [d for d in spec["deployments"] if d["name"] != "pretrain-coco"]
     for d in spec["deployments"]:
         if d["name"] == "benchmark":
-            d["entrypoint"] = "flows/report.py:report_flow"
+            d["entrypoint"] = "flows.report:report_flow"
     assert deployment_problems(spec) == [
         "pretrain_coco: no deployment 'pretrain-coco' in prefect.yaml",
-        "benchmark: deployment 'benchmark' has entrypoint 'flows/report.py:report_flow', "
-        "not 'flows/benchmark.py:benchmark_flow'"]
+        "benchmark: deployment 'benchmark' has entrypoint 'flows.report:report_flow', "
+        "not 'flows.benchmark:benchmark_flow'"]
 
 
 def test_a_stage_outside_the_chain_has_no_deployment_to_dispatch_to():
