@@ -47,13 +47,13 @@ def deployment_name(stage: str) -> str:
     if stage not in CHAIN:
         raise ValueError(f"{stage!r} is not a chain stage; the chain stages are: {', '.join(CHAIN)}")
     if stage not in DEPLOYMENTS:
-        raise ValueError(f"chain stage {stage!r} has no deployment in flows/pipeline.py DEPLOYMENTS "
-                         "(nor, then, in prefect.yaml)")
+        raise ValueError(f"chain stage {stage!r} has no entry in DEPLOYMENTS (flows/pipeline.py): no deployment "
+                         "to run it as")
     return f"{CHAIN[stage].name}/{DEPLOYMENTS[stage]}"
 
 
 def missing_deployments(stages: list[str] | tuple[str, ...]) -> list[str]:
-    """The deployments of `stages` that the Prefect server has not got (`prefect deploy --all` makes them)."""
+    """The deployments of `stages` that the Prefect server has not got (`python -m flows.deploy` makes them)."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
@@ -67,7 +67,8 @@ def missing_deployments(stages: list[str] | tuple[str, ...]) -> list[str]:
     return missing
 
 
-_CREATE = threading.Lock()  # run_deployment numbers its task run in the parent flow run: one chain at a time
+# run_deployment numbers the task run it makes in the parent flow run unguarded: one chain creates at a time
+_CREATE = threading.Lock()
 
 
 def run_stage_deployment(stage: str, experiment: str, params_file: str, overrides: tuple[str, ...],
@@ -88,7 +89,7 @@ def run_stage_deployment(stage: str, experiment: str, params_file: str, override
                                  flow_run_name=f"{stage}@{experiment}", job_variables={"env": env} if env else None)
         except ObjectNotFound:
             raise RuntimeError(f"stage {stage}@{experiment}: no deployment {target!r} on the Prefect server "
-                               "(create them with `prefect deploy --all`)") from None
+                               "(create them: SQUEEZENAS_REPO=$PWD python -m flows.deploy)") from None
     with get_client(sync_client=True) as client:
         while not (run.state and run.state.is_final()):
             time.sleep(POLL_S)
@@ -171,7 +172,8 @@ def pipeline_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] =
         missing = missing_deployments([s for s in CHAIN if not stages or s in stages] if params.experiments else [])
         if missing:
             raise RuntimeError(f"pipeline.dispatch is 'deployments' but the Prefect server has no deployment "
-                               f"{', '.join(repr(m) for m in missing)} (create them with `prefect deploy --all`)")
+                               f"{', '.join(repr(m) for m in missing)} "
+                               "(create them: SQUEEZENAS_REPO=$PWD python -m flows.deploy)")
     parent = tracking.start_pipeline_run(params.tracking, {"squeezenas.runner": "prefect"})
     os.environ[tracking.PARENT_RUN_ENV] = parent
     results, ok, failure, error = [], False, None, None

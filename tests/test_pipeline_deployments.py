@@ -62,3 +62,16 @@ def test_a_missing_or_wrong_deployment_is_named():
 def test_a_stage_outside_the_chain_has_no_deployment_to_dispatch_to():
     with pytest.raises(ValueError, match="'report' is not a chain stage; the chain stages are: search, sample"):
         deployment_name("report")
+
+
+def test_deploy_resolves_the_pull_step_from_the_environment(monkeypatch):
+    from flows.deploy import _resolve
+
+    pull = yaml.safe_load((ROOT / "prefect.yaml").read_text())["pull"]
+    monkeypatch.setenv("SQUEEZENAS_REPO", "/srv/squeezenas")
+    assert _resolve(pull, "prefect.yaml") == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "/srv/squeezenas"}}]
+    monkeypatch.delenv("SQUEEZENAS_REPO")
+    with pytest.raises(ValueError, match=r"prefect.yaml: \{\{ \$SQUEEZENAS_REPO \}\} needs the environment variable "
+                                         "SQUEEZENAS_REPO"):
+        _resolve(pull, "prefect.yaml")

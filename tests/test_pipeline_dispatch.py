@@ -81,7 +81,8 @@ def dispatched(tmp_path_factory):
 def test_a_missing_deployment_stops_the_run_before_anything_runs_and_is_named(dispatched):
     _, missing, _, _, runs = dispatched
     assert missing.startswith("RuntimeError: pipeline.dispatch is 'deployments' but the Prefect server has no "
-                              "deployment 'search/search' (create them with"), missing
+                              "deployment 'search/search' (create them: SQUEEZENAS_REPO=$PWD python -m "
+                              "flows.deploy)"), missing
     assert len([r for r in runs if r["flow"] == "data"]) == 1  # the second execution's
     assert [r["state"] for r in runs if r["flow"] == "squeezenas-pipeline"].count("Failed") == 1
 
