@@ -407,9 +407,12 @@ class LatencyParams(Section):
 
 class PipelineParams(Section):
     """The Prefect parent flow (flows/pipeline.py, scheduling without DVC): independent experiment chains
-    run side by side, at most `concurrency` at a time (`dvc repro` runs stages one by one)."""
+    run side by side, at most `concurrency` at a time (`dvc repro` runs stages one by one). `dispatch`:
+    `subflows` runs each chain stage as a subflow in the parent's process; `deployments` runs each as its
+    own flow run of its prefect.yaml deployment, on that deployment's work pool (a worker picks it up)."""
 
     concurrency: Int = Field(2, ge=1)
+    dispatch: Literal["subflows", "deployments"] = "subflows"
 
 
 PUBLISHED_NAMES = ("squeezenas_mac_small", "squeezenas_lat_small", "squeezenas_mac_large", "squeezenas_lat_large",

@@ -54,6 +54,15 @@ def test_overrides(tmp_path):
         load_params(p, ["cost_tables.num_classes"])
 
 
+def test_pipeline_dispatch(tmp_path):
+    p = write(tmp_path, "pipeline:\n  concurrency: 3\n")
+    assert load_params(p).pipeline.dispatch == "subflows"
+    assert load_params(p, ["pipeline.dispatch=deployments"]).pipeline.dispatch == "deployments"
+    with pytest.raises(ParamsError, match="pipeline.dispatch: Input should be 'subflows' or 'deployments' "
+                                          r"\(got 'cluster'\)"):
+        load_params(p, ["pipeline.dispatch=cluster"])
+
+
 def test_unreadable_files(tmp_path):
     with pytest.raises(ParamsError, match="no such params file"):
         load_params(tmp_path / "nope.yaml")
