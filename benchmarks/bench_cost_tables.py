@@ -12,10 +12,10 @@ import time
 import torch
 from torch import nn
 
-from nas_core.blocks import build_candidate
-from nas_core.candidates import CANDIDATES
-from nas_core.cost_table import build_cost_table
-from nas_core.search_space import SPACES
+from nas_core.cost.macs import build_cost_table
+from nas_core.space.blocks import build_candidate
+from nas_core.space.candidates import CANDIDATES
+from nas_core.space.spaces import SPACES
 
 
 def analytic() -> int:

@@ -2,7 +2,7 @@
 
 Generates a handful of 1024x2048 Cityscapes-format frames, then measures, one after another on the same
 machine: the train loader (TrainTransform to 768x768 patches, with workers), ConfusionMatrix.update on
-768x768 predictions, and forward+backward+step of the Small supernet (nas_core.supernet) on 768x768 patches.
+768x768 predictions, and forward+backward+step of the Small supernet (nas_core.search.supernet) on 768x768 patches.
 Usage: python benchmarks/bench_data_loader.py [--images 6] [--workers 2] [--device cpu|cuda] [--amp]
 """
 from __future__ import annotations
@@ -17,18 +17,18 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from nas_core.data import CityscapesSegmentation, TrainTransform, generate_cityscapes
 from nas_core.data.files import read_label_pair
-from nas_core.metrics import ConfusionMatrix
+from nas_core.engine.metrics import ConfusionMatrix
 
 
 def build_model(space: str) -> tuple[torch.nn.Module, str, bool]:
     """The model to time, its description, and whether its forward takes (tau, generator)."""
     try:
-        from nas_core.supernet import build_supernet
-    except ImportError:  # FALLBACK while nas_core/supernet.py does not exist: a plain conv stand-in
+        from nas_core.search.supernet import build_supernet
+    except ImportError:  # FALLBACK while nas_core/search/supernet.py does not exist: a plain conv stand-in
         model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, 4, 1), torch.nn.ReLU(), torch.nn.Conv2d(32, 19, 1),
                                     torch.nn.Upsample(scale_factor=4, mode="bilinear"))
-        return model, "FALLBACK conv stand-in (nas_core.supernet missing)", False
-    return build_supernet(space, num_classes=19), f"nas_core.supernet.build_supernet({space!r})", True
+        return model, "FALLBACK conv stand-in (nas_core.search.supernet missing)", False
+    return build_supernet(space, num_classes=19), f"nas_core.search.supernet.build_supernet({space!r})", True
 
 
 def images_per_second(run_batch, batches: int, batch_size: int) -> float:

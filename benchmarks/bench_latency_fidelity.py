@@ -15,10 +15,10 @@ import os
 import time
 from pathlib import Path
 
-from nas_core.cost_table import build_cost_table
-from nas_core.profiling.fidelity import fidelity_metrics, predicted_latencies, sample_architectures, scatter_plot
-from nas_core.profiling.profile import MeasurementStore, latency_table, measure_networks, profile_space, store_path
-from nas_core.profiling.targets import LocalTarget, Protocol, TorchCudaTarget
+from nas_core.cost.fidelity import fidelity_metrics, predicted_latencies, sample_architectures, scatter_plot
+from nas_core.cost.latency import MeasurementStore, latency_table, measure_networks, profile_space, store_path
+from nas_core.cost.macs import build_cost_table
+from nas_core.cost.targets import LocalTarget, Protocol, TorchCudaTarget
 
 
 def main() -> None:
@@ -67,7 +67,7 @@ def main() -> None:
               f"  {100 * (p - m) / m:+5.1f}%")
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}, indent=1))
     if args.backend == "torch_cuda":  # host time of the call alone: what timing without a sync reports
-        from nas_core.profiling.export import network_unit
+        from nas_core.cost.export import network_unit
 
         launch = [store.records[network_unit(a, tuple(args.size), 19).key]["launch_ms"] for a in archs]
         print(f"networks: median CUDA-event time {sorted(measured)[len(measured) // 2]:.3f} ms, host-side "

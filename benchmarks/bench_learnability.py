@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from nas_core.data import CityscapesSegmentation, TrainTransform, generate_cityscapes
 from nas_core.data.labels import NUM_CLASSES, TRAIN_ID_NAMES
-from nas_core.metrics import ConfusionMatrix
+from nas_core.engine.metrics import ConfusionMatrix
 
 
 class TinySegNet(nn.Module):
@@ -46,7 +46,7 @@ class TinySegNet(nn.Module):
 def build_model(name: str, width: int) -> nn.Module:
     if name == "tiny":
         return TinySegNet(width)
-    from nas_core.zoo import published_network  # one of the paper's networks, randomly initialised
+    from nas_core.space.zoo import published_network  # one of the paper's networks, randomly initialised
     return published_network(name)
 
 
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--steps", type=int, help="stop after this many steps instead (compare models at equal steps)")
     parser.add_argument("--num-train", type=int, default=32, help="generated train frames")
-    parser.add_argument("--model", default="squeezenas_lat_small", help="'tiny' or a nas_core.zoo published name")
+    parser.add_argument("--model", default="squeezenas_lat_small", help="'tiny' or a nas_core.space.zoo published name")
     parser.add_argument("--width", type=int, default=16, help="channels of the tiny model")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-3)

@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from nas_core.profiling.profile import MeasurementStore, profile_space, store_path
-from nas_core.profiling.targets import LocalTarget, Protocol
+from nas_core.cost.latency import MeasurementStore, profile_space, store_path
+from nas_core.cost.targets import LocalTarget, Protocol
 
 
 def main() -> None:

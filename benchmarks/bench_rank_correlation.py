@@ -4,7 +4,7 @@ architectures on the generated Cityscapes. Measured and printed, no bar.
 
 Steps: a short search on the generated data (the params.yaml `search:` run) unless --search-dir is
 given; K architectures drawn as the `sample` stage draws them; each one scored through the supernet
-and then trained from scratch for --epochs with the training engine (nas_core/train.py) and scored.
+and then trained from scratch for --epochs with the training engine (nas_core/engine/training.py) and scored.
 
 Usage: python benchmarks/bench_rank_correlation.py [--num 10] [--epochs 12] [--search-epochs N]
        [--bn-batches N] [--search-dir DIR] [--init scratch|supernet] [--out results.csv]
@@ -26,14 +26,14 @@ from scipy.stats import kendalltau, spearmanr  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from nas_core.config import load_params  # noqa: E402
-from nas_core.cost_table import build_cost_table, write_cost_table  # noqa: E402
+from nas_core.cost.macs import build_cost_table, write_cost_table  # noqa: E402
 from nas_core.data import CityscapesSegmentation, EvalTransform, TrainTransform, generate_cityscapes  # noqa: E402
-from nas_core.evaluate import evaluate_segmentation  # noqa: E402
-from nas_core.network import SegmentationNetwork  # noqa: E402
-from nas_core.sampling import evaluate_path, load_supernet, read_probabilities, sample_architectures  # noqa: E402
-from nas_core.schedules import Poly  # noqa: E402
-from nas_core.supernet import extract_network  # noqa: E402
-from nas_core.train import make_train_loader, train  # noqa: E402
+from nas_core.engine.evaluate import evaluate_segmentation  # noqa: E402
+from nas_core.engine.schedules import Poly  # noqa: E402
+from nas_core.engine.training import make_train_loader, train  # noqa: E402
+from nas_core.search.supernet import extract_network  # noqa: E402
+from nas_core.select.sampling import evaluate_path, load_supernet, read_probabilities, sample_architectures  # noqa: E402
+from nas_core.space.network import SegmentationNetwork  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

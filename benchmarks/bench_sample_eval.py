@@ -29,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from nas_core.cost_table import build_cost_table, write_cost_table  # noqa: E402
+from nas_core.cost.macs import build_cost_table, write_cost_table  # noqa: E402
 from nas_core.data import CityscapesSegmentation, generate_cityscapes  # noqa: E402
 from nas_core.io import atomic_torch_save, atomic_write_parquet  # noqa: E402
-from nas_core.search import theta_rows  # noqa: E402
-from nas_core.search_space import Architecture  # noqa: E402
-from nas_core.supernet import build_supernet, extract_network  # noqa: E402
+from nas_core.search.loop import theta_rows  # noqa: E402
+from nas_core.search.supernet import build_supernet, extract_network  # noqa: E402
+from nas_core.space.spaces import Architecture  # noqa: E402
 
 PARAMS = """\
 paths: {{cityscapes: cityscapes, search: search, cost_tables: cost_tables, latency: latency, samples: samples}}
@@ -61,8 +61,8 @@ def synthetic_search(out: Path, seed: int = 0) -> None:
 def plain_seconds(root: Path, choices: list[str], batch: int) -> tuple[float, float]:
     """(forward passes, scoring) of the extracted networks over the preloaded val batches: the
     scoring (argmax + confusion matrix) is what any mIoU evaluation adds to the forward passes."""
-    from nas_core.metrics import ConfusionMatrix
-    from nas_core.sampling import class_map, load_supernet
+    from nas_core.engine.metrics import ConfusionMatrix
+    from nas_core.select.sampling import class_map, load_supernet
 
     supernet = load_supernet(root / "search" / "supernet.pt")
     val = CityscapesSegmentation(root / "cityscapes", "val")

@@ -19,10 +19,10 @@ import tempfile
 import torch
 from torch.utils.data import Dataset
 
-from nas_core.cost_table import build_cost_table, cost_matrix
-from nas_core.search import SearchConfig, run_search
-from nas_core.search_data import search_loader
-from nas_core.supernet import build_supernet
+from nas_core.cost.macs import build_cost_table, cost_matrix
+from nas_core.search.data import search_loader
+from nas_core.search.loop import SearchConfig, run_search
+from nas_core.search.supernet import build_supernet
 
 GIB = 1024 ** 3
 

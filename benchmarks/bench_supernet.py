@@ -21,11 +21,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from nas_core.candidates import CANDIDATE_NAMES
-from nas_core.cost_table import build_cost_table, cost_matrix
-from nas_core.search import resource_loss
-from nas_core.supernet import Supernet, build_supernet
-from nas_core.zoo import PUBLISHED
+from nas_core.cost.macs import build_cost_table, cost_matrix
+from nas_core.search.loop import resource_loss
+from nas_core.search.supernet import Supernet, build_supernet
+from nas_core.space.candidates import CANDIDATE_NAMES
+from nas_core.space.zoo import PUBLISHED
 
 GIB = 1024 ** 3
 

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from nas_core.search_space import Architecture
+from nas_core.space.spaces import Architecture
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -35,7 +35,7 @@ def resolve_architecture(spec: str) -> tuple[str, Architecture]:
     path = Path(spec)
     if path.is_file():
         return path.stem, Architecture.load(path)
-    from nas_core.zoo import PUBLISHED
+    from nas_core.space.zoo import PUBLISHED
 
     if spec in PUBLISHED:
         return spec, PUBLISHED[spec]
@@ -43,7 +43,7 @@ def resolve_architecture(spec: str) -> tuple[str, Architecture]:
 
 
 def describe(arch: Architecture, input_size: tuple[int, int], num_classes: int) -> dict:
-    from nas_core.cost_table import build_cost_table
+    from nas_core.cost.macs import build_cost_table
 
     table = build_cost_table(arch.space, input_size, num_classes)
     blocks = table[table["kind"] == "block"]

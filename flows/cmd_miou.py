@@ -26,7 +26,7 @@ def _finite(value: float) -> float | None:
 
 def run(args: argparse.Namespace) -> int:
     from nas_core.data.files import DatasetError
-    from nas_core.metrics import evaluate_prediction_folder
+    from nas_core.engine.metrics import evaluate_prediction_folder
 
     try:
         result = evaluate_prediction_folder(args.cityscapes_root, args.predictions, split=args.split)

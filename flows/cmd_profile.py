@@ -7,7 +7,7 @@ import sys
 
 def _trust(args) -> int:
     from nas_core.config import load_params
-    from nas_core.profiling.ssh import HostKeyError, fetch_host_key, fingerprint, trust_host
+    from nas_core.cost.ssh import HostKeyError, fetch_host_key, fingerprint, trust_host
 
     cfg = load_params(args.params, tuple(args.overrides)).latency
     if cfg.target != "ssh":
@@ -32,7 +32,7 @@ def _trust(args) -> int:
 
 
 def _profile(args) -> int:
-    from nas_core.profiling.targets import ProfileError
+    from nas_core.cost.targets import ProfileError
 
     try:
         if args.trust_host is not None:

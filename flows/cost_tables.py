@@ -16,7 +16,7 @@ from tasks.cost_tables import build_cost_table_task
 def write_published_cards(networks_dir: str) -> list[Path]:
     """<networks>/<name>.json for each published network: the references the experiments' choice rules
     read (section 5.3.1), beside the cards select writes for the experiments' own choices."""
-    from nas_core.zoo import PUBLISHED
+    from nas_core.space.zoo import PUBLISHED
 
     paths = []
     for name, arch in PUBLISHED.items():

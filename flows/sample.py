@@ -15,7 +15,7 @@ from prefect.futures import as_completed
 from flows.runners import make_task_runner
 from nas_core.config import load_params
 from nas_core.io import atomic_write_json
-from nas_core.search_space import Architecture
+from nas_core.space.spaces import Architecture
 from tasks import tracking
 from tasks.sample import (
     EVAL_KEYS,

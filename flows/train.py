@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import flow
 
 from nas_core.config import Paths, load_params
-from nas_core.retrain import STAGE_DATA, STAGES, stage_settings
+from nas_core.train.stages import STAGE_DATA, STAGES, stage_settings
 from tasks import tracking
 from tasks.train import LINEAGE, METRICS, MODEL, skip_stage_task, train_stage_task
 

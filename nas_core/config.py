@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from nas_core.params_file import ParamsError, parse_yaml, read_text, yaml_kind
-from nas_core.search_space import SPACES
+from nas_core.space.spaces import SPACES
 
 # strict scalars: YAML's `yes` is no epoch count, "3" no integer and 1.0 no index (an int is a valid float)
 Int, Float, Bool = StrictInt, StrictFloat, StrictBool

@@ -9,7 +9,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from torch.utils.data import DataLoader
 
-from nas_core.benchmark import (
+from nas_core.data import CityscapesSegmentation
+from nas_core.data.labels import TRAIN_ID_NAMES
+from nas_core.engine.evaluate import evaluate_constant, evaluate_segmentation, majority_class
+from nas_core.io import atomic_write_json, atomic_write_text
+from nas_core.report.benchmark import (
     BenchmarkRow,
     Measure,
     baseline_network,
@@ -18,13 +22,9 @@ from nas_core.benchmark import (
     report_markdown,
     target_measure,
 )
-from nas_core.data import CityscapesSegmentation
-from nas_core.data.labels import TRAIN_ID_NAMES
-from nas_core.evaluate import evaluate_constant, evaluate_segmentation, majority_class
-from nas_core.io import atomic_write_json, atomic_write_text
-from nas_core.network import SegmentationNetwork
-from nas_core.retrain import NUM_CLASSES, load_payload, segmentation_network
-from nas_core.search_space import Architecture
+from nas_core.space.network import SegmentationNetwork
+from nas_core.space.spaces import Architecture
+from nas_core.train.stages import NUM_CLASSES, load_payload, segmentation_network
 
 REPORT, METRICS_JSON, ONNX_DIR = "report.md", "metrics.json", "onnx"
 OURS = "ours"
@@ -36,7 +36,7 @@ def make_measure(target: str, threads: int, warmup: int, runs: int, latency_cfg=
     if target == "local":
         return target_measure(local_target(threads, warmup, runs))
     if target == "profiling":
-        from nas_core.profiling.targets import build_target
+        from nas_core.cost.targets import build_target
 
         return target_measure(build_target(latency_cfg))
     raise ValueError(f"benchmark.target: unknown target {target!r}; valid targets are: local, profiling")

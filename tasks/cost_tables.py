@@ -5,7 +5,7 @@ from pathlib import Path
 
 from prefect import task
 
-from nas_core.cost_table import build_cost_table, cost_matrix, write_cost_table
+from nas_core.cost.macs import build_cost_table, cost_matrix, write_cost_table
 
 
 def cost_table_path(out_dir: str | Path, space: str, metric: str = "macs") -> Path:

@@ -9,10 +9,10 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from nas_core.benchmark import baseline_network, describe_architecture, network_facts
-from nas_core.profiling.export import Unit
-from nas_core.retrain import NUM_CLASSES
-from nas_core.search_space import Architecture
+from nas_core.cost.export import Unit
+from nas_core.report.benchmark import baseline_network, describe_architecture, network_facts
+from nas_core.space.spaces import Architecture
+from nas_core.train.stages import NUM_CLASSES
 from tasks.benchmark import METRICS_JSON, ONNX_DIR, val_loader
 
 # Table 1's reference rows besides the experiments: the six published networks, then MobileNetV3
@@ -71,7 +71,7 @@ def reference_row_task(name: str, weights: str | None, onnx_dir: str, input_size
 def time_networks_task(onnx_paths: dict[str, str], input_size: tuple[int, int], target) -> dict[str, dict]:
     """Every network's latency at batch 1 in one session of `target`: with rounds > 1 the runner
     interleaves them, so that a busy moment of a shared machine hits all of them alike."""
-    from nas_core.profiling.targets import Job
+    from nas_core.cost.targets import Job
 
     if not target.needs_onnx:
         raise ValueError(f"{target.name}: this target times PyTorch modules; Table 1 times the ONNX models of "

@@ -16,12 +16,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from torch.utils.data import DataLoader, Subset
 
-from nas_core.cost_table import architecture_cost, read_cost_table
+from nas_core.cost.macs import architecture_cost, read_cost_table
 from nas_core.io import atomic_write_parquet, atomic_write_text
-from nas_core.pareto import architecture_reference_cost, choose, pareto_front, reference_cost
-from nas_core.sampling import evaluate_path, load_supernet, read_probabilities, sample_architectures
-from nas_core.search_space import Architecture
-from nas_core.zoo import PUBLISHED
+from nas_core.select.pareto import architecture_reference_cost, choose, pareto_front, reference_cost
+from nas_core.select.sampling import evaluate_path, load_supernet, read_probabilities, sample_architectures
+from nas_core.space.spaces import Architecture
+from nas_core.space.zoo import PUBLISHED
 from tasks.profile import latency_table_path
 
 PARTIAL_NAME = "partial_evaluations.jsonl"
@@ -276,7 +276,7 @@ def choose_task(samples_path: str, rule: str, metric: str, target: float, out_pa
 def plots_task(samples_path: str, chosen: int, metric: str, target: float, target_label: str,
                plots_dir: str) -> list[str]:
     """pareto_<cost>.png per cost kind and architecture.png (the choice beside the published networks)."""
-    from nas_core.arch_diagram import plot_architectures, plot_pareto
+    from nas_core.select.diagrams import plot_architectures, plot_pareto
     df, meta = read_samples(samples_path)
     written = []
     pos = int(df.index[df["sample"] == chosen][0])

@@ -1,5 +1,5 @@
 """Task of the search stage: supernet, data and cost matrix from paths and settings, then
-`nas_core.search.run_search`, then the stage's outputs, written atomically (rank 0).
+`nas_core.search.loop.run_search`, then the stage's outputs, written atomically (rank 0).
 
 Run as `python -m tasks.search ...` it is the torchrun worker: the same search, no Prefect, no MLflow."""
 from __future__ import annotations
@@ -17,15 +17,15 @@ from prefect.cache_policies import NO_CACHE
 from torch.utils.data import DataLoader, Subset
 
 from nas_core.config import SearchParams
-from nas_core.cost_table import cost_matrix, read_cost_table
+from nas_core.cost.macs import cost_matrix, read_cost_table
 from nas_core.data import CityscapesSegmentation, EvalTransform, TrainTransform
-from nas_core.gumbel import TauSchedule
+from nas_core.engine.training import init_distributed
 from nas_core.io import atomic_torch_save, atomic_write_json, atomic_write_parquet, atomic_write_text, remove_checkpoint
-from nas_core.search import SearchConfig, evaluate_architecture, run_search
-from nas_core.search_data import search_loader, split_dataset
-from nas_core.search_plots import plot_probabilities
-from nas_core.supernet import build_supernet
-from nas_core.train import init_distributed
+from nas_core.search.data import search_loader, split_dataset
+from nas_core.search.gumbel import TauSchedule
+from nas_core.search.loop import SearchConfig, evaluate_architecture, run_search
+from nas_core.search.plots import plot_probabilities
+from nas_core.search.supernet import build_supernet
 
 SUPERNET, THETA, HISTORY, PRUNING = "supernet.pt", "theta.parquet", "theta_history.parquet", "pruning_log.csv"
 CURVES, METRICS, PLOT, CHECKPOINTS = "search_curves.csv", "metrics.json", "probabilities.png", "checkpoints"

@@ -16,8 +16,10 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from nas_core.engine.training import init_distributed
 from nas_core.io import atomic_write_json, atomic_write_text, remove_checkpoint
-from nas_core.retrain import (
+from nas_core.space.spaces import Architecture
+from nas_core.train.stages import (
     StageSettings,
     load_payload,
     run_stage,
@@ -26,8 +28,6 @@ from nas_core.retrain import (
     stage_payload,
     trained_lineage,
 )
-from nas_core.search_space import Architecture
-from nas_core.train import init_distributed
 
 MODEL, LINEAGE, METRICS, CHECKPOINTS = "model.pt", "lineage.json", "metrics.json", "checkpoints"
 CURVES = "curves.csv"  # per-epoch loss, lr and validation scores: the stage's DVC plot

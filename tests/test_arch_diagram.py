@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from nas_core.arch_diagram import block_columns, plot_architectures, plot_pareto
-from nas_core.pareto import nearest_cost, pareto_front
-from nas_core.search_space import SPACES, Architecture
-from nas_core.zoo import PUBLISHED
+from nas_core.select.diagrams import block_columns, plot_architectures, plot_pareto
+from nas_core.select.pareto import nearest_cost, pareto_front
+from nas_core.space.spaces import SPACES, Architecture
+from nas_core.space.zoo import PUBLISHED
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.repo_copy import ROOT, stage_env
 
-SMALL_CHOICES = ["k3_d1_e1_g1"] * 20  # nas_core.search_space: the small space has 20 blocks
+SMALL_CHOICES = ["k3_d1_e1_g1"] * 20  # nas_core.space.spaces: the small space has 20 blocks
 
 # name -> text of a params file in the working folder (bytes: written as they are)
 FILES = {

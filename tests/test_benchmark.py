@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from nas_core.benchmark import (
+from nas_core.cost.macs import architecture_cost, build_cost_table
+from nas_core.report.benchmark import (
     BenchmarkRow,
     baseline_network,
     benchmark_network,
@@ -15,9 +16,8 @@ from nas_core.benchmark import (
     report_markdown,
     target_measure,
 )
-from nas_core.cost_table import architecture_cost, build_cost_table
-from nas_core.mobilenetv3 import VARIANTS, count_conv_macs
-from nas_core.zoo import PUBLISHED
+from nas_core.space.mobilenetv3 import VARIANTS, count_conv_macs
+from nas_core.space.zoo import PUBLISHED
 
 SIZE = (64, 128)
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from nas_core.data import generate_cityscapes
-from nas_core.network import SegmentationNetwork
-from nas_core.retrain import save_payload, stage_payload
-from nas_core.zoo import PUBLISHED
+from nas_core.space.network import SegmentationNetwork
+from nas_core.space.zoo import PUBLISHED
+from nas_core.train.stages import save_payload, stage_payload
 from tests.repo_copy import TINY_EXPERIMENTS, make_repo_copy, run
 
 ARCH = PUBLISHED["squeezenas_lat_small"]

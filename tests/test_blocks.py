@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from nas_core.blocks import Block, FactorizedReduce, InvertedResidual, SkipProjection, build_candidate
-from nas_core.candidates import CANDIDATE_NAMES, Candidate
-from nas_core.search_space import BlockSpec
+from nas_core.space.blocks import Block, FactorizedReduce, InvertedResidual, SkipProjection, build_candidate
+from nas_core.space.candidates import CANDIDATE_NAMES, Candidate
+from nas_core.space.spaces import BlockSpec
 
 # stride 1 with and without the residual, stride 2
 SPECS = {

@@ -13,7 +13,7 @@ from PIL import Image
 from flows.cmd_miou import add_parser
 from nas_core.data import generate_cityscapes
 from nas_core.data.labels import TRAIN_ID_NAMES, VALID_LABEL_ID
-from nas_core.metrics import evaluate_prediction_folder
+from nas_core.engine.metrics import evaluate_prediction_folder
 
 VALID_IDS = np.flatnonzero(VALID_LABEL_ID)
 

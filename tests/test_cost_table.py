@@ -7,8 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from nas_core.candidates import CANDIDATE_NAMES
-from nas_core.cost_table import (
+from nas_core.cost.macs import (
     KEY_COLUMNS,
     architecture_cost,
     build_cost_table,
@@ -16,9 +15,10 @@ from nas_core.cost_table import (
     read_cost_table,
     write_cost_table,
 )
-from nas_core.network import SegmentationNetwork
-from nas_core.search_space import SPACES, Architecture
-from nas_core.zoo import PUBLISHED
+from nas_core.space.candidates import CANDIDATE_NAMES
+from nas_core.space.network import SegmentationNetwork
+from nas_core.space.spaces import SPACES, Architecture
+from nas_core.space.zoo import PUBLISHED
 
 FULL = (1024, 2048)
 

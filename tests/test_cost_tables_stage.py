@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from nas_core.cost_table import architecture_cost, read_cost_table
-from nas_core.zoo import PUBLISHED
+from nas_core.cost.macs import architecture_cost, read_cost_table
+from nas_core.space.zoo import PUBLISHED
 from tests.repo_copy import make_repo_copy, run
 
 

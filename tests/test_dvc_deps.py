@@ -128,7 +128,7 @@ def test_every_stage_depends_on_the_code_it_runs(traced):
 
 
 @pytest.mark.parametrize("edited, must_be_stale", [
-    ("nas_core/metrics.py", {"sample", "benchmark"} | TRAIN_STAGES),
+    ("nas_core/engine/metrics.py", {"sample", "benchmark"} | TRAIN_STAGES),
     ("nas_core/data/transforms.py", {"search"} | TRAIN_STAGES),
 ])
 def test_editing_shared_code_makes_its_users_stale(traced, edited, must_be_stale):

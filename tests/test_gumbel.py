@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from nas_core.gumbel import TAU_SCHEDULES, TauSchedule, gumbel_softmax, sample_gumbel
+from nas_core.search.gumbel import TAU_SCHEDULES, TauSchedule, gumbel_softmax, sample_gumbel
 
 
 def _logits() -> torch.Tensor:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nas_core.data.labels import CATEGORY_NAMES, ID_TO_TRAIN_ID, TRAIN_ID_NAMES, VALID_LABEL_ID
-from nas_core.metrics import ConfusionMatrix
+from nas_core.engine.metrics import ConfusionMatrix
 
 VALID_IDS = np.flatnonzero(VALID_LABEL_ID)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from nas_core.mobilenetv3 import VARIANTS, count_conv_macs, count_params, make_divisible, mobilenetv3_lraspp
+from nas_core.space.mobilenetv3 import VARIANTS, count_conv_macs, count_params, make_divisible, mobilenetv3_lraspp
 
 # low-level (C2) channels at stride 8 and the channels of the last (stride-16) conv, reduced tail
 SHAPES = {"mobilenetv3_small": (24, 288), "mobilenetv3_large": (40, 480)}

@@ -9,17 +9,17 @@ import pytest
 import torch
 import yaml
 
-from nas_core.blocks import Block
-from nas_core.candidates import CANDIDATE_NAMES, Candidate
 from nas_core.config import Params, load_params
-from nas_core.cost_table import build_cost_table, cost_matrix
-from nas_core.gumbel import TauSchedule, gumbel_softmax, sample_gumbel
-from nas_core.retrain import stage_settings
-from nas_core.schedules import build_schedule, lr_curve
-from nas_core.search import SearchConfig, run_search
-from nas_core.search_data import search_loader
-from nas_core.search_space import SPACES, BlockSpec
-from nas_core.supernet import build_supernet
+from nas_core.cost.macs import build_cost_table, cost_matrix
+from nas_core.engine.schedules import build_schedule, lr_curve
+from nas_core.search.data import search_loader
+from nas_core.search.gumbel import TauSchedule, gumbel_softmax, sample_gumbel
+from nas_core.search.loop import SearchConfig, run_search
+from nas_core.search.supernet import build_supernet
+from nas_core.space.blocks import Block
+from nas_core.space.candidates import CANDIDATE_NAMES, Candidate
+from nas_core.space.spaces import SPACES, BlockSpec
+from nas_core.train.stages import stage_settings
 from tasks.search import search_config
 from tests.test_supernet_fixtures import TINY, TINY_CLASSES, TinySegmentation, tiny_space  # noqa: F401
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from nas_core.pareto import RULES, best_under_budget, choose, nearest_cost, pareto_front
+from nas_core.select.pareto import RULES, best_under_budget, choose, nearest_cost, pareto_front
 
 # index:        0    1    2    3    4    5    6    7    8
 COST = np.array([1.0, 1.0, 2.0, 2.0, 2.0, 3.0, 3.0, 4.0, 0.5])

@@ -81,9 +81,9 @@ def test_table1_has_every_row_and_our_macs_are_describes(pipeline):
 
 def test_latency_choice_is_under_the_mac_networks_latency(pipeline):
     repo, _ = pipeline
-    from nas_core.cost_table import architecture_cost, read_cost_table
-    from nas_core.pareto import choose
-    from nas_core.search_space import Architecture
+    from nas_core.cost.macs import architecture_cost, read_cost_table
+    from nas_core.select.pareto import choose
+    from nas_core.space.spaces import Architecture
 
     table = read_cost_table(repo / "outputs" / "latency" / "tables" / "latency_small.parquet")
     mac_arch = Architecture.load(repo / "outputs" / "networks" / "mac_small.json")

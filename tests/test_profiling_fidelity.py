@@ -4,10 +4,10 @@ import math
 import numpy as np
 import pytest
 
-from nas_core.candidates import CANDIDATE_NAMES
-from nas_core.cost_table import build_cost_table
-from nas_core.profiling.fidelity import fidelity_metrics, predicted_latencies, sample_architectures, scatter_plot
-from nas_core.search_space import SPACES
+from nas_core.cost.fidelity import fidelity_metrics, predicted_latencies, sample_architectures, scatter_plot
+from nas_core.cost.macs import build_cost_table
+from nas_core.space.candidates import CANDIDATE_NAMES
+from nas_core.space.spaces import SPACES
 
 
 def test_metrics_by_hand():
@@ -63,7 +63,7 @@ def test_scatter_plot_is_a_png(tmp_path):
 
 
 def test_placeholder_plot_when_the_check_is_skipped(tmp_path):
-    from nas_core.profiling.fidelity import placeholder_plot
+    from nas_core.cost.fidelity import placeholder_plot
 
     placeholder_plot(tmp_path / "f.png", "skipped")
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"

@@ -7,11 +7,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from nas_core.cost_table import architecture_cost, build_cost_table, read_cost_table, write_cost_table
-from nas_core.profiling.boundary import boundary_ms, edges, probe_key, probe_units
-from nas_core.profiling.export import export_onnx, network_unit, onnx_filename, table_units
-from nas_core.profiling.fidelity import sample_architectures
-from nas_core.profiling.profile import (
+from nas_core.cost.boundary import boundary_ms, edges, probe_key, probe_units
+from nas_core.cost.export import export_onnx, network_unit, onnx_filename, table_units
+from nas_core.cost.fidelity import sample_architectures
+from nas_core.cost.latency import (
     MeasurementStore,
     latency_table,
     measure_networks,
@@ -19,8 +18,9 @@ from nas_core.profiling.profile import (
     profile_space,
     store_path,
 )
-from nas_core.profiling.targets import LocalTarget, MeasurementError, Protocol, TransientError
-from nas_core.search_space import SPACES, SearchSpace
+from nas_core.cost.macs import architecture_cost, build_cost_table, read_cost_table, write_cost_table
+from nas_core.cost.targets import LocalTarget, MeasurementError, Protocol, TransientError
+from nas_core.space.spaces import SPACES, SearchSpace
 
 # 3 blocks (one residual, one stride 2, one residual), 8/16 channels, output stride 4
 TINY = SearchSpace(name="tiny", stem_channels=8, groups=((8, 1, 1), (16, 2, 2)), post_encoder_channels=16,
@@ -226,7 +226,7 @@ def test_interleaved_rounds_time_every_model_in_each_round(tiny, tmp_path):
 
 
 def test_a_power_mode_the_device_cannot_set_is_fatal():
-    from nas_core.profiling.targets import ProfileError
+    from nas_core.cost.targets import ProfileError
 
     with pytest.raises(ProfileError, match="nvpmodel -m 3 failed"):
         LocalTarget(Protocol(power_mode=3)).facts()

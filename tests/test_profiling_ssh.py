@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from nas_core.cost_table import read_cost_table, write_cost_table
-from nas_core.profiling.profile import MeasurementStore, measure_units, profile_space, store_path
-from nas_core.profiling.ssh import AuthError, HostKeyError, SshTarget, fetch_host_key, fingerprint, trust_host
-from nas_core.profiling.targets import Protocol
-from nas_core.search_space import SPACES
+from nas_core.cost.latency import MeasurementStore, measure_units, profile_space, store_path
+from nas_core.cost.macs import read_cost_table, write_cost_table
+from nas_core.cost.ssh import AuthError, HostKeyError, SshTarget, fetch_host_key, fingerprint, trust_host
+from nas_core.cost.targets import Protocol
+from nas_core.space.spaces import SPACES
 from tests.sshd import _keygen
 from tests.test_profiling_local import FAST, SIZE, TINY, _tiny_units
 

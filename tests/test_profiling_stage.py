@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from nas_core.cost_table import read_cost_table
+from nas_core.cost.macs import read_cost_table
 from tests.repo_copy import TINY_EXPERIMENTS, make_repo_copy, run
 
 SMALL_RUN = {"input_size": {"height": 32, "width": 64}, "warmup": 0, "runs": 2, "min_time_s": 0.0,

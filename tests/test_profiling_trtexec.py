@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from nas_core.profiling.trtexec import TrtexecError, compute_times, parse_summary, parse_trtexec, parse_version
+from nas_core.cost.trtexec import TrtexecError, compute_times, parse_summary, parse_trtexec, parse_version
 
 FIXTURES = Path(__file__).parent / "fixtures" / "trtexec"
 RUNS = ("trt7.1.3_xavier", "trt8.2.1_xavier", "trt8.5.2_xavier", "trt10.3.0_orin")
@@ -126,10 +126,10 @@ sys.exit({rc})
 
 @pytest.mark.parametrize("fixture", ("trt8.2.1_xavier", "trt10.3.0_orin"))
 def test_runner_drives_trtexec_and_the_target_parses_it(tmp_path, fixture):
-    from nas_core.cost_table import build_cost_table
-    from nas_core.profiling.export import table_units
-    from nas_core.profiling.profile import MeasurementStore, measure_units
-    from nas_core.profiling.targets import LocalTarget, Protocol
+    from nas_core.cost.export import table_units
+    from nas_core.cost.latency import MeasurementStore, measure_units
+    from nas_core.cost.macs import build_cost_table
+    from nas_core.cost.targets import LocalTarget, Protocol
 
     fake = _fake_trtexec(tmp_path, fixture)
     units = table_units(build_cost_table("small", (64, 128), 19), "small")[:2]
@@ -148,10 +148,10 @@ def test_runner_drives_trtexec_and_the_target_parses_it(tmp_path, fixture):
 
 
 def test_a_failing_trtexec_fails_the_model_by_name(tmp_path):
-    from nas_core.cost_table import build_cost_table
-    from nas_core.profiling.export import table_units
-    from nas_core.profiling.profile import MeasurementStore, measure_units
-    from nas_core.profiling.targets import LocalTarget, MeasurementError, Protocol
+    from nas_core.cost.export import table_units
+    from nas_core.cost.latency import MeasurementStore, measure_units
+    from nas_core.cost.macs import build_cost_table
+    from nas_core.cost.targets import LocalTarget, MeasurementError, Protocol
 
     fake = _fake_trtexec(tmp_path, "trt8.5.2_parse_failure", rc=1)
     unit = table_units(build_cost_table("small", (64, 128), 19), "small")[0]

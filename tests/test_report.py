@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nas_core.report import ROW_KEYS, compare_spaces, figure, load_paper_figures, table_row, write_table1
+from nas_core.report.table1 import ROW_KEYS, compare_spaces, figure, load_paper_figures, table_row, write_table1
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,10 +4,10 @@ import pandas as pd
 import pytest
 import torch
 
-from nas_core.candidates import CANDIDATE_NAMES, NUM_CANDIDATES
-from nas_core.evaluate import evaluate_segmentation
+from nas_core.engine.evaluate import evaluate_segmentation
 from nas_core.io import atomic_torch_save, atomic_write_parquet
-from nas_core.sampling import (
+from nas_core.search.supernet import extract_network
+from nas_core.select.sampling import (
     class_map,
     evaluate_path,
     load_supernet,
@@ -15,8 +15,8 @@ from nas_core.sampling import (
     recalibrate_bn,
     sample_architectures,
 )
-from nas_core.search_space import get_space
-from nas_core.supernet import extract_network
+from nas_core.space.candidates import CANDIDATE_NAMES, NUM_CANDIDATES
+from nas_core.space.spaces import get_space
 from tests.test_sampling_fixtures import SPACE, random_batches, searched_supernet, write_search_outputs
 
 torch.set_num_threads(1)

@@ -9,9 +9,9 @@ import time
 import pytest
 import yaml
 
-from nas_core.cost_table import build_cost_table, write_cost_table
+from nas_core.cost.macs import build_cost_table, write_cost_table
 from nas_core.data import generate_cityscapes
-from nas_core.search_space import Architecture
+from nas_core.space.spaces import Architecture
 from tests.repo_copy import TINY_EXPERIMENTS, make_repo_copy, run, stage_env
 from tests.test_sampling_fixtures import IMAGE_SIZE, searched_supernet, write_search_outputs
 

@@ -8,8 +8,8 @@ import pandas as pd
 import torch
 
 from nas_core.io import atomic_torch_save, atomic_write_parquet
-from nas_core.search import theta_rows
-from nas_core.supernet import Supernet, build_supernet
+from nas_core.search.loop import theta_rows
+from nas_core.search.supernet import Supernet, build_supernet
 
 SPACE = "small"
 CLASSES = 19

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from nas_core.cost_table import architecture_cost, build_cost_table, write_cost_table
+from nas_core.cost.macs import architecture_cost, build_cost_table, write_cost_table
 from nas_core.data import CityscapesSegmentation, generate_cityscapes
-from nas_core.evaluate import evaluate_segmentation
-from nas_core.pareto import best_under_budget, nearest_cost, pareto_front
-from nas_core.search_space import Architecture
-from nas_core.supernet import extract_network
-from nas_core.zoo import PUBLISHED
+from nas_core.engine.evaluate import evaluate_segmentation
+from nas_core.search.supernet import extract_network
+from nas_core.select.pareto import best_under_budget, nearest_cost, pareto_front
+from nas_core.space.spaces import Architecture
+from nas_core.space.zoo import PUBLISHED
 from tests.test_sampling_fixtures import IMAGE_SIZE, searched_supernet, write_search_outputs
 
 PARAMS = """\
@@ -246,7 +246,7 @@ def test_dask_without_prefect_dask_is_a_clear_error():
 
 
 def test_reference_targets_name_their_network_and_refuse_what_they_cannot_cost():
-    from nas_core.mobilenetv3 import count_conv_macs, mobilenetv3_lraspp
+    from nas_core.space.mobilenetv3 import count_conv_macs, mobilenetv3_lraspp
     from tasks.sample import resolve_target_task
 
     resolve = resolve_target_task.fn

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from nas_core.config import SampleParams, SearchParams, TrainParams, load_params
-from nas_core.schedules import SCHEDULES, build_schedule, lr_curve
+from nas_core.engine.schedules import SCHEDULES, build_schedule, lr_curve
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from nas_core.candidates import CANDIDATE_NAMES
-from nas_core.cost_table import build_cost_table, cost_matrix
-from nas_core.search import SearchConfig, distribution_stats, resource_loss, run_search
-from nas_core.search_data import search_loader, split_dataset
-from nas_core.search_space import SPACES
-from nas_core.supernet import build_supernet
+from nas_core.cost.macs import build_cost_table, cost_matrix
+from nas_core.search.data import search_loader, split_dataset
+from nas_core.search.loop import SearchConfig, distribution_stats, resource_loss, run_search
+from nas_core.search.supernet import build_supernet
+from nas_core.space.candidates import CANDIDATE_NAMES
+from nas_core.space.spaces import SPACES
 from tests.test_supernet_fixtures import TINY, TINY_CLASSES, TinySegmentation, tiny_space  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("tiny_space")

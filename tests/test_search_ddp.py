@@ -5,10 +5,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from nas_core.cost_table import build_cost_table, cost_matrix
-from nas_core.search import SearchConfig, run_search
-from nas_core.search_data import search_loader
-from nas_core.supernet import build_supernet
+from nas_core.cost.macs import build_cost_table, cost_matrix
+from nas_core.search.data import search_loader
+from nas_core.search.loop import SearchConfig, run_search
+from nas_core.search.supernet import build_supernet
 from tests.test_supernet_fixtures import TINY, TINY_CLASSES, TinySegmentation, register_tiny
 
 

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from nas_core.candidates import CANDIDATE_NAMES, CANDIDATES, Candidate, candidate_index
-from nas_core.search_space import SPACES, Architecture, get_space
-from nas_core.zoo import PUBLISHED
+from nas_core.space.candidates import CANDIDATE_NAMES, CANDIDATES, Candidate, candidate_index
+from nas_core.space.spaces import SPACES, Architecture, get_space
+from nas_core.space.zoo import PUBLISHED
 
 
 def test_thirteen_candidates_in_appendix_b_order():

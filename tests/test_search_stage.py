@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from nas_core.config import load_params
-from nas_core.cost_table import build_cost_table, write_cost_table
+from nas_core.cost.macs import build_cost_table, write_cost_table
 from nas_core.data import generate_cityscapes
 from tasks.search import load_cost
 from tests.launch import launch
@@ -36,7 +36,7 @@ def workdir(tmp_path_factory):
 
 def test_flow_writes_the_outputs_and_one_mlflow_run_with_curves(workdir, monkeypatch, prefect_harness):
     from flows.search import search_flow
-    from nas_core.sampling import load_supernet, read_probabilities
+    from nas_core.select.sampling import load_supernet, read_probabilities
 
     monkeypatch.chdir(workdir)
     summary = search_flow("params.yaml")

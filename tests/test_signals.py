@@ -15,7 +15,7 @@ import mlflow
 import pytest
 
 from nas_core.config import load_params
-from nas_core.cost_table import build_cost_table, write_cost_table
+from nas_core.cost.macs import build_cost_table, write_cost_table
 from nas_core.data import generate_cityscapes
 from tasks import tracking
 from tests.launch import launch

@@ -4,11 +4,11 @@ import copy
 import pytest
 import torch
 
-from nas_core.blocks import build_candidate
-from nas_core.candidates import CANDIDATE_NAMES, CANDIDATES
-from nas_core.decoders import lraspp_pool_geometry
-from nas_core.search_space import SPACES, Architecture
-from nas_core.supernet import build_supernet, extract_network
+from nas_core.search.supernet import build_supernet, extract_network
+from nas_core.space.blocks import build_candidate
+from nas_core.space.candidates import CANDIDATE_NAMES, CANDIDATES
+from nas_core.space.decoders import lraspp_pool_geometry
+from nas_core.space.spaces import SPACES, Architecture
 from tests.test_supernet_fixtures import TINY, TINY_CLASSES, tiny_space  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("tiny_space")

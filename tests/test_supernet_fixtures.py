@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from nas_core.search_space import SPACES, SearchSpace
+from nas_core.space.spaces import SPACES, SearchSpace
 
 # blocks: 8->8 s2 (factorized reduce), 8->8 s1 (residual: skip is zero), 8->16 s2, 16->16 s1,
 # 16->16 s2, 16->24 s1 (skip is a 1x1 projection); output stride 16, low-level feature at stride 8

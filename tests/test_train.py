@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from nas_core.schedules import build_schedule, lr_curve
-from nas_core.train import (
+from nas_core.engine.schedules import build_schedule, lr_curve
+from nas_core.engine.training import (
     EpochBatchSampler,
     NonFiniteLossError,
     SeededDataset,
@@ -231,7 +231,7 @@ def test_batch_larger_than_the_shard_is_an_error_naming_batch_size():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_amp_on_cuda_runs_in_float16_and_resumes_exactly(tmp_path, monkeypatch):
-    from nas_core.train import DistInfo
+    from nas_core.engine.training import DistInfo
 
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
@@ -265,8 +265,8 @@ DDP_SCRIPT = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, {root!r})
     from tests.test_train import NoisyToy, toy_net
-    from nas_core.schedules import build_schedule
-    from nas_core.train import init_distributed, make_train_loader, train
+    from nas_core.engine.schedules import build_schedule
+    from nas_core.engine.training import init_distributed, make_train_loader, train
     info = init_distributed("cpu")
     model = toy_net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from nas_core.classifier import Classifier, encoder_state_dict, load_encoder
 from nas_core.data import generate_cityscapes, generate_coco, generate_imagenet
-from nas_core.network import SegmentationNetwork
-from nas_core.retrain import StageSettings, load_payload
-from nas_core.zoo import PUBLISHED
+from nas_core.space.classifier import Classifier, encoder_state_dict, load_encoder
+from nas_core.space.network import SegmentationNetwork
+from nas_core.space.zoo import PUBLISHED
+from nas_core.train.stages import StageSettings, load_payload
 from tasks.train import skip_stage_task, train_stage
 
 ARCH = PUBLISHED["squeezenas_lat_small"]

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from nas_core.network import SegmentationNetwork
-from nas_core.search_space import Architecture
-from nas_core.zoo import PUBLISHED, convert_official_state_dict, load_official_weights, published_network
+from nas_core.space.network import SegmentationNetwork
+from nas_core.space.spaces import Architecture
+from nas_core.space.zoo import PUBLISHED, convert_official_state_dict, load_official_weights, published_network
 
 MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]

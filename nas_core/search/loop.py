@@ -1,0 +1,293 @@
+"""The supernet search (paper sections 4.1-4.3): weights w and architecture logits theta minimise
+L = CE + alpha * L_E(theta) (eq. 1, 3), co-optimised on the same batches (the paper) or on FBNet's
+alternating 80/20 split; candidates under 0.5% are pruned (section 4.2). Mixed precision on GPU,
+DDP under torchrun, and checkpoints from which a killed search resumes exactly."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from nas_core.search.checkpoint import Checkpointer
+from nas_core.search.data import derive_seed
+from nas_core.search.gumbel import TauSchedule
+from nas_core.search.supernet import Supernet
+from nas_core.space.candidates import CANDIDATE_NAMES, NUM_CANDIDATES
+from nas_core.space.spaces import Architecture
+
+SCHEMES = ("joint", "fbnet")
+IGNORE_INDEX = 255
+SKIP = CANDIDATE_NAMES.index("skip")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Hyper-parameters of one search. `cost_reference` (table units) divides L_E; by default it
+    is the expected cost of the searched blocks under uniform p (L_E = 1 at the start), so alpha
+    is unit-free: the same alpha is the same trade-off on a MAC or a latency table."""
+
+    epochs: int = 4
+    alpha: float = 0.2
+    cost_reference: float | None = None
+    tau: TauSchedule = field(default_factory=TauSchedule)
+    hard: bool = False
+    scheme: str = "joint"
+    warmup_epochs: int = 0
+    weight_lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    theta_lr: float = 0.01
+    theta_weight_decay: float = 0.0
+    prune_threshold: float = 0.005
+    checkpoint_every: int = 0  # steps; 0: at the end of every epoch only
+    amp: bool = True
+    seed: int = 0
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"unknown search scheme {self.scheme!r}; valid schemes are: {', '.join(SCHEMES)}")
+        if self.epochs < 1 or not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"need epochs >= 1 and 0 <= warmup_epochs < epochs, "
+                             f"got {self.epochs}, {self.warmup_epochs}")
+        if not 0 <= self.prune_threshold < 1 / NUM_CANDIDATES:
+            raise ValueError(f"prune_threshold must be in [0, 1/{NUM_CANDIDATES}), got {self.prune_threshold}")
+        if self.alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SearchResult:
+    curves: pd.DataFrame  # one row of metrics per epoch
+    history: pd.DataFrame  # theta per (epoch, block, candidate); epoch 0 is the start
+    pruning_log: pd.DataFrame  # (epoch, block, candidate, probability) of every removal
+    architecture: Architecture  # the most likely candidate of every block
+    resumed_from: dict | None  # the checkpoint position the run continued from
+    checkpoint: Path  # this configuration's checkpoint file (its folder is named by the fingerprint)
+
+
+def resource_loss(probs: torch.Tensor, cost: torch.Tensor, reference: float) -> torch.Tensor:
+    """L_E(theta) = sum_i sum_j p(i, j | theta) C(i, j) / reference (eq. 3)."""
+    return (probs * cost).sum() / reference
+
+
+def distribution_stats(probs: torch.Tensor, cost: np.ndarray, fixed_cost: float) -> dict[str, float]:
+    """Expected and argmax cost, mean entropy (nats), live candidates and the mass on `skip`."""
+    p = probs.detach().double().cpu().numpy()
+    entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1)  # pruned candidates add 0, not nan
+    argmax = p.argmax(axis=1)
+    return {"expected_cost": fixed_cost + float((p * cost).sum()),
+            "argmax_cost": fixed_cost + float(cost[np.arange(len(argmax)), argmax].sum()),
+            "mean_entropy": float(entropy.mean()), "live_candidates": int((p > 0).sum()),
+            "skip_share": float(p[:, SKIP].mean())}
+
+
+def _plan(config: SearchConfig, train_loader, arch_loader) -> list[list[tuple[str, object, bool, bool]]]:
+    """Per epoch, its phases: (name, loader, update weights, update theta)."""
+    if config.scheme == "fbnet" and arch_loader is None:
+        raise ValueError("the fbnet scheme needs arch_loader (the 20% split that trains theta)")
+    plan = []
+    for epoch in range(config.epochs):
+        if epoch < config.warmup_epochs:
+            plan.append([("warmup", train_loader, True, False)])
+        elif config.scheme == "joint":
+            plan.append([("joint", train_loader, True, True)])
+        else:
+            plan.append([("weights", train_loader, True, False), ("theta", arch_loader, False, True)])
+    return plan
+
+
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _wrap(supernet: Supernet, world: int, device: torch.device) -> nn.Module:
+    if world == 1:
+        return supernet
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(supernet, device_ids=ids)
+
+
+def _weight_optimizer(supernet: Supernet, config: SearchConfig, old: torch.optim.Optimizer | None = None):
+    """SGD over the live weights; after pruning, the survivors keep their momentum."""
+    params = supernet.weight_parameters()
+    opt = torch.optim.SGD(params, lr=config.weight_lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if old is not None:
+        opt.state.update({p: old.state[p] for p in params if p in old.state})
+    return opt
+
+
+def _all_reduce(t: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def run_search(supernet: Supernet, train_loader, cost: np.ndarray, config: SearchConfig,
+               checkpoint_dir: str | Path, *, arch_loader=None, fixed_cost: float = 0.0,
+               on_epoch_end: Callable[[int, dict], None] | None = None,
+               log: Callable[[str], None] = print) -> SearchResult:
+    """Search on `supernet` (already on its device) and return the curves and theta history.
+
+    Args:
+        train_loader: batches of (image, label) from a `nas_core.search.data.search_loader`, whose batch
+            sampler replays any epoch from any batch. For the fbnet scheme, the 80% weight split.
+        cost: C, (num_blocks, 13) in table units (`nas_core.cost.macs.cost_matrix`); `fixed_cost` is the
+            stem/post-encoder/decoder total, reported in `expected_cost`.
+        checkpoint_dir: `<fingerprint key>/last.pt` there is written atomically every epoch (and
+            every `checkpoint_every` steps); a run finding one of its configuration continues it, and
+            the checkpoints of other configurations are left alone.
+        on_epoch_end: called on rank 0 as (epoch, metrics), epoch counting from 1; on resume the
+            finished epochs are replayed to it first.
+    Under torch.distributed the supernet is wrapped in DDP (SyncBatchNorm on CUDA); every rank
+    must call this with its own shard of the data (`search_loader(rank=, world_size=)`).
+    """
+    device = next(supernet.parameters()).device
+    rank, world = _dist()
+    amp = config.amp and device.type == "cuda"
+    if world > 1 and device.type == "cuda":  # SyncBatchNorm has no CPU kernel; gloo runs keep BN
+        supernet = nn.SyncBatchNorm.convert_sync_batchnorm(supernet)
+    cost = np.asarray(cost, dtype=np.float64)
+    if cost.shape != (len(supernet.blocks), NUM_CANDIDATES):
+        raise ValueError(f"cost matrix must be ({len(supernet.blocks)}, {NUM_CANDIDATES}), got shape {cost.shape}")
+    if not np.isfinite(cost).all() or (cost < 0).any():
+        raise ValueError("cost matrix must be finite and >= 0 (a latency table with missing measurements?)")
+    reference = config.cost_reference or float(cost.mean(axis=1).sum())
+    if reference <= 0:
+        raise ValueError("cost reference is 0: the cost table has no cost to trade off; set cost_reference")
+    cost_t = torch.tensor(cost, dtype=torch.float32, device=device)
+    plan = _plan(config, train_loader, arch_loader)
+    total_steps = sum(len(phase[1]) for epoch in plan for phase in epoch)
+
+    for loader in (train_loader, arch_loader):
+        if loader is not None and not hasattr(loader.batch_sampler, "set_epoch"):
+            raise ValueError("run_search needs resumable loaders (nas_core.search.data.search_loader)")
+    opt_w = _weight_optimizer(supernet, config)
+    opt_t = torch.optim.Adam(supernet.arch_parameters(), lr=config.theta_lr, weight_decay=config.theta_weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    data = [(len(loader), loader.batch_sampler.batch_size)
+            for loader in (train_loader, arch_loader) if loader is not None]
+    ckpt = Checkpointer(checkpoint_dir, config, supernet, cost, fixed_cost, world, data, rank)
+    state = {"epoch": 0, "phase": 0, "batch": 0, "step": 0, "tau": config.tau.start,
+             "sums": torch.zeros(4, dtype=torch.float64),  # ce, L_E, loss, batches of the epoch so far
+             "curves": [], "pruning": [], "history": theta_rows(supernet, 0)}
+    resumed = ckpt.restore(supernet, state, log)
+    if resumed is not None:
+        opt_w = _weight_optimizer(supernet, config)  # over the checkpoint's live candidates
+        ckpt.load_optimizers(opt_w, opt_t, scaler)
+        if on_epoch_end is not None and rank == 0:
+            for row in state["curves"]:
+                on_epoch_end(row["epoch"], row)
+    model = _wrap(supernet, world, device)
+    generator = torch.Generator()
+
+    while state["epoch"] < config.epochs:
+        epoch = state["epoch"]
+        started = time.perf_counter()
+        for phase_index in range(state["phase"], len(plan[epoch])):
+            name, loader, update_w, update_t = plan[epoch][phase_index]
+            loader.batch_sampler.set_epoch(epoch, state["batch"])  # skip the batches done before a stop
+            tick = time.perf_counter()
+            for x, y in loader:
+                step = state["step"]
+                tau = config.tau.at(step, total_steps, epoch, config.epochs)
+                for group in opt_w.param_groups:  # cosine decay of the weights' learning rate
+                    group["lr"] = config.weight_lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+                generator.manual_seed(derive_seed(config.seed, rank, step))
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                    logits = model(x, tau=tau, generator=generator, hard=config.hard)
+                valid = (y != IGNORE_INDEX).sum().clamp(min=1)
+                ce = F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX, reduction="sum") / valid
+                resource = resource_loss(supernet.probabilities(), cost_t, reference)
+                loss = ce + config.alpha * resource
+                opt_w.zero_grad(set_to_none=True)
+                opt_t.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if update_w:
+                    scaler.step(opt_w)
+                if update_t:
+                    scaler.step(opt_t)
+                scaler.update()
+                terms = [ce.detach(), resource.detach(), loss.detach(), torch.ones((), device=device)]
+                state["sums"] += torch.stack(terms).cpu().double()
+                state["batch"] += 1
+                state["step"] += 1
+                state["tau"] = tau
+                if config.checkpoint_every and state["step"] % config.checkpoint_every == 0:
+                    ckpt.save(supernet, opt_w, opt_t, scaler, state)
+                if rank == 0 and (state["batch"] % config.log_every == 0 or state["batch"] == len(loader)):
+                    log(f"[search] epoch {epoch + 1}/{config.epochs} {name} {state['batch']}/{len(loader)} "
+                        f"step {state['step']}/{total_steps} ce {ce.item():.3f} L_E {resource.item():.3f} "
+                        f"tau {tau:.2f} ({(time.perf_counter() - tick) / state['batch']:.2f} s/step)")
+            state["phase"], state["batch"] = phase_index + 1, 0
+
+        # section 4.2: every rank holds the same theta, so every rank removes the same candidates
+        removed = supernet.prune(config.prune_threshold) if config.prune_threshold > 0 else []
+        if removed:
+            opt_w = _weight_optimizer(supernet, config, opt_w)
+            model = _wrap(supernet, world, device)
+        sums = _all_reduce(state["sums"].to(device), world).cpu()
+        state["epoch"], state["phase"] = epoch + 1, 0
+        metrics = {"epoch": epoch + 1, "ce": float(sums[0] / sums[3]), "resource_loss": float(sums[1] / sums[3]),
+                   "total_loss": float(sums[2] / sums[3]), "tau": state["tau"], "fixed_cost": fixed_cost,
+                   **distribution_stats(supernet.probabilities(), cost, fixed_cost),
+                   "pruned": len(removed), "seconds": time.perf_counter() - started}
+        state["sums"] = torch.zeros(4, dtype=torch.float64)
+        state["curves"].append(metrics)
+        state["pruning"] += [{"epoch": epoch + 1, "block": b, "candidate": n, "probability": p} for b, n, p in removed]
+        state["history"] += theta_rows(supernet, epoch + 1)
+        ckpt.save(supernet, opt_w, opt_t, scaler, state)
+        if rank == 0:
+            for b, n, p in removed:
+                log(f"[search] epoch {epoch + 1}: pruned block {b} {n} (p = {p:.4f})")
+            log(f"[search] epoch {epoch + 1}/{config.epochs} done: ce {metrics['ce']:.3f} expected cost "
+                f"{metrics['expected_cost']:.4g} entropy {metrics['mean_entropy']:.3f} live "
+                f"{metrics['live_candidates']} skip {metrics['skip_share']:.3f} ({metrics['seconds']:.1f} s)")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, metrics)
+
+    return SearchResult(
+        curves=pd.DataFrame(state["curves"]),
+        history=pd.DataFrame(state["history"]),
+        pruning_log=pd.DataFrame(state["pruning"], columns=["epoch", "block", "candidate", "probability"]),
+        architecture=supernet.argmax_architecture(), resumed_from=resumed, checkpoint=ckpt.path)
+
+
+def theta_rows(supernet: Supernet, epoch: int) -> list[dict]:
+    """One row per (block, candidate): the raw logit, its probability and whether it is live."""
+    theta = torch.stack([p.detach().float().cpu() for p in supernet.arch_parameters()])
+    probs, live = supernet.probabilities().detach().cpu(), supernet.live_mask().cpu()
+    return [{"epoch": epoch, "block": i, "candidate": name, "logit": float(theta[i, j]),
+             "probability": float(probs[i, j]), "live": bool(live[i, j])}
+            for i in range(theta.shape[0]) for j, name in enumerate(CANDIDATE_NAMES)]
+
+
+@torch.no_grad()
+def evaluate_architecture(supernet: Supernet, arch: Architecture, loader, num_classes: int) -> dict:
+    """mIoU of one architecture's path through the supernet (section 5.3.1) on `loader`."""
+    from nas_core.engine.metrics import ConfusionMatrix
+
+    device = next(supernet.parameters()).device
+    was_training = supernet.training
+    supernet.eval()
+    matrix = ConfusionMatrix(num_classes=num_classes, ignore_index=IGNORE_INDEX, device=device)
+    for x, y in loader:
+        logits = supernet.forward_architecture(x.to(device), arch)
+        matrix.update(logits.argmax(1), y.to(device))
+    supernet.train(was_training)
+    return matrix.compute()

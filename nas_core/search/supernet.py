@@ -1,0 +1,188 @@
+"""The stochastic supernet (paper section 4, Figure 3): the stem, one superblock of 13 candidates per
+block position, the space's decoder. Each superblock owns its architecture logits theta (eq. 2);
+a candidate below the pruning threshold is removed from compute (section 4.2)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nas_core.search.gumbel import gumbel_softmax, sample_gumbel
+from nas_core.space.blocks import build_candidate, init_weights
+from nas_core.space.candidates import CANDIDATE_NAMES, CANDIDATES, NUM_CANDIDATES
+from nas_core.space.network import SegmentationNetwork, build_post_encoder, build_space_decoder, build_stem, check_input
+from nas_core.space.spaces import Architecture, BlockSpec, get_space
+
+_COLUMN = {name: j for j, name in enumerate(CANDIDATE_NAMES)}
+
+
+class SuperBlock(nn.Module):
+    """The 13 candidates of one block, mixed with per-image weights; the residual is added outside.
+
+    `candidates` holds the modules of `build_candidate`, keyed by name, so their state maps onto a
+    static `Block.op`. `skip` under a residual has no module: it contributes zero, the block is
+    then the identity. `live` marks the candidates not yet pruned.
+    """
+
+    def __init__(self, spec: BlockSpec):
+        super().__init__()
+        self.spec = spec
+        self.residual = spec.residual
+        modules = {c.name: build_candidate(c, spec) for c in CANDIDATES}
+        self.candidates = nn.ModuleDict({n: m for n, m in modules.items() if m is not None})
+        self.theta = nn.Parameter(torch.zeros(NUM_CANDIDATES))  # uniform p at the start
+        self.register_buffer("live", torch.ones(NUM_CANDIDATES, dtype=torch.bool))
+
+    def logits(self) -> torch.Tensor:
+        """theta with pruned candidates at -inf, so softmax renormalises over the live ones."""
+        return self.theta.masked_fill(~self.live, float("-inf"))
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Mix the live candidates: sum_j w[n, j] * candidate_j(x[n]) (+ x under a residual).
+
+        Args:
+            x: (N, C_in, H, W).
+            weights: (N, 13) per-image mixing weights, zero for pruned candidates.
+        """
+        out = None
+        for name, op in self.candidates.items():  # pruned candidates are no longer in the dict
+            y = op(x)  # (N, C_out, H/s, W/s)
+            w = weights[:, _COLUMN[name]].to(y.dtype).view(-1, 1, 1, 1)
+            # in place on our own sum: one kernel per candidate, and nothing but y and w is saved
+            out = y * w if out is None else out.addcmul_(y, w)
+        if self.residual:
+            return x if out is None else x + out
+        return out
+
+    def forward_candidate(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """One path: exactly the static `Block` of candidate `name`."""
+        if name in self.candidates:
+            out = self.candidates[name](x)
+            return x + out if self.residual else out
+        if name == "skip" and self.residual:
+            return x
+        raise ValueError(f"block {self.spec.index}: candidate {name!r} was pruned from the supernet")
+
+    def prune(self, threshold: float) -> list[tuple[str, float]]:
+        """Remove the live candidates whose probability is below `threshold`; returns (name, p)."""
+        with torch.no_grad():
+            p = torch.softmax(self.logits().float(), dim=0)
+            drop = self.live & (p < threshold)
+        removed = [(CANDIDATE_NAMES[j], float(p[j])) for j in torch.nonzero(drop).flatten().tolist()]
+        self.set_live(self.live & ~drop)
+        return removed
+
+    def set_live(self, live: torch.Tensor) -> None:
+        """Keep exactly the candidates marked in `live` (13 bools); deleted modules stay deleted."""
+        live = live.to(device=self.live.device, dtype=torch.bool)
+        if not live.any():
+            raise ValueError(f"block {self.spec.index}: pruning would remove every candidate")
+        if (live & ~self.live).any():
+            raise ValueError(f"block {self.spec.index}: a pruned candidate cannot be revived")
+        self.live.copy_(live)
+        for j in torch.nonzero(~live).flatten().tolist():
+            if CANDIDATE_NAMES[j] in self.candidates:
+                del self.candidates[CANDIDATE_NAMES[j]]
+
+
+class Supernet(nn.Module):
+    """Maps a normalized (N, 3, H, W) batch to (N, classes, H, W) logits of a sampled mixture."""
+
+    def __init__(self, space: str, num_classes: int = 19):
+        super().__init__()
+        self.space = get_space(space)
+        self.num_classes = num_classes
+        self.low_level_index = self.space.low_level_index
+        # the same modules as SegmentationNetwork, so state names line up with a static network
+        self.stem = build_stem(self.space)
+        self.blocks = nn.ModuleList(SuperBlock(spec) for spec in self.space.blocks)
+        self.post_encoder = build_post_encoder(self.space)
+        self.decoder = build_space_decoder(self.space, num_classes)
+        init_weights(self)
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """theta, collected from the superblocks that own it, in block order."""
+        return [block.theta for block in self.blocks]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def arch_logits(self) -> torch.Tensor:
+        """(num_blocks, 13) logits, -inf at pruned candidates."""
+        return torch.stack([block.logits() for block in self.blocks])
+
+    def probabilities(self) -> torch.Tensor:
+        """(num_blocks, 13) p(i, j | theta) of eq. 2; rows sum to 1."""
+        return torch.softmax(self.arch_logits().float(), dim=-1)
+
+    def live_mask(self) -> torch.Tensor:
+        return torch.stack([block.live for block in self.blocks])
+
+    def set_live_mask(self, mask: torch.Tensor) -> None:
+        """Prune to `mask` (num_blocks, 13), e.g. the mask of a checkpoint before loading its state."""
+        if tuple(mask.shape) != (len(self.blocks), NUM_CANDIDATES):
+            raise ValueError(f"live mask must be ({len(self.blocks)}, {NUM_CANDIDATES}), got {tuple(mask.shape)}")
+        for block, live in zip(self.blocks, mask):
+            block.set_live(live)
+
+    def prune(self, threshold: float) -> list[tuple[int, str, float]]:
+        """Section 4.2: drop every live candidate with p < threshold; returns (block, name, p)."""
+        return [(i, name, p) for i, block in enumerate(self.blocks) for name, p in block.prune(threshold)]
+
+    def sample_weights(self, batch: int, tau: float, generator: torch.Generator | None = None,
+                       hard: bool = False) -> torch.Tensor:
+        """(batch, num_blocks, 13) Gumbel-softmax weights, drawn independently for every image."""
+        logits = self.arch_logits()
+        noise = sample_gumbel((batch, *logits.shape), generator, logits.device)
+        return gumbel_softmax(logits, noise, tau, hard)
+
+    def forward(self, x: torch.Tensor, tau: float, generator: torch.Generator | None = None,
+                hard: bool = False) -> torch.Tensor:
+        return self.forward_weights(x, self.sample_weights(x.shape[0], tau, generator, hard))
+
+    def forward_weights(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The supernet with given mixing weights (N, num_blocks, 13)."""
+        check_input(x)
+        h = self.stem(x)  # (N, C0, H/2, W/2)
+        low = h
+        for i, block in enumerate(self.blocks):
+            h = block(h, weights[:, i])
+            if i == self.low_level_index:
+                low = h
+        return self.decoder(self.post_encoder(h), low, x.shape[-2:])
+
+    def forward_architecture(self, x: torch.Tensor, arch: Architecture) -> torch.Tensor:
+        """One architecture's path through the supernet (Figure 4), with the supernet's weights."""
+        check_input(x)
+        if arch.space != self.space.name:
+            raise ValueError(f"architecture is for the {arch.space} space, the supernet for {self.space.name}")
+        h = self.stem(x)
+        low = h
+        for i, (block, name) in enumerate(zip(self.blocks, arch.choices)):
+            h = block.forward_candidate(h, name)
+            if i == self.low_level_index:
+                low = h
+        return self.decoder(self.post_encoder(h), low, x.shape[-2:])
+
+    def argmax_architecture(self) -> Architecture:
+        """The most likely candidate of every block."""
+        return Architecture(self.space.name, [CANDIDATE_NAMES[j] for j in self.probabilities().argmax(-1).tolist()])
+
+
+def build_supernet(space: str, num_classes: int = 19) -> Supernet:
+    return Supernet(space, num_classes)
+
+
+def extract_network(supernet: Supernet, arch: Architecture) -> SegmentationNetwork:
+    """A static network of `arch` carrying the supernet's weights (no search machinery left)."""
+    net = SegmentationNetwork(arch, supernet.num_classes)
+    for part in ("stem", "post_encoder", "decoder"):
+        getattr(net, part).load_state_dict(getattr(supernet, part).state_dict())
+    for i, (block, name) in enumerate(zip(net.blocks, arch.choices)):
+        if block.op is None:
+            continue
+        source = supernet.blocks[i].candidates
+        if name not in source:
+            raise ValueError(f"block {i}: candidate {name!r} was pruned from the supernet")
+        block.op.load_state_dict(source[name].state_dict())
+    return net.to(next(supernet.parameters()).device)

@@ -1,0 +1,259 @@
+"""The four retraining stages of the chosen architecture (paper section 5.3.2): ImageNet classification,
+COCO segmentation, Cityscapes coarse, Cityscapes fine. Weights start fresh (the paper's footnote 2) and
+each stage starts from the previous stage's model, or passes it on unchanged when switched off."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from nas_core.data import (
+    CityscapesSegmentation,
+    ClassificationEvalTransform,
+    ClassificationTrainTransform,
+    CocoSegmentation,
+    ImageNetFolder,
+    TrainTransform,
+)
+from nas_core.engine.evaluate import evaluate_classification, evaluate_segmentation
+from nas_core.engine.schedules import build_schedule
+from nas_core.engine.training import DistInfo, make_train_loader, train
+from nas_core.io import atomic_torch_save
+from nas_core.space.classifier import Classifier, load_encoder
+from nas_core.space.network import SegmentationNetwork
+from nas_core.space.spaces import Architecture
+
+STAGES = ("pretrain_imagenet", "pretrain_coco", "train_coarse", "train_fine")
+MODEL_FORMAT = 1
+NUM_CLASSES = 19  # COCO is mapped onto the 19 Cityscapes classes, so segmentation heads carry over
+
+
+@dataclass(frozen=True)
+class StageData:
+    task: str  # "classification" or "segmentation"
+    dataset: str  # "imagenet", "coco" or "cityscapes"
+    train_split: str
+    val_split: str
+
+
+STAGE_DATA = {
+    "pretrain_imagenet": StageData("classification", "imagenet", "train", "val"),
+    "pretrain_coco": StageData("segmentation", "coco", "train", "val"),
+    "train_coarse": StageData("segmentation", "cityscapes", "coarse_train", "val"),
+    "train_fine": StageData("segmentation", "cityscapes", "train", "val"),
+}
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """Everything one stage's training needs, resolved (shared optimiser defaults filled in)."""
+
+    epochs: int
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    nesterov: bool = False
+    schedule: str = "step"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    power: float = 0.9
+    warmup_epochs: float = 0.0
+    patch: tuple[int, int] = (768, 768)
+    scale: tuple[float, float] = (0.5, 2.0)
+    batch_size: int = 8
+    num_workers: int = 0
+    amp: bool = True
+    grad_clip: float | None = None
+    seed: int = 0
+    eval_every: int = 1
+    checkpoint_every: int = 0
+    log_every: int = 10
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StageSettings:
+        """The inverse of dataclasses.asdict (JSON turns the tuples into lists)."""
+        tuples = {k: tuple(d[k]) for k in ("milestones", "patch", "scale")}
+        return cls(**{**d, **tuples})
+
+    def fingerprint(self, *parts: str) -> str:
+        text = json.dumps([asdict(self), *parts], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stage_settings(train_params, stage: str) -> StageSettings:
+    """The adapter from params.yaml's `train` section (nas_core.config.TrainParams) to one stage's settings."""
+    cfg = train_params.stage(stage)
+    return StageSettings(
+        epochs=cfg.epochs, lr=cfg.lr or train_params.lr, momentum=train_params.momentum,
+        weight_decay=train_params.weight_decay if cfg.weight_decay is None else cfg.weight_decay,
+        nesterov=train_params.nesterov, schedule=cfg.schedule, milestones=tuple(cfg.milestones), gamma=cfg.gamma,
+        power=cfg.power, warmup_epochs=cfg.warmup_epochs, patch=cfg.patch.hw, scale=tuple(cfg.scale),
+        batch_size=cfg.batch_size, num_workers=train_params.num_workers, amp=train_params.amp,
+        grad_clip=train_params.grad_clip, seed=train_params.seed, eval_every=cfg.eval_every,
+        checkpoint_every=train_params.checkpoint_every, log_every=train_params.log_every)
+
+
+def state_digest(state: dict[str, torch.Tensor] | None) -> str:
+    """A short hash of a state dict's values (identifies a stage's starting weights)."""
+    if state is None:
+        return "scratch"
+    h = hashlib.sha256()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def build_datasets(stage: str, root: str | Path, settings: StageSettings):
+    """(train, val) datasets of `stage` under the dataset root `root`, with the stage's transforms."""
+    data = STAGE_DATA[stage]
+    if data.task == "classification":
+        size = settings.patch[0]
+        train_set = ImageNetFolder(root, data.train_split, ClassificationTrainTransform(size, settings.scale))
+        return train_set, ImageNetFolder(root, data.val_split, ClassificationEvalTransform(size, round(size * 8 / 7)))
+    reader = CocoSegmentation if data.dataset == "coco" else CityscapesSegmentation
+    transform = TrainTransform(settings.patch, settings.scale, flip=True)
+    return reader(root, data.train_split, transform), reader(root, data.val_split)
+
+
+def build_model(stage: str, arch: Architecture, init: dict | None, num_classes: int, seed: int,
+                source: str = "previous stage") -> tuple[nn.Module, str]:
+    """A freshly initialised model for `stage`, then the weights of `init` (a stage payload) copied in.
+
+    Returns:
+        the model and how it was initialised: 'scratch', 'encoder' (classifier -> segmentation) or 'full'.
+    """
+    torch.manual_seed(seed)  # the fresh init is reproducible: the chosen architecture's weights are reset
+    task = STAGE_DATA[stage].task
+    model = Classifier(arch, num_classes) if task == "classification" else SegmentationNetwork(arch, num_classes)
+    if init is None or init.get("state_dict") is None:
+        return model, "scratch"
+    if Architecture.from_dict(init["arch"]) != arch:
+        raise ValueError(f"{source}: its architecture {init['arch']} is not the chosen one {arch.to_dict()}")
+    if init["task"] == "classification" and task == "segmentation":
+        load_encoder(model, init["state_dict"], source)
+        return model, "encoder"
+    if init["task"] != task:
+        raise ValueError(f"{source}: a {init['task']} model cannot start the {task} stage {stage}")
+    try:
+        model.load_state_dict(init["state_dict"])
+    except RuntimeError as e:
+        raise ValueError(f"{source}: its weights do not fit the {stage} model ({str(e).splitlines()[0]})") from None
+    return model, "full"
+
+
+def run_stage(stage: str, arch: Architecture, settings: StageSettings, data_root: str | Path,
+              init: dict | None, checkpoint_dir: str | Path, *, dist_info: DistInfo | None = None,
+              on_epoch_end: Callable[[int, dict], None] | None = None, log: Callable[[str], None] = print
+              ) -> tuple[nn.Module, dict]:
+    """Train the `stage` model of `arch` on the dataset at `data_root`, starting from `init`.
+
+    Returns:
+        the trained model (unwrapped, on the CPU) and a summary: history, final validation scores,
+        how the model was initialised, where the run resumed.
+    """
+    if stage not in STAGE_DATA:
+        raise ValueError(f"unknown stage {stage!r}; valid stages are: {', '.join(STAGES)}")
+    info = dist_info or DistInfo()
+    data = STAGE_DATA[stage]
+    train_set, val_set = build_datasets(stage, data_root, settings)
+    num_classes = len(train_set.classes) if data.task == "classification" else NUM_CLASSES
+    model, init_mode = build_model(stage, arch, init, num_classes, settings.seed)
+    loader = make_train_loader(train_set, settings.batch_size, settings.seed, settings.num_workers, info)
+    val_loader = DataLoader(val_set, batch_size=1, num_workers=settings.num_workers)
+    loss_fn = nn.CrossEntropyLoss() if data.task == "classification" else nn.CrossEntropyLoss(ignore_index=255)
+
+    def score(m: nn.Module) -> dict:
+        if data.task == "classification":
+            return evaluate_classification(m, val_loader, info.device)
+        return evaluate_segmentation(m, val_loader, NUM_CLASSES, info.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                                weight_decay=settings.weight_decay, nesterov=settings.nesterov)
+    schedule = build_schedule(settings.schedule, settings.epochs, settings.milestones, settings.gamma,
+                              settings.power, settings.warmup_epochs)
+    final: dict = {}
+
+    def epoch_end(epoch: int, metrics: dict, m: nn.Module) -> dict:
+        scores = {}
+        if epoch + 1 == settings.epochs or (settings.eval_every and (epoch + 1) % settings.eval_every == 0):
+            result = score(m)
+            keys = ("top1", "top5") if data.task == "classification" else ("class_miou", "category_miou")
+            scores = {f"val_{k}": float(result[k]) for k in keys}
+            final.update(result)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, {**metrics, **scores})
+        return scores
+
+    fingerprint = settings.fingerprint(stage, json.dumps(arch.to_dict()), state_digest(init and init["state_dict"]))
+    # one folder per configuration: a run with other settings never overwrites a killed run's checkpoint
+    result = train(model, loss_fn, loader, optimizer, schedule, settings.epochs, Path(checkpoint_dir) / fingerprint,
+                   on_epoch_end=epoch_end, amp=settings.amp, grad_clip=settings.grad_clip, dist_info=info,
+                   fingerprint=fingerprint, checkpoint_every=settings.checkpoint_every,
+                   log_every=settings.log_every, name=stage, log=log)
+    model = model.cpu()
+    if not final and info.is_main:  # resumed after the last epoch had finished: score once more
+        final.update(score(model.to(info.device)))
+        model = model.cpu()
+    return model, {"stage": stage, "task": data.task, "num_classes": num_classes, "init": init_mode,
+                   "history": result.history, "final": final, "resumed_from": result.resumed_from,
+                   "train_images": len(train_set), "val_images": len(val_set), "fingerprint": fingerprint,
+                   "checkpoint": str(result.checkpoint)}
+
+
+def stage_payload(stage: str, arch: Architecture, model: nn.Module | None, task: str | None, num_classes: int,
+                  lineage: list[dict], metrics: dict | None = None) -> dict:
+    """What a stage hands to the next one (written as model.pt)."""
+    return {"format": MODEL_FORMAT, "stage": stage, "arch": arch.to_dict(), "task": task,
+            "num_classes": num_classes, "state_dict": None if model is None else model.state_dict(),
+            "lineage": lineage, "metrics": metrics or {}}
+
+
+def skip_payload(stage: str, arch: Architecture, previous: dict | None) -> dict:
+    """A switched-off stage passes the previous model on unchanged (or 'scratch' when there is none)."""
+    source = _trained_source(previous)
+    entry = {"stage": stage, "status": "skipped", "passes_on": source}
+    if previous is None:
+        return stage_payload(stage, arch, None, None, 0, [entry])
+    return {**previous, "stage": stage, "lineage": [*previous["lineage"], entry]}
+
+
+def _trained_source(payload: dict | None) -> str:
+    """The stage whose weights a payload carries, or 'scratch'."""
+    if payload is None or payload.get("state_dict") is None:
+        return "scratch"
+    return next(e["stage"] for e in reversed(payload["lineage"]) if e["status"] == "trained")
+
+
+def trained_lineage(stage: str, previous: dict | None, init_mode: str) -> list[dict]:
+    entry = {"stage": stage, "status": "trained", "starts_from": _trained_source(previous), "init": init_mode}
+    return [*(previous["lineage"] if previous else []), entry]
+
+
+def save_payload(path: str | Path, payload: dict) -> None:
+    atomic_torch_save(path, payload)
+
+
+def load_payload(path: str | Path) -> dict:
+    """A stage's model.pt; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no stage model here (has the previous stage run?)")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: not a stage model of format {MODEL_FORMAT}")
+    return payload
+
+
+def segmentation_network(payload: dict, source: str = "stage model") -> SegmentationNetwork:
+    """The trained segmentation network a payload carries (the input of the benchmark)."""
+    if payload.get("task") != "segmentation" or payload.get("state_dict") is None:
+        raise ValueError(f"{source}: carries no trained segmentation network (lineage {payload.get('lineage')})")
+    model = SegmentationNetwork(Architecture.from_dict(payload["arch"]), payload["num_classes"])
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()
