@@ -22,8 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flows import forkserver  # noqa: E402
-from flows.server import prefect_server  # noqa: E402
+from cli import forkserver  # noqa: E402
+from cli.run import STAGE_ENTRY, STAGE_PRELOAD  # noqa: E402
+from cli.server import prefect_server  # noqa: E402
 
 
 def main() -> None:
@@ -40,7 +41,7 @@ def main() -> None:
         env.pop(forkserver.ENV, None)
         print(f"Prefect server up in {ready():.1f} s; fork server ...", flush=True)
         t0 = time.perf_counter()
-        server = forkserver.start(scratch / "s.sock", env)
+        server = forkserver.start(scratch / "s.sock", env, STAGE_ENTRY, STAGE_PRELOAD)
         assert server is not None, "the fork server did not start"
         print(f"fork server up in {time.perf_counter() - t0:.1f} s (once per pipeline run)", flush=True)
         times = {"cold": [], "warm": []}

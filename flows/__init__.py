@@ -1,4 +1,4 @@
-"""Prefect flows, one per DVC stage, and the `squeezenas` command line."""
+"""Prefect flows, one per DVC stage, and the parent flow of the whole pipeline (the command line is in cli/)."""
 import os
 
 

@@ -152,7 +152,7 @@ CASES = [
 def squeezenas() -> list[str]:
     """The installed console script (it imports this checkout's code through PYTHONPATH)."""
     script = Path(sys.executable).parent / "squeezenas"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
 
 
 @pytest.fixture(scope="module")
@@ -200,11 +200,11 @@ def test_a_good_params_file_passes_the_check(workdir):
 
 def test_the_warm_path_refuses_the_same_way(workdir, tmp_path):
     """Under `squeezenas run` a fork-server child runs the command: the same one line, exit 2."""
-    from flows import forkserver
+    from cli import forkserver
 
     sock = tmp_path / "s.sock"
     env = stage_env(PYTHONPATH=str(ROOT))
-    proc = forkserver.start(sock, env, modules=("flows.cli",), entry="flows.cli:main")
+    proc = forkserver.start(sock, env, modules=("cli.main",), entry="cli.main:main")
     assert proc is not None
     try:
         env[forkserver.ENV] = str(sock)
@@ -313,7 +313,7 @@ def test_data_with_real_datasets_checks_coco_and_imagenet_too(stage_dir, prefect
 
 def test_a_refused_command_imports_no_heavy_library(workdir):
     """The check runs before torch, Prefect, MLflow or DVC is imported (seconds each), warm or cold."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "flows.cli", "train", "train_fine",
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "cli.main", "train", "train_fine",
                            "--set", "train.train_fine.epochs=yes"], cwd=workdir, capture_output=True, text=True,
                           env=stage_env(PYTHONPATH=str(ROOT)), timeout=120)
     assert proc.returncode == 2 and "train.train_fine.epochs" in proc.stderr

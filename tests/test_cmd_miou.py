@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.cmd_miou import add_parser
+from cli.miou import add_parser
 from nas_core.data import generate_cityscapes
 from nas_core.data.labels import TRAIN_ID_NAMES, VALID_LABEL_ID
 from nas_core.engine.metrics import evaluate_prediction_folder

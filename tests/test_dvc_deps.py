@@ -3,7 +3,7 @@ current code would not produce (issue 13).
 
 One `squeezenas run` (dvc repro of every stage) of the tiny configuration in a repository copy, each stage in its
 own process (SQUEEZENAS_FORKSERVER=off: a forked child would hold the fork server's modules). A `sitecustomize`
-on PYTHONPATH records, in every Python process at exit, the first-party files (nas_core/, tasks/, flows/) in
+on PYTHONPATH records, in every Python process at exit, the first-party files (nas_core/, tasks/, flows/, cli/) in
 `sys.modules`; a stage's record is its command's process plus its descendants (torchrun workers). Each file must
 be a dep of that stage in dvc.lock (the file, or a folder holding it). Then edits to the mIoU and the training
 transform must make the stages that use them stale."""
@@ -23,7 +23,7 @@ from tests.repo_copy import make_repo_copy, run, stage_env, write_tiny_params
 
 pytestmark = pytest.mark.slow
 
-PACKAGES = ("nas_core", "tasks", "flows")
+PACKAGES = ("nas_core", "tasks", "flows", "cli")
 TRAIN_STAGES = {"pretrain_imagenet", "pretrain_coco", "train_coarse", "train_fine"}
 
 # Written as sitecustomize.py into a folder on the stage processes' PYTHONPATH (outside the repository copy, so
@@ -120,7 +120,7 @@ def groups(stages: set[str]) -> set[str]:
 def test_every_stage_depends_on_the_code_it_runs(traced):
     repo, files = traced
     deps = locked_deps(repo)
-    assert all("flows/cli.py" in f for f in files.values()), "the tracer did not see the stage commands' modules"
+    assert all("cli/main.py" in f for f in files.values()), "the tracer did not see the stage commands' modules"
     missing = {stage: sorted(f for f in used if not covered(f, deps[stage])) for stage, used in files.items()}
     missing = {stage: paths for stage, paths in missing.items() if paths}
     assert not missing, "code a stage runs that is not among its deps in dvc.yaml:\n" + "\n".join(

@@ -1,4 +1,4 @@
-"""The stage fork server of `squeezenas run` (flows/forkserver.py): a command run through it behaves
+"""The stage fork server of `squeezenas run` (cli/forkserver.py): a command run through it behaves
 as the same command in its own process (streams, cwd, env, exit status, signals), or falls back."""
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from flows import forkserver
+from cli import forkserver
+from cli.run import STAGE_ENTRY, STAGE_PRELOAD
 
 ROOT = Path(__file__).resolve().parents[1]
-CLIENT = ("import sys; from flows import forkserver; rc = forkserver.run_via_server(sys.argv[1:]); "
+CLIENT = ("import sys; from cli import forkserver; rc = forkserver.run_via_server(sys.argv[1:]); "
           "print('client imported torch:', 'torch' in sys.modules, file=sys.stderr); "
           "sys.exit(99 if rc is None else rc)")  # 99: no server used
 
@@ -118,15 +119,15 @@ def test_a_killed_client_ends_the_child(server, how):
         assert p.returncode == 128 + signal.SIGTERM
 
 
-def test_the_real_cli_through_the_default_server(tmp_path):
-    """`squeezenas describe` through a server preloading the stage modules: the same output as a
-    cold process, and the client never imports torch."""
+def test_the_real_cli_through_the_server_of_a_run(tmp_path):
+    """`squeezenas describe` through a server started as `squeezenas run` starts it (the stage modules
+    preloaded): the same output as a cold process, and the client never imports torch."""
     env = _env()
-    cold = subprocess.run([sys.executable, "-m", "flows.cli", "describe", "squeezenas_lat_small"], env=env,
+    cold = subprocess.run([sys.executable, "-m", "cli.main", "describe", "squeezenas_lat_small"], env=env,
                           capture_output=True, text=True, timeout=120)
     assert cold.returncode == 0, cold.stderr
     folder = Path(tempfile.mkdtemp(prefix="sqz-"))
-    proc = forkserver.start(folder / "s.sock", env)
+    proc = forkserver.start(folder / "s.sock", env, STAGE_ENTRY, STAGE_PRELOAD)
     assert proc is not None
     try:
         code, out, err = finish(client(folder / "s.sock", "describe", "squeezenas_lat_small"))

@@ -10,7 +10,7 @@ import mlflow
 import pytest
 import yaml
 
-from flows.run import repro
+from cli.run import repro
 from nas_core.config import load_params
 from tasks import tracking
 from tests.repo_copy import ROOT, run, stage_env
@@ -33,7 +33,7 @@ DVC_YAML = {"stages": {
 
 
 def pipeline(repo, **env) -> str:
-    """One `squeezenas run`-like execution: a parent run, `dvc repro` through flows.run.repro, the end."""
+    """One `squeezenas run`-like execution: a parent run, `dvc repro` through cli.run.repro, the end."""
     params = load_params(repo / "params.yaml")
     parent = tracking.start_pipeline_run(params.tracking)
     code, failure = repro(["dvc", "repro"], stage_env(PYTHONPATH=str(ROOT), SQUEEZENAS_PARENT_RUN_ID=parent, **env))

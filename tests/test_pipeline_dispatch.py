@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from flows.server import prefect_server
+from cli.server import prefect_server
 from tasks import processes
 from tests.repo_copy import make_repo_copy, run, stage_env, write_tiny_params
 

@@ -47,7 +47,7 @@ def test_run_reproduces_the_shared_stages_each_chain_and_the_report(pipeline):
     expected = SHARED | chain("mac_small") | chain("lat_small") | {"report"}
     assert stages_run(first.stdout) == expected
     assert "Table 1:" in first.stdout and "mlflow ui --backend-store-uri" in first.stdout
-    # every stage ran warm in a child of the run's fork server (flows/forkserver.py), none fell back
+    # every stage ran warm in a child of the run's fork server (cli/forkserver.py), none fell back
     timing = json.loads((repo / "outputs" / "metrics" / "pipeline_timing.json").read_text())
     assert (timing["forkserver_served"], timing["forkserver_refused"]) == (len(expected), 0), timing
     assert "fork server refused" not in first.stderr

@@ -141,7 +141,7 @@ def test_protocol_reaches_the_remote_runner(sshd, tiny, tmp_path):
 def test_trust_host_is_an_explicit_cli_action(sshd, tmp_path, capsys):
     import yaml
 
-    from flows.cli import main
+    from cli.main import main
 
     known = tmp_path / "known_hosts"
     params = tmp_path / "params.yaml"

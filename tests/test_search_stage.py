@@ -99,7 +99,7 @@ def test_bad_search_params_name_the_field(workdir, override, message):
 @pytest.mark.slow
 def test_a_killed_cli_search_resumes_from_its_checkpoint(workdir, tmp_path):
     env = stage_env(PREFECT_SERVER_ALLOW_EPHEMERAL_MODE="true")
-    args = [sys.executable, "-m", "flows.cli", "search", "--set", "paths.search=" + str(tmp_path / "out"),
+    args = [sys.executable, "-m", "cli.main", "search", "--set", "paths.search=" + str(tmp_path / "out"),
             "--set", "search.epochs=3", "--set", "search.checkpoint_every=1"]
     proc = launch(args, workdir, {**env, "PYTHONPATH": str(ROOT)}, stderr=subprocess.STDOUT)
     checkpoints = tmp_path / "out" / "checkpoints"

@@ -123,7 +123,7 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
 def test_a_signalled_data_stage_stops_leaving_no_process_or_temporary(data_dir, how):
     signum = getattr(signal, how)
     env = cli_env(data_dir)
-    proc = launch([sys.executable, "-m", "flows.cli", "data", *BIG_DATA], data_dir, env)
+    proc = launch([sys.executable, "-m", "cli.main", "data", *BIG_DATA], data_dir, env)
     wait_for(lambda: any((data_dir / "data").glob(".cityscapes.*")), proc)
     code, err, seconds, started = interrupt(proc, signum)
 
@@ -163,7 +163,7 @@ def search_runs(root: Path) -> list:
 @pytest.mark.slow
 def test_ctrl_c_on_search_keeps_its_checkpoint_and_ends_its_runs_killed(search_dir):
     env = cli_env(search_dir)
-    proc = launch([sys.executable, "-m", "flows.cli", "search"], search_dir, env)
+    proc = launch([sys.executable, "-m", "cli.main", "search"], search_dir, env)
     wait_for(lambda: any((search_dir / "out").rglob("*.pt")), proc)
     code, err, seconds, started = interrupt(proc, signal.SIGINT)
 
@@ -180,7 +180,7 @@ def test_ctrl_c_on_search_keeps_its_checkpoint_and_ends_its_runs_killed(search_d
 def test_after_a_kill_9_the_next_run_of_the_stage_marks_the_stale_run_killed(search_dir):
     env = cli_env(search_dir)
     before = len(search_runs(search_dir))
-    proc = launch([sys.executable, "-m", "flows.cli", "search", "--set", "paths.search=out9"], search_dir, env)
+    proc = launch([sys.executable, "-m", "cli.main", "search", "--set", "paths.search=out9"], search_dir, env)
     wait_for(lambda: len(search_runs(search_dir)) > before, proc)
     code, _, _, started = interrupt(proc, signal.SIGKILL)
     assert code == -signal.SIGKILL and not still_running(started)
@@ -196,7 +196,7 @@ def test_after_a_kill_9_the_next_run_of_the_stage_marks_the_stale_run_killed(sea
     assert runs[stale.info.run_id].info.status == "KILLED"
     assert "gone" in runs[stale.info.run_id].data.tags[tracking.KILLED_TAG]
     # the next command on the machine, whichever stage, ends the dead command's flow run
-    nxt = launch([sys.executable, "-m", "flows.cli", "cost-tables", "--set", "cost_tables.spaces=[small]", "--set",
+    nxt = launch([sys.executable, "-m", "cli.main", "cost-tables", "--set", "cost_tables.spaces=[small]", "--set",
                   "paths.cost_tables=ct", "--set", "paths.networks=nets"], search_dir, env)
     _, err = nxt.communicate(timeout=300)
     assert nxt.returncode == 0, err[-2000:]
@@ -271,7 +271,7 @@ def test_a_signalled_pipeline_run_leaves_no_process_behind(pipeline_repo, how):
     signum = getattr(signal, how)
     env = stage_env(PYTHONPATH=str(ROOT))
     env.pop("PREFECT_API_URL", None)
-    proc = launch([sys.executable, "-m", "flows.cli", "run", "data"], pipeline_repo, env)
+    proc = launch([sys.executable, "-m", "cli.main", "run", "data"], pipeline_repo, env)
     wait_for(lambda: any((pipeline_repo / "data").glob(".cityscapes.*")), proc)
     time.sleep(1)
     code, err, seconds, started = interrupt(proc, signum)

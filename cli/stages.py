@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib
 
+from cli.args import add_params_args, quiet_user_tracebacks
+
 # subcommand -> (flow "module:function", help)
 STAGE_COMMANDS = {
     "data": ("flows.data:data_flow", "stage data: generate the default datasets (or check the real ones)"),
@@ -29,8 +31,7 @@ STAGE_COMMANDS = {
 
 
 def run_flow(target: str, args) -> int:
-    from flows.cli import quiet_user_tracebacks
-    from flows.server import stage_api
+    from cli.server import stage_api
 
     module, name = target.split(":")
     flow = getattr(importlib.import_module(module), name)
@@ -72,8 +73,6 @@ PREFLIGHT = {"data": check_datasets}  # cheap checks of a stage's inputs, after 
 
 
 def add_parser(sub) -> None:
-    from flows.cli import add_params_args
-
     for command, (target, text) in STAGE_COMMANDS.items():
         p = sub.add_parser(command, help=text)
         add_params_args(p)

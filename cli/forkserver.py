@@ -37,14 +37,6 @@ ENV = "SQUEEZENAS_FORKSERVER"
 WARM_ENV = "SQUEEZENAS_FORKSERVER_MLFLOW"
 # variables read when a library loads (not when it is used): a child cannot honour a different value
 LOAD_TIME_PREFIXES = ("PREFECT_", "OMP_", "MKL_", "KMP_", "OPENBLAS_", "CUDA_", "LD_", "PYTHON", "TORCH", "MLFLOW_")
-PRELOAD = (  # torch._dynamo: torch's optimizers import it on their first step (~1.6 s of every training stage)
-    "torch", "torch._dynamo", "torch.onnx", "git", "numpy", "pandas", "pyarrow.parquet", "matplotlib.pyplot",
-    "onnx", "onnxruntime",
-    "prefect", "prefect.flow_engine", "prefect.task_engine", "prefect.client.orchestration",
-    "mlflow", "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
-    "flows.cli", "flows.data", "flows.cost_tables", "flows.profile", "flows.search", "flows.sample",
-    "flows.train", "flows.benchmark",
-)
 
 
 def _load_time_env(env: dict[str, str]) -> dict[str, str]:
@@ -117,7 +109,7 @@ def run_via_server(argv: list[str]) -> int | None:
 
 # ---------------------------------------------------------------- server
 
-def preload(modules: tuple[str, ...] = PRELOAD) -> list[str]:
+def preload(modules: tuple[str, ...]) -> list[str]:
     """Import what the stages import; return the modules that failed (optional extras)."""
     failed = []
     for name in modules:
@@ -210,9 +202,9 @@ def _child(conn: socket.socket, listener: socket.socket, fds: list[int], request
             os._exit(code)
 
 
-def serve(path: str, ready_file: str | None = None, entry: str = "flows.cli:main",
-          modules: tuple[str, ...] = PRELOAD) -> None:
-    """Serve requests at `path`: each is run as `entry(argv)` (an int exit status) in a forked child."""
+def serve(path: str, ready_file: str | None, entry: str, modules: tuple[str, ...]) -> None:
+    """Serve requests at `path`: each is run as `entry(argv)` ("module:function", an int exit status) in a
+    forked child of this process, which imported `modules` first."""
     # as started, before any import: torch._dynamo, for one, sets TORCHINDUCTOR_CACHE_DIR when it loads
     server_env = _load_time_env(dict(os.environ))
     failed = preload(modules)
@@ -294,8 +286,9 @@ def serve(path: str, ready_file: str | None = None, entry: str = "flows.cli:main
         atomic_write_json(ready_file, {"pid": os.getpid(), "failed": failed, **counts})
 
 
-def launch(path: Path, env: dict[str, str], entry: str | None = None, modules: tuple[str, ...] | None = None):
-    """Start a server at `path` with `env` (what the stages get) and return its Popen at once: it
+def launch(path: Path, env: dict[str, str], entry: str, modules: tuple[str, ...]):
+    """Start a server at `path` with `env` (what the stages get), running commands as `entry` after importing
+    `modules` (`serve`), and return its Popen at once: it
     preloads while the caller does other work; `wait_ready` tells when it serves. It and its
     children form their own process group, ended with the caller (tasks/processes.py)."""
     import subprocess
@@ -304,9 +297,8 @@ def launch(path: Path, env: dict[str, str], entry: str | None = None, modules: t
 
     for p in (path, path.with_suffix(".ready")):
         p.unlink(missing_ok=True)
-    extra = [] if entry is None else [entry, *(PRELOAD if modules is None else modules)]
-    return processes.spawn([sys.executable, "-m", "flows.forkserver", str(path), str(path.with_suffix(".ready")),
-                            *extra], env=env, stdin=subprocess.DEVNULL)
+    return processes.spawn([sys.executable, "-m", "cli.forkserver", str(path), str(path.with_suffix(".ready")),
+                            entry, *modules], env=env, stdin=subprocess.DEVNULL)
 
 
 def wait_ready(proc, path: Path, timeout_s: float = 120.0) -> bool:
@@ -322,8 +314,7 @@ def wait_ready(proc, path: Path, timeout_s: float = 120.0) -> bool:
     return True
 
 
-def start(path: Path, env: dict[str, str], timeout_s: float = 120.0, entry: str | None = None,
-          modules: tuple[str, ...] | None = None):
+def start(path: Path, env: dict[str, str], entry: str, modules: tuple[str, ...], timeout_s: float = 120.0):
     """`launch` and wait: the Popen, or None if it did not come up (commands then start cold)."""
     proc = launch(path, env, entry, modules)
     return proc if wait_ready(proc, path, timeout_s) else None
@@ -342,6 +333,6 @@ def stop(proc, path: Path) -> dict:
     return counts if "served" in counts else {}
 
 
-if __name__ == "__main__":  # SOCKET READY_FILE [ENTRY [MODULE ...]]
+if __name__ == "__main__":  # SOCKET READY_FILE ENTRY [MODULE ...]
     a = sys.argv[1:]
-    serve(a[0], a[1] if len(a) > 1 else None, *([a[2], tuple(a[3:])] if len(a) > 2 else []))
+    serve(a[0], a[1], a[2], tuple(a[3:]))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from cli.args import add_params_args, quiet_user_tracebacks
+
 
 def _trust(args) -> int:
     from nas_core.config import load_params
@@ -37,9 +39,8 @@ def _profile(args) -> int:
     try:
         if args.trust_host is not None:
             return _trust(args)
-        from flows.cli import quiet_user_tracebacks
+        from cli.server import stage_api
         from flows.profile import profile_flow
-        from flows.server import stage_api
 
         quiet_user_tracebacks()
         with stage_api():
@@ -51,8 +52,6 @@ def _profile(args) -> int:
 
 
 def add_parser(sub) -> None:
-    from flows.cli import add_params_args
-
     p = sub.add_parser("profile", help="stage latency_table: latency cost tables measured on the target device")
     add_params_args(p)
     p.add_argument("--trust-host", nargs="?", const="", default=None, metavar="SHA256:FINGERPRINT",

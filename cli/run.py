@@ -16,16 +16,28 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from flows import forkserver
-from flows.server import ORPHANS_CHECKED_ENV, check_orphaned_flow_runs, prefect_server
+from cli import forkserver
+from cli.server import ORPHANS_CHECKED_ENV, check_orphaned_flow_runs, prefect_server
 from nas_core.config import load_params
 from nas_core.io import atomic_write_json
 from tasks import processes
 
+# The run's fork server runs each stage command as STAGE_ENTRY(argv) in a child of a process that imported these
+# once (torch._dynamo: torch's optimizers import it on their first step, ~1.6 s of every training stage).
+STAGE_ENTRY = "cli.main:main"
+STAGE_PRELOAD = (
+    "torch", "torch._dynamo", "torch.onnx", "git", "numpy", "pandas", "pyarrow.parquet", "matplotlib.pyplot",
+    "onnx", "onnxruntime",
+    "prefect", "prefect.flow_engine", "prefect.task_engine", "prefect.client.orchestration",
+    "mlflow", "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.model_registry.sqlalchemy_store",
+    "cli.main", "flows.data", "flows.cost_tables", "flows.profile", "flows.search", "flows.sample",
+    "flows.train", "flows.benchmark",
+)
+
 
 @contextmanager
 def warm_stages(env: dict[str, str], mlflow_uris: tuple[str, ...] = ()) -> Iterator[Callable[[], dict]]:
-    """Launch the fork server the stage commands use (flows/forkserver.py); it preloads while the
+    """Launch the fork server the stage commands use (cli/forkserver.py); it preloads while the
     caller goes on. Yields `ready()`: waits for it, puts its socket into `env` and returns a dict
     of its start-up seconds and, once the block ends, how many commands it served (empty if it did
     not start: stages then start cold). The server also opens the MLflow stores of `mlflow_uris`, once
@@ -39,7 +51,7 @@ def warm_stages(env: dict[str, str], mlflow_uris: tuple[str, ...] = ()) -> Itera
     folder = Path(tempfile.mkdtemp(prefix="squeezenas-"))  # short: a unix socket path has ~100 bytes
     sock, gate, t0 = folder / "stages.sock", folder / "mlflow.ready", time.perf_counter()
     warm = {forkserver.WARM_ENV: json.dumps({"uris": list(mlflow_uris), "gate": str(gate)})} if mlflow_uris else {}
-    proc = forkserver.launch(sock, {**env, **warm})
+    proc = forkserver.launch(sock, {**env, **warm}, STAGE_ENTRY, STAGE_PRELOAD)
 
     def ready() -> dict:
         nonlocal proc

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 
+from cli.args import add_params_args
+
 
 def run(args) -> int:
-    from flows.run import runs_url
+    from cli.run import runs_url
     from nas_core.config import load_params
     from tasks.tracking import lineage
 
@@ -36,8 +38,6 @@ def run(args) -> int:
 
 
 def add_parser(sub) -> None:
-    from flows.cli import add_params_args
-
     p = sub.add_parser("lineage", help="print the chain from a registered model back to its data and cost tables")
     p.add_argument("model", metavar="MODEL_NAME[/VERSION|@ALIAS]")
     p.add_argument("--json", action="store_true")

@@ -4,39 +4,31 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
-import logging
 import re
 import signal
 import sys
 
-from flows import forkserver, quiet_telemetry
+from cli import forkserver
+from cli.args import USER_ERRORS
+from flows import quiet_telemetry
 from tasks import processes
-
-# errors whose message is the whole story (it names the file, the field or the path): one line, exit 2, no traceback
-USER_ERRORS = (ValueError, OSError)
 
 # subcommand -> module providing add_parser(subparsers); explicit, no import-time registry
 COMMANDS = {
-    "describe": "flows.cmd_describe",
-    "data": "flows.cmd_stages",
-    "cost-tables": "flows.cmd_stages",
-    "profile": "flows.cmd_profile",
-    "miou": "flows.cmd_miou",
-    "sample": "flows.cmd_stages",
-    "select": "flows.cmd_stages",
-    "lineage": "flows.cmd_lineage",
-    "run": "flows.run",
-    "train": "flows.cmd_train",
-    "benchmark": "flows.cmd_stages",
-    "search": "flows.cmd_stages",
-    "report": "flows.cmd_stages",
+    "describe": "cli.describe",
+    "data": "cli.stages",
+    "cost-tables": "cli.stages",
+    "profile": "cli.latency",
+    "miou": "cli.miou",
+    "sample": "cli.stages",
+    "select": "cli.stages",
+    "lineage": "cli.lineage",
+    "run": "cli.run",
+    "train": "cli.train",
+    "benchmark": "cli.stages",
+    "search": "cli.stages",
+    "report": "cli.stages",
 }
-
-
-def add_params_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a parameter, e.g. --set search.alpha=0.5 (repeatable)")
 
 
 class Parser(argparse.ArgumentParser):
@@ -100,26 +92,6 @@ def one_line(error: BaseException) -> str:
     else:
         text = str(error) or type(error).__name__
     return " ".join(text.split("\n"))
-
-
-class _NoUserTracebacks(logging.Filter):
-    """Prefect logs a failed task or flow with its traceback; for a user's error the one line the
-    command prints says it all (the Prefect API still gets the traceback: this filters the console)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-def quiet_user_tracebacks() -> None:
-    """Install the filter on the console handlers Prefect configured (call after importing a flow)."""
-    from prefect.logging.handlers import PrefectConsoleHandler
-
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, PrefectConsoleHandler) and not any(isinstance(f, _NoUserTracebacks)
-                                                                  for f in handler.filters):
-            handler.addFilter(_NoUserTracebacks())
 
 
 if __name__ == "__main__":
