@@ -10,7 +10,7 @@ from prefect import flow
 
 from flows.train import stage_dir
 from nas_core.config import load_params
-from nas_core.cost.targets import device_name
+from nas_core.cost.factory import device_name
 from nas_core.train.stages import load_payload, segmentation_network
 from tasks import tracking
 from tasks.benchmark import ONNX_DIR, OURS, benchmark_network_task, references_task, write_report_task

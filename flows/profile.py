@@ -9,9 +9,10 @@ from prefect import flow
 
 from flows.runners import make_task_runner
 from nas_core.config import load_params
+from nas_core.cost.factory import device_name
 from nas_core.cost.fidelity import placeholder_plot
 from nas_core.cost.pool import check_same_hardware, pool_facts, pool_stats
-from nas_core.cost.targets import ProfileError, device_name
+from nas_core.cost.targets import ProfileError
 from nas_core.io import atomic_write_json
 from tasks import tracking
 from tasks.profile import (

@@ -9,7 +9,7 @@ from pathlib import Path
 from prefect import flow
 
 from nas_core.config import load_params
-from nas_core.cost.targets import device_name
+from nas_core.cost.factory import device_name
 from nas_core.report.table1 import compare_spaces, figure, load_paper_figures, table_row, write_table1
 from tasks import tracking
 from tasks.report import REFERENCE_NETWORKS, experiment_row_task, reference_row_task, time_networks_task
@@ -21,7 +21,7 @@ PAPER_FIGURES = "reference/paper_figures.json"
 def report_target(params):
     """The benchmark's target with the report's interleaving: 'local' (onnxruntime on this machine) or
     'profiling' (the latency stage's device and protocol)."""
-    from nas_core.cost.targets import build_target
+    from nas_core.cost.factory import build_target
     from nas_core.report.benchmark import local_target
 
     cfg = params.benchmark

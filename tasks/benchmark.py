@@ -36,7 +36,7 @@ def make_measure(target: str, threads: int, warmup: int, runs: int, latency_cfg=
     if target == "local":
         return target_measure(local_target(threads, warmup, runs))
     if target == "profiling":
-        from nas_core.cost.targets import build_target
+        from nas_core.cost.factory import build_target
 
         return target_measure(build_target(latency_cfg))
     raise ValueError(f"benchmark.target: unknown target {target!r}; valid targets are: local, profiling")

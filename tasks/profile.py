@@ -11,6 +11,7 @@ from pathlib import Path
 from prefect import get_client, task
 from prefect.concurrency.sync import concurrency
 
+from nas_core.cost.factory import build_target, device_name
 from nas_core.cost.fidelity import fidelity_metrics, predicted_latencies, sample_architectures, scatter_plot
 from nas_core.cost.latency import (
     MeasurementStore,
@@ -21,7 +22,7 @@ from nas_core.cost.latency import (
 )
 from nas_core.cost.macs import build_cost_table, cost_matrix, read_cost_table, write_cost_table
 from nas_core.cost.pool import PoolStore, deal, planned_units
-from nas_core.cost.targets import TransientError, build_target, device_name
+from nas_core.cost.targets import TransientError
 from nas_core.io import atomic_dir, atomic_write_json
 
 TABLES = "tables"  # the stage's DVC output: one table per configured space, nothing else

@@ -2,6 +2,7 @@
 only downwards."""
 import ast
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,55 @@ def imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
+def dynamic_imports(path: Path, modules: set[str]) -> list[tuple[int, str]]:
+    """In a module that imports by name (importlib.import_module), the first-party modules its strings name
+    ("cli.describe", "flows.data:data_flow"): the imports it makes at run time."""
+    tree = ast.parse(path.read_text())
+    if not any(isinstance(n, ast.Attribute) and n.attr == "import_module" for n in ast.walk(tree)):
+        return []
+    return [(n.lineno, n.value.split(":")[0]) for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.split(":")[0] in modules]
+
+
+def import_graph(packages: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """{module: {first-party module it imports: line}} over every module of `packages` (an import of a name
+    from a module counts as an import of that module)."""
+    paths = {module_name(p): p for package in packages for p in (ROOT / package).rglob("*.py")}
+    graph = {}
+    for module, path in paths.items():
+        edges = {}
+        for line, name in imports(path) + dynamic_imports(path, set(paths)):
+            while name and name not in paths:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                edges.setdefault(name, line)
+        graph[module] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, dict[str, int]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        state[module] = "open"
+        stack.append(module)
+        for target in graph[module]:
+            if state.get(target) == "open":
+                return stack[stack.index(target):] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        state[module] = "done"
+        stack.pop()
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (cycle := visit(module)):
+            return cycle
+    return None
+
+
 def phase(module: str) -> str | None:
     """The phase package of a nas_core module (None: a top-level module or not nas_core)."""
     parts = module.split(".")
@@ -68,6 +118,25 @@ def test_nas_core_packages_import_only_downwards(path):
     upward = sorted({f"line {line}: {name}" for line, name in imports(path)
                      if phase(name) and ORDER.index(phase(name)) > ORDER.index(own)})
     assert not upward, f"{path.relative_to(ROOT)} (in {own}) imports a later phase: {'; '.join(upward)}"
+
+
+def test_no_import_cycle_among_the_project_modules():
+    """Module-level and function-level imports alike, and the modules a module imports by name."""
+    graph = import_graph(("nas_core", "tasks", "flows", "cli"))
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(
+        f"{a} (line {graph[a][b]})" for a, b in zip(cycle, cycle[1:])) + f" -> {cycle[-1]}"
+
+
+def test_no_module_where_it_could_hide_the_standard_library():
+    """The packages import from the repository root, and the profiling runner runs by its path (its folder first
+    on sys.path): a module named like the standard library's there hides it (7c7738e: flows/profile.py and
+    torch's `import cProfile`)."""
+    runner = ROOT / "nas_core" / "cost" / "runner.py"
+    assert runner.is_file()
+    names = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    names |= {p.stem for p in runner.parent.glob("*.py")}
+    assert not names & sys.stdlib_module_names, sorted(names & sys.stdlib_module_names)
 
 
 def test_only_tracking_imports_mlflow():

@@ -11,10 +11,10 @@ import yaml
 
 from nas_core.config import LatencyParams, ParamsError, load_params
 from nas_core.cost.export import Unit
+from nas_core.cost.factory import build_target
 from nas_core.cost.latency import MeasurementStore, store_path
 from nas_core.cost.macs import build_cost_table, read_cost_table
 from nas_core.cost.pool import FIDELITY, PoolError, check_same_hardware, deal
-from nas_core.cost.targets import build_target
 
 HOSTS = ["127.0.0.1", "localhost"]
 SIZE = {"height": 32, "width": 64}
@@ -216,7 +216,7 @@ def test_pool_settings_are_checked_naming_the_field(tmp_path, section, message):
 
 
 def test_trust_host_adds_the_pool_devices_presenting_the_fingerprint(sshd, tmp_path, capsys):
-    from flows.cli import main
+    from cli.main import main
     from nas_core.cost.ssh import fetch_host_key, fingerprint
 
     known = tmp_path / "known_hosts"

@@ -1,6 +1,7 @@
 """Where latencies are measured (paper section 5.2: the target platform). One interface, three
 kinds: `LocalTarget` runs the runner in a subprocess on this machine, `TorchCudaTarget` times
-PyTorch modules on this machine's GPU with CUDA events, `SshTarget` (ssh.py) drives a device."""
+PyTorch modules on this machine's GPU with CUDA events, `SshTarget` (ssh.py) drives a device;
+factory.py builds the one a `latency` section names."""
 from __future__ import annotations
 
 import json
@@ -264,25 +265,3 @@ class TorchCudaTarget(Target):
             s = summarize(gpu)
             on_result(record(job.unit.key, s["median_ms"], s["p10_ms"], s["p90_ms"], s["runs"], timed_s=t2 - t1,
                              setup_s=tw - t0, warmup_s=t1 - tw, launch_ms=summarize(launch)["median_ms"]))
-
-
-def build_target(cfg) -> Target:
-    """The target of a `latency` params section (nas_core.config.LatencyParams)."""
-    protocol = Protocol(backend=cfg.backend, warmup=cfg.warmup, runs=cfg.runs, min_time_s=cfg.min_time_s,
-                        rounds=cfg.rounds,
-                        threads=cfg.threads, optimization=cfg.optimization, clock=cfg.clock, fp16=cfg.fp16,
-                        providers=tuple(cfg.providers), trtexec=cfg.trtexec, trtexec_warmup_ms=cfg.trtexec_warmup_ms,
-                        power_mode=cfg.power_mode, pin_clocks=cfg.pin_clocks)
-    if cfg.target == "ssh":
-        from nas_core.cost.ssh import SshTarget
-
-        return SshTarget(protocol, cfg.host, cfg.port, cfg.user, cfg.key_file, cfg.known_hosts, cfg.remote_python,
-                         cfg.remote_workdir, cfg.timeout_s, cfg.keepalive_s)
-    if cfg.backend == "torch_cuda":
-        return TorchCudaTarget(protocol)
-    return LocalTarget(protocol, timeout_s=cfg.timeout_s)
-
-
-def device_name(cfg) -> str:
-    """The device a `latency` section points at (for tags such as a per-device concurrency limit)."""
-    return cfg.host if cfg.target == "ssh" else socket.gethostname()
