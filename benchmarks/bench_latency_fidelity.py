@@ -4,7 +4,7 @@ protocol, and compare. Prints nn-Meter's metrics (RMSE, RMSPE, share within +-10
 
   .venv/bin/python benchmarks/bench_latency_fidelity.py [--space small] [--size 256 512] [-k 30]
       [--clock thread|wall] [--optimization extended|all] [--rounds 10] [--runs 50] [--min-time 0.5]
-      [--edge-correction] [--out outputs/bench_fidelity]
+      [--out outputs/bench_fidelity]
 (defaults: the protocol of params.yaml's latency section)
 """
 from __future__ import annotations
@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 
 from nas_core.cost.fidelity import fidelity_metrics, predicted_latencies, sample_architectures, scatter_plot
-from nas_core.cost.latency import MeasurementStore, latency_table, measure_networks, profile_space, store_path
-from nas_core.cost.macs import build_cost_table
+from nas_core.cost.latency import MeasurementStore, measure_networks, profile_space, store_path
 from nas_core.cost.targets import LocalTarget, Protocol, TorchCudaTarget
 
 
@@ -32,7 +31,6 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=10, help="interleave all models over this many rounds")
     ap.add_argument("--optimization", choices=("basic", "extended", "all"), default="extended")
-    ap.add_argument("--edge-correction", action="store_true", help="also measure edge probes; report both tables")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--min-time", type=float, default=0.5, help="minimum timed seconds per model")
     ap.add_argument("--out", default="outputs/bench_fidelity")
@@ -50,18 +48,12 @@ def main() -> None:
     store = MeasurementStore(store_file)
     quiet = lambda s: None  # noqa: E731
     t0 = time.perf_counter()
-    table, stats = profile_space(args.space, tuple(args.size), 19, target, store, out / "onnx",
-                                 edge_correction=args.edge_correction, log=quiet)
+    table, stats = profile_space(args.space, tuple(args.size), 19, target, store, out / "onnx", log=quiet)
     print(f"table: {stats['units']} units, {stats['wall_s']:.1f} s ({100 * stats['overhead']:.1f}% overhead)")
     archs = sample_architectures(args.space, args.k, args.seed)
     measured = measure_networks(archs, tuple(args.size), 19, target, store, out / "onnx", log=quiet)
     predicted = predicted_latencies(table, archs)
     metrics = fidelity_metrics(predicted, measured)
-    if args.edge_correction:
-        raw = latency_table(build_cost_table(args.space, tuple(args.size), 19), store)
-        uncorrected = fidelity_metrics(predicted_latencies(raw, archs), measured)
-        print("without the edge correction: " + ", ".join(f"{k} {v:.4f}" for k, v in uncorrected.items()
-                                                          if k in ("kendall_tau", "within_10pct", "mape", "mean_bias")))
     for a, p, m in zip(archs, predicted, measured):
         print(f"  {'-'.join(c.replace('_', '') for c in a.choices)[:60]:60s} pred {p:7.3f}  meas {m:7.3f}"
               f"  {100 * (p - m) / m:+5.1f}%")
@@ -75,7 +67,7 @@ def main() -> None:
     print(f"bar (tau >= 0.9 and >= 90% within 10%): "
           f"{'PASS' if metrics['kendall_tau'] >= 0.9 and metrics['within_10pct'] >= 0.9 else 'FAIL'}; "
           f"clock {args.clock}, optimization {args.optimization}, rounds {args.rounds}, "
-          f"edge correction {args.edge_correction}, {args.space} {args.size[0]}x{args.size[1]}, "
+          f"{args.space} {args.size[0]}x{args.size[1]}, "
           f"load average {os.getloadavg()[0]:.2f}, "
           f"total {time.perf_counter() - t0:.0f} s")
     plot = out / f"fidelity_{args.space}_{args.backend}_{args.clock}_{args.optimization}.png"

@@ -360,7 +360,6 @@ class LatencyParams(Section):
     runs: Int = Field(50, ge=1)  # at least this many timed runs per model ...
     min_time_s: Float = Field(0.3, ge=0)  # ... lasting at least this long
     rounds: Int = Field(1, ge=1)  # onnxruntime: > 1 interleaves all models over rounds (busy machines)
-    edge_correction: Bool = False  # subtract measured edge costs (profiling/boundary.py; see its caveat)
     input_size: Size = Size(height=256, width=512)
     spaces: tuple[SpaceName, ...] = ("small",)
     num_classes: Int = Field(19, ge=1)

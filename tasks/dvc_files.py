@@ -80,13 +80,9 @@ def _stages(root: Path) -> tuple[dict, dict]:
 
 
 def expanded_stages(root: str | Path = ".") -> dict[str, dict]:
-    """dvc.yaml's stages by the names DVC gives them (foreach groups expanded: search@lat_small)."""
+    """dvc.yaml's stages by the names DVC gives them (foreach groups expanded: search@lat_small), in the
+    file's (pipeline) order."""
     return _stages(Path(root))[0]
-
-
-def stage_names(root: str | Path = ".") -> list[str]:
-    """The stages of dvc.yaml, in the file's (pipeline) order."""
-    return list(_stages(Path(root))[0])
 
 
 def _outs(entry: dict | None, params: dict) -> list[str]:
@@ -98,14 +94,6 @@ def stage_outputs(stage: str, root: str | Path = ".") -> list[str]:
     """Every output path of `stage` (outs, metrics, plots), as dvc.lock will name them."""
     stages, params = _stages(Path(root))
     return _outs(stages.get(stage), params)
-
-
-def upstream_stages(stage: str, root: str | Path = ".") -> list[str]:
-    """The stages of dvc.yaml whose outputs `stage` depends on."""
-    stages, params = _stages(Path(root))
-    deps = _paths((stages.get(stage) or {}).get("deps"), params)
-    return [name for name, entry in stages.items() if name != stage and any(
-        _overlaps(d, o) for d in deps for o in _outs(entry, params))]
 
 
 def _overlaps(dep: str, out: str) -> bool:

@@ -50,8 +50,7 @@ def _store(out_dir: str | Path, target) -> MeasurementStore:
 
 def _plan(cfg) -> dict:
     f = cfg.fidelity
-    return planned_units(cfg.spaces, cfg.input_size.hw, cfg.num_classes, cfg.edge_correction,
-                         (f.space, f.num_networks, f.seed))
+    return planned_units(cfg.spaces, cfg.input_size.hw, cfg.num_classes, (f.space, f.num_networks, f.seed))
 
 
 def pool_store(cfg, out_dir: str | Path) -> PoolStore:
@@ -126,7 +125,7 @@ def latency_tables_task(cfg, out_dir: str) -> dict[str, dict]:
     with atomic_dir(Path(out_dir) / TABLES) as tmp:
         for space in cfg.spaces:
             base = build_cost_table(space, cfg.input_size.hw, cfg.num_classes)
-            table = latency_table(base, store, cfg.edge_correction)
+            table = latency_table(base, store)
             path = latency_table_path(out_dir, space)
             write_cost_table(table, tmp / path.name)
             matrix, fixed = cost_matrix(table, "latency_ms")

@@ -17,8 +17,8 @@ from tasks.dvc_files import (
     dvc_default_remote,
     dvc_inputs,
     dvc_md5,
+    expanded_stages,
     locked_outputs,
-    stage_names,
     stage_outputs,
 )
 
@@ -289,7 +289,7 @@ def _pipeline_stage_lines(client, experiment_id: str, ran: dict, failure: tuple[
     run began, the earlier run that made the current outputs DVC reused (tagged
     squeezenas.reused.<stage>), or that it did not run."""
     tags, lines, locked = {}, [], locked_outputs()
-    for stage in stage_names():
+    for stage in expanded_stages():  # in dvc.yaml's (pipeline) order
         if stage in ran:
             run = ran[stage]
             lines.append(f"- {run_link(experiment_id, run.info.run_id, stage)} ran here ({run.info.status.lower()})")

@@ -1,5 +1,4 @@
 """The label tables equal cityscapesscripts' official definitions."""
-import numpy as np
 import pytest
 from cityscapesscripts.helpers.labels import labels as cs_labels
 
@@ -9,7 +8,6 @@ from nas_core.data.labels import (
     ID_TO_TRAIN_ID,
     TRAIN_ID_NAMES,
     VALID_LABEL_ID,
-    train_ids_to_label_ids,
 )
 
 DRAWN = [label for label in cs_labels if label.id >= 0]
@@ -35,13 +33,3 @@ def test_train_id_name_and_category_follow_the_table(train_id):
 
 def test_seven_evaluated_categories_without_void():
     assert CATEGORY_NAMES == ("flat", "construction", "object", "nature", "sky", "human", "vehicle")
-
-
-def test_train_ids_round_trip_through_label_ids():
-    train_ids = np.arange(19).reshape(1, 19)
-    assert np.array_equal(ID_TO_TRAIN_ID[train_ids_to_label_ids(train_ids)], train_ids)
-
-
-def test_train_ids_out_of_range_are_refused():
-    with pytest.raises(ValueError, match="0..18"):
-        train_ids_to_label_ids(np.array([19]))

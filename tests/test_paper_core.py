@@ -11,7 +11,7 @@ import yaml
 
 from nas_core.config import Params, load_params
 from nas_core.cost.macs import build_cost_table, cost_matrix
-from nas_core.engine.schedules import build_schedule, lr_curve
+from nas_core.engine.schedules import build_schedule
 from nas_core.search.data import search_loader
 from nas_core.search.gumbel import TauSchedule, gumbel_softmax, sample_gumbel
 from nas_core.search.loop import SearchConfig, run_search
@@ -21,6 +21,7 @@ from nas_core.space.candidates import CANDIDATE_NAMES, Candidate
 from nas_core.space.spaces import SPACES, BlockSpec
 from nas_core.train.stages import stage_settings
 from tasks.search import search_config
+from tests.test_schedules import lr_curve
 from tests.test_supernet_fixtures import TINY, TINY_CLASSES, TinySegmentation, tiny_space  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]

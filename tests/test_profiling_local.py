@@ -7,7 +7,6 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from nas_core.cost.boundary import boundary_ms, edges, probe_key, probe_units
 from nas_core.cost.export import export_onnx, network_unit, onnx_filename, table_units
 from nas_core.cost.fidelity import sample_architectures
 from nas_core.cost.latency import (
@@ -18,7 +17,7 @@ from nas_core.cost.latency import (
     profile_space,
     store_path,
 )
-from nas_core.cost.macs import architecture_cost, build_cost_table, read_cost_table, write_cost_table
+from nas_core.cost.macs import build_cost_table, read_cost_table, write_cost_table
 from nas_core.cost.targets import LocalTarget, MeasurementError, Protocol, TransientError
 from nas_core.space.spaces import SPACES, SearchSpace
 
@@ -68,7 +67,7 @@ def test_exported_unit_computes_what_pytorch_computes(tiny, tmp_path, index):
 def test_local_profile_of_a_tiny_space(tiny, tmp_path):
     target = LocalTarget(FAST)
     store = MeasurementStore(store_path(tmp_path / "m", target))
-    table, stats = profile_space("tiny", SIZE, 3, target, store, tmp_path / "onnx", edge_correction=True, log=quiet)
+    table, stats = profile_space("tiny", SIZE, 3, target, store, tmp_path / "onnx", log=quiet)
     write_cost_table(table, tmp_path / "latency_tiny.parquet")
     back = read_cost_table(tmp_path / "latency_tiny.parquet")
     base = build_cost_table(TINY, SIZE, 3)
@@ -76,11 +75,9 @@ def test_local_profile_of_a_tiny_space(tiny, tmp_path):
     zero = back["candidate"].eq("skip") & back["residual"]
     assert (back.loc[zero, "latency_ms"] == 0).all() and (back.loc[zero, "runs"] == 0).all()
     ran = back[~zero]
-    assert (ran["latency_raw_ms"] > 0).all() and (ran["runs"] >= 3).all()
-    assert ((ran["latency_ms"] - (ran["latency_raw_ms"] - ran["boundary_ms"])).abs() < 1e-12).all()
+    assert (ran["latency_ms"] > 0).all() and (ran["runs"] >= 3).all()
     assert (ran["latency_p10_ms"] <= ran["latency_ms"]).all() and (ran["latency_ms"] <= ran["latency_p90_ms"]).all()
-    probes = probe_units(base)
-    assert stats["measured"] == len(store) == 40 + len(probes) and 0 <= stats["overhead"] <= 1
+    assert stats["measured"] == len(store) == 40 and 0 <= stats["overhead"] <= 1
 
 
 def test_blocks_of_one_shape_read_one_measurement_and_gaps_are_errors(tmp_path):
@@ -97,48 +94,6 @@ def test_blocks_of_one_shape_read_one_measurement_and_gaps_are_errors(tmp_path):
     del store.records[units[-1].key]
     with pytest.raises(ValueError, match=r"s\.jsonl: 1 shape\(s\) not measured"):
         latency_table(base, store)
-    with pytest.raises(ValueError, match=r"not measured, e\.g\. \[.*probe1"):
-        latency_table(base, store, edge_correction=True)  # the edge probes are missing too
-
-
-def _fake_store(tmp_path, base, edge_ms):
-    """Every unit measured at 1 ms; probes such that boundary(C, H, W) = edge_ms(C)."""
-    store = MeasurementStore(tmp_path / "fake.jsonl")
-    for u in table_units(base, base["space"].iloc[0]):
-        store.records[u.key] = {"key": u.key, "latency_ms": 1.0, "latency_p10_ms": 0.9, "latency_p90_ms": 1.1,
-                                "runs": 5}
-    for shape in {s for row in edges(base) for s in row}:
-        for n, t in ((1, 2.0), (2, 4.0 - edge_ms(shape[0]))):  # 2 T1 - T2 = edge_ms
-            store.records[probe_key(n, shape)] = {"key": probe_key(n, shape), "latency_ms": t}
-    return store
-
-
-def test_edge_correction_gives_back_half_an_edge_per_internal_edge(tmp_path):
-    base = build_cost_table("small", (64, 128), 19)
-    edge_ms = lambda channels: channels / 1000  # noqa: E731
-    table = latency_table(base, _fake_store(tmp_path, base, edge_ms), edge_correction=True)
-    row = lambda kind, block, cand: table[(table["kind"] == kind) & (table["block"] == block)  # noqa: E731
-                                          & (table["candidate"] == cand)].iloc[0]
-    assert row("fixed", -1, "stem")["boundary_ms"] == pytest.approx(0.5 * 0.016)  # its input is the image
-    assert row("block", 0, "k3_d1_e6_g1")["boundary_ms"] == pytest.approx(0.5 * (0.016 + 0.016))
-    assert row("block", 4, "k5_d1_e1_g1")["boundary_ms"] == pytest.approx(0.5 * (0.016 + 0.024))
-    assert row("block", 5, "skip")["boundary_ms"] == 0 and row("block", 5, "skip")["latency_ms"] == 0
-    assert row("fixed", -1, "decoder")["boundary_ms"] == pytest.approx(0.5 * (0.256 + 0.024))  # feature + low
-    assert row("block", 0, "k3_d1_e6_g1")["latency_raw_ms"] == 1.0
-    # a network's prediction drops by exactly one edge per junction between two running units
-    arch = sample_architectures("small", 1, seed=5)[0]
-    raw = latency_table(base, _fake_store(tmp_path, base, edge_ms), edge_correction=False)
-    assert architecture_cost(raw, arch, "latency_ms") - architecture_cost(table, arch, "latency_ms") == \
-        pytest.approx(sum(table["boundary_ms"][(table["kind"] == "fixed")])
-                      + sum(row("block", i, c)["boundary_ms"] for i, c in enumerate(arch.choices)))
-
-
-def test_noise_never_makes_an_edge_negative(tmp_path):
-    base = build_cost_table("small", (64, 128), 19)
-    store = _fake_store(tmp_path, base, lambda c: -0.5)
-    shape = next(s for row in edges(base) for s in row)
-    assert boundary_ms(store.records, shape) == 0.0
-    assert (latency_table(base, store, edge_correction=True)["boundary_ms"] == 0).all()
 
 
 def test_interrupted_profile_measures_only_what_is_missing(tiny, tmp_path):

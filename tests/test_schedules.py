@@ -4,9 +4,14 @@ from pathlib import Path
 import pytest
 
 from nas_core.config import SampleParams, SearchParams, TrainParams, load_params
-from nas_core.engine.schedules import SCHEDULES, build_schedule, lr_curve
+from nas_core.engine.schedules import SCHEDULES, Schedule, build_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def lr_curve(schedule: Schedule, base_lr: float, epochs: int, steps_per_epoch: int) -> list[float]:
+    """The learning rate of every optimizer step of a run, as `nas_core.engine.training` applies it."""
+    return [base_lr * schedule.factor(step / steps_per_epoch) for step in range(epochs * steps_per_epoch)]
 
 
 def test_fine_step_decay_divides_by_ten_at_epochs_50_and_75():

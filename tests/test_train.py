@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from nas_core.engine.schedules import build_schedule, lr_curve
+from nas_core.engine.schedules import build_schedule
 from nas_core.engine.training import (
     EpochBatchSampler,
     NonFiniteLossError,
@@ -18,6 +18,7 @@ from nas_core.engine.training import (
     make_train_loader,
     train,
 )
+from tests.test_schedules import lr_curve
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, BATCH = 4, 4

@@ -17,7 +17,6 @@ from typing import Callable
 
 import pandas as pd
 
-from nas_core.cost.boundary import probe_units, remove_edge_costs
 from nas_core.cost.export import (
     OPSET,
     Unit,
@@ -137,34 +136,27 @@ def measure_units(target: Target, units: list[Unit], store: MeasurementStore, on
             "overhead": (wall - busy) / wall if wall > 0 and counted["measured"] else 0.0}
 
 
-def latency_table(base: pd.DataFrame, store: MeasurementStore, edge_correction: bool = False) -> pd.DataFrame:
-    """The cost table `base` with latency columns filled from `store` (0 ms where nothing runs);
-    with `edge_correction`, minus the measured costs that units pay only when timed alone."""
+def latency_table(base: pd.DataFrame, store: MeasurementStore) -> pd.DataFrame:
+    """The cost table `base` with latency columns filled from `store` (0 ms where nothing runs)."""
     space = get_space(base["space"].iloc[0])
     df = base.copy()
     zero = [is_zero_cost(row, space) for row in df.itertuples(index=False)]
-    missing = sorted({k for k, z in zip(df["shape_key"], zero) if not z and k not in store}
-                     | ({u.key for u in probe_units(df)} - set(store.records) if edge_correction else set()))
+    missing = sorted({k for k, z in zip(df["shape_key"], zero) if not z and k not in store})
     if missing:
         raise ValueError(f"{store.path}: {len(missing)} shape(s) not measured, e.g. {missing[:3]}")
     for col in LATENCY_COLUMNS:
         values = [0 if z else store.records[k].get(col, math.nan) for k, z in zip(df["shape_key"], zero)]
         df[col] = pd.Series(values, index=df.index, dtype="int64" if col == "runs" else "float64")
-    if edge_correction:
-        df = remove_edge_costs(df, store.records)
     validate_cost_table(df, str(store.path))
     return df
 
 
 def profile_space(space: str | SearchSpace, input_size: tuple[int, int], num_classes: int, target: Target,
-                  store: MeasurementStore, onnx_dir: str | Path, edge_correction: bool = False,
-                  **kw) -> tuple[pd.DataFrame, dict]:
-    """The latency table of `space` at `input_size` on `target`, and the profile's accounting.
-    With `edge_correction` the edge probes (boundary.py) are measured in the same session."""
+                  store: MeasurementStore, onnx_dir: str | Path, **kw) -> tuple[pd.DataFrame, dict]:
+    """The latency table of `space` at `input_size` on `target`, and the profile's accounting."""
     base = build_cost_table(space, input_size, num_classes)
-    units = table_units(base, space) + (probe_units(base) if edge_correction else [])
-    stats = measure_units(target, units, store, onnx_dir, **kw)
-    return latency_table(base, store, edge_correction), stats
+    stats = measure_units(target, table_units(base, space), store, onnx_dir, **kw)
+    return latency_table(base, store), stats
 
 
 def measure_networks(archs: list[Architecture], input_size: tuple[int, int], num_classes: int, target: Target,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from nas_core.cost.boundary import probe_units
 from nas_core.cost.export import Unit, network_unit, table_units
 from nas_core.cost.fidelity import sample_architectures
 from nas_core.cost.latency import MeasurementStore
@@ -25,13 +24,13 @@ class PoolError(ProfileError):
 
 
 def planned_units(spaces: Iterable[str], input_size: tuple[int, int], num_classes: int,
-                  edge_correction: bool = False, fidelity: tuple[str, int, int] | None = None) -> dict[str, list[Unit]]:
-    """Every unit to time, by shard name: each space's table units (and edge probes), then the
-    fidelity networks (`fidelity` = (space, count, seed)) under FIDELITY."""
+                  fidelity: tuple[str, int, int] | None = None) -> dict[str, list[Unit]]:
+    """Every unit to time, by shard name: each space's table units, then the fidelity networks
+    (`fidelity` = (space, count, seed)) under FIDELITY."""
     plan = {}
     for space in spaces:
         base = build_cost_table(space, input_size, num_classes)
-        plan[space] = table_units(base, space) + (probe_units(base) if edge_correction else [])
+        plan[space] = table_units(base, space)
     if fidelity and fidelity[1]:
         nets = [network_unit(a, input_size, num_classes) for a in sample_architectures(*fidelity)]
         plan[FIDELITY] = list({u.key: u for u in nets}.values())

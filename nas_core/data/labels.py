@@ -21,7 +21,6 @@ for _label in _DRAWN:
     VALID_LABEL_ID[_label.id] = True
 
 TRAIN_ID_NAMES: tuple[str, ...] = tuple(label.name for label in _EVALUATED)
-TRAIN_ID_TO_ID = np.array([label.id for label in _EVALUATED], dtype=np.uint8)
 
 # Category order follows the label table (flat, construction, object, nature, sky, human, vehicle);
 # 'void' holds only ignored labels, so the official evaluation never scores it.
@@ -33,16 +32,3 @@ LABEL_ID = {label.name: label.id for label in _DRAWN}
 
 assert TRAIN_ID_NAMES and len(TRAIN_ID_NAMES) == NUM_CLASSES
 assert [label.trainId for label in _EVALUATED] == list(range(NUM_CLASSES))
-
-
-def label_ids_to_train_ids(label_ids: np.ndarray) -> np.ndarray:
-    """Map a labelIds array (values must already be checked with `VALID_LABEL_ID`) to train ids."""
-    return ID_TO_TRAIN_ID[label_ids]
-
-
-def train_ids_to_label_ids(train_ids: np.ndarray) -> np.ndarray:
-    """Map predicted train ids 0..18 to the label ids the official results format expects."""
-    train_ids = np.asarray(train_ids)
-    if train_ids.size and (train_ids.min() < 0 or train_ids.max() >= NUM_CLASSES):
-        raise ValueError(f"train ids must lie in 0..{NUM_CLASSES - 1}, got {train_ids.min()}..{train_ids.max()}")
-    return TRAIN_ID_TO_ID[train_ids]

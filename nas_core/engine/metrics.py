@@ -47,9 +47,6 @@ class ConfusionMatrix:
                                   device=device if device is not None else "cpu")
         self._device_fixed = device is not None
 
-    def reset(self) -> None:
-        self.matrix.zero_()
-
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch: `pred` holds class indices shaped like `target`, or logits with the class axis at dim 1."""

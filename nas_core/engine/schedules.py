@@ -79,8 +79,3 @@ def build_schedule(kind: str, epochs: int, milestones: tuple[int, ...] = (), gam
     if warmup_epochs > 0:
         schedule = Warmup(schedule, warmup_epochs, warmup_factor)
     return schedule
-
-
-def lr_curve(schedule: Schedule, base_lr: float, epochs: int, steps_per_epoch: int) -> list[float]:
-    """The learning rate of every optimizer step of a run, as `nas_core.engine.training` applies it."""
-    return [base_lr * schedule.factor(step / steps_per_epoch) for step in range(epochs * steps_per_epoch)]

@@ -96,7 +96,6 @@ class Block(nn.Module):
 
     def __init__(self, cand: Candidate, spec: BlockSpec):
         super().__init__()
-        self.candidate = cand.name
         self.residual = spec.residual
         self.op = build_candidate(cand, spec)
 

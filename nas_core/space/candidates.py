@@ -73,8 +73,3 @@ CANDIDATES: tuple[Candidate, ...] = (
 )
 CANDIDATE_NAMES: tuple[str, ...] = tuple(c.name for c in CANDIDATES)
 NUM_CANDIDATES = len(CANDIDATES)
-
-
-def candidate_index(name: str) -> int:
-    """Column of candidate `name` in the architecture logits."""
-    return CANDIDATES.index(Candidate.parse(name))

@@ -65,7 +65,3 @@ class SegmentationNetwork(nn.Module):
         check_input(x)
         feature, low = self.encode(x)
         return self.decoder(feature, low, x.shape[-2:])
-
-
-def build_network(arch: Architecture, num_classes: int = 19) -> SegmentationNetwork:
-    return SegmentationNetwork(arch, num_classes)

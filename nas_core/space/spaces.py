@@ -59,14 +59,6 @@ class SearchSpace:
     def low_level_channels(self) -> int:
         return self.blocks[self.low_level_index].c_out
 
-    def block_strides(self) -> list[int]:
-        """Output stride (relative to the input) after each block."""
-        out, s = [], 2  # the stem has stride 2
-        for b in self.blocks:
-            s *= b.stride
-            out.append(s)
-        return out
-
 
 SPACES: dict[str, SearchSpace] = {
     "small": SearchSpace(
