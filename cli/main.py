@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         code = forkserver.run_via_server(argv)
         if code is not None:
             return code
-    processes.raise_on_termination()
+    processes.raise_on_termination(argv[0] if argv else "")
     args = build_parser().parse_args(argv)
     try:
         check_params(args)

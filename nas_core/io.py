@@ -6,11 +6,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 
 class WriteError(OSError):
@@ -63,15 +64,34 @@ def _naming(path: Path, folder: Path | None = None) -> Iterator[None]:
         raise WriteError(e.errno, _WHY[e.errno].format(folder=folder), str(path)) from None
 
 
-def temp_dir(parent: str | Path, prefix: str, suffix: str = "", reported: Path | None = None) -> Path:
+class Registry(Protocol):
+    """Whoever removes a folder if this process dies before it can (tasks/processes.py's reaper)."""
+
+    def remove_at_exit(self, folder: Path) -> None: ...
+
+    def forget(self, folder: Path) -> None: ...
+
+
+def temp_dir(parent: str | Path, prefix: str, suffix: str = "", reported: Path | None = None,
+             registry: Registry | None = None) -> Path:
     """A new empty folder in `parent` with a plain folder's mode (mkdtemp's is 0700); an error
-    names `reported` (default: the folder's prefix), the artifact the folder is for."""
+    names `reported` (default: the folder's prefix), the artifact the folder is for.
+
+    With `registry`, the folder is registered before it exists, so a kill -9 at any instant leaves
+    nothing behind (registered after mkdtemp, a kill between the two left the folder for good)."""
     parent = Path(parent)
     with _naming(reported or parent / prefix, folder=parent):
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
-        os.chmod(tmp, 0o777 & ~_umask())
-    return tmp
+        while True:
+            tmp = parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+            if registry is not None:
+                registry.remove_at_exit(tmp)
+            try:
+                tmp.mkdir()  # mode 0777 less the umask, as a plain mkdir; exclusive like mkdtemp
+                return tmp
+            except FileExistsError:  # another's folder: not ours to remove
+                if registry is not None:
+                    registry.forget(tmp)
 
 
 @contextmanager

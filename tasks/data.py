@@ -25,9 +25,8 @@ def _generate_atomically(root: str, field: str, generate: Callable[[Path], dict]
     """Generate into a sibling temp folder and rename it onto `root`: a dataset is whole or absent."""
     check_replaceable(root, field)
     root_path = Path(root)
-    tmp = temp_dir(root_path.parent, f".{root_path.name}.")  # group-readable, unlike mkdtemp's 0700
     # an interrupted or killed command exits without joining this task's thread: its reaper removes the folder
-    processes.reaper().remove_at_exit(tmp)
+    tmp = temp_dir(root_path.parent, f".{root_path.name}.", registry=processes.reaper())
     try:
         summary = generate(tmp)
         atomic_write_json(tmp / GENERATED_MARKER, summary)  # the marker, written last

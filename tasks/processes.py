@@ -32,11 +32,40 @@ class Terminated(BaseException):
         self.signal = signum
 
 
-def raise_on_termination() -> None:
+_stopping: int | None = None  # the signal this process is stopping on, once one came
+
+
+def raise_on_termination(command: str) -> None:
+    """SIGTERM and SIGHUP raise Terminated in the main thread as SIGINT raises KeyboardInterrupt. A second
+    signal while the first is being handled (runs marked, helpers stopped) ends the process at once with
+    one line instead of a traceback from the middle of that clean-up: the reaper still ends the helpers
+    and removes the temporary folders, and the next command marks the runs left RUNNING."""
+
     def handler(signum, frame):
-        raise Terminated(signum)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, handler)
+        global _stopping
+        if _stopping is not None:
+            os.write(2, f"\nsqueezenas {command}: interrupted again ({signal.Signals(signum).name}) while stopping: "
+                        "stopped now; the work done so far is kept: rerun the same command (or dvc repro) to resume\n"
+                     .encode())
+            os._exit(128 + signum)
+        _stopping = signum
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        if signum != signal.SIGINT or signal.getsignal(signum) is not signal.SIG_IGN:  # a background job's stays
+            signal.signal(signum, handler)
+
+
+def die_with_parent(expected_parent: int | None = None, signum: int = signal.SIGKILL) -> None:
+    """Have the kernel send this process `signum` when its parent dies (Linux PR_SET_PDEATHSIG; elsewhere
+    nothing): for a worker whose parent may be killed outright before it can end the worker. If the
+    parent is not `expected_parent` (default: the parent at the call), it is gone already: `signum` now."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    expected = os.getppid() if expected_parent is None else expected_parent
+    if ctypes.CDLL(None, use_errno=True).prctl(1, int(signum), 0, 0, 0) == 0 and os.getppid() != expected:
+        os.kill(os.getpid(), signum)
 
 
 def signal_of(exc: BaseException) -> int | None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -26,6 +25,7 @@ from nas_core.search.gumbel import TauSchedule
 from nas_core.search.loop import SearchConfig, evaluate_architecture, run_search
 from nas_core.search.plots import plot_probabilities
 from nas_core.search.supernet import build_supernet
+from tasks.torchrun import run_torchrun, worker_dies_with_launcher
 
 SUPERNET, THETA, HISTORY, PRUNING = "supernet.pt", "theta.parquet", "theta_history.parquet", "pruning_log.csv"
 CURVES, METRICS, PLOT, CHECKPOINTS = "search_curves.csv", "metrics.json", "probabilities.png", "checkpoints"
@@ -114,10 +114,8 @@ def search_task(cfg: SearchParams, data_root: str, out_dir: str,
     """Search in this process, or with nproc > 1 in torchrun's DDP processes (metrics replayed afterwards)."""
     if cfg.nproc == 1:
         return search(cfg, data_root, out_dir, on_epoch_end)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}",
-           "-m", "tasks.search", "--settings", cfg.model_dump_json(), "--data", data_root, "--out", out_dir]
-    print(f"[search] launching {cfg.nproc} DDP processes: {' '.join(cmd[:6])} ...")
-    if subprocess.run(cmd).returncode != 0:
+    args = ["--settings", cfg.model_dump_json(), "--data", data_root, "--out", out_dir]
+    if run_torchrun("tasks.search", args, cfg.nproc, "search") != 0:
         raise RuntimeError(f"[search] torchrun failed; {Path(out_dir) / CHECKPOINTS} resumes the search")
     summary = json.loads((Path(out_dir) / METRICS).read_text())
     if on_epoch_end is not None:
@@ -133,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("--settings", "--data", "--out"):
         p.add_argument(name, required=True)
     a = p.parse_args(argv)
+    worker_dies_with_launcher()  # a torchrun killed outright takes its workers with it
     search(SearchParams.model_validate_json(a.settings), a.data, a.out)
     return 0
 

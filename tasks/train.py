@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -28,6 +27,7 @@ from nas_core.train.stages import (
     stage_payload,
     trained_lineage,
 )
+from tasks.torchrun import run_torchrun, worker_dies_with_launcher
 
 MODEL, LINEAGE, METRICS, CHECKPOINTS = "model.pt", "lineage.json", "metrics.json", "checkpoints"
 CURVES = "curves.csv"  # per-epoch loss, lr and validation scores: the stage's DVC plot
@@ -84,17 +84,15 @@ def train_stage_task(stage: str, settings: StageSettings, arch_path: str, data_r
     if nproc == 1:
         return train_stage(stage, settings, arch_path, data_root, previous_path, out_dir, device, on_epoch_end,
                            threads)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "tasks.train", "--stage", stage, "--settings", json.dumps(asdict(settings)), "--arch", arch_path,
-           "--data", data_root, "--out", out_dir, "--device", device]
+    args = ["--stage", stage, "--settings", json.dumps(asdict(settings)), "--arch", arch_path, "--data", data_root,
+            "--out", out_dir, "--device", device]
     if previous_path:
-        cmd += ["--previous", previous_path]
+        args += ["--previous", previous_path]
     if threads:
-        cmd += ["--threads", str(threads)]
-    print(f"[{stage}] launching {nproc} DDP processes: {' '.join(cmd[:6])} ...")
-    proc = subprocess.run(cmd)
-    if proc.returncode != 0:
-        raise RuntimeError(f"[{stage}] torchrun exited with status {proc.returncode}; the checkpoint in "
+        args += ["--threads", str(threads)]
+    code = run_torchrun("tasks.train", args, nproc, stage)
+    if code != 0:
+        raise RuntimeError(f"[{stage}] torchrun exited with status {code}; the checkpoint in "
                            f"{Path(out_dir) / CHECKPOINTS} resumes the run")
     summary = json.loads((Path(out_dir) / METRICS).read_text())
     if on_epoch_end is not None:
@@ -126,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int)
     a = p.parse_args(argv)
+    worker_dies_with_launcher()  # a torchrun killed outright takes its workers with it
     train_stage(a.stage, StageSettings.from_dict(json.loads(a.settings)), a.arch, a.data, a.previous, a.out, a.device,
                 threads=a.threads)
     return 0

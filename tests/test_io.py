@@ -36,6 +36,28 @@ def test_artifacts_get_the_modes_a_plain_write_would(tmp_path, umask, mask, file
     assert mode(tmp_path / "tables") == dir_mode and mode(temp_dir(tmp_path, ".data.")) == dir_mode
 
 
+class Recorder:
+    """A registry (the reaper's two calls) that notes whether the folder existed when it heard of it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Path, bool]] = []
+
+    def remove_at_exit(self, folder: Path) -> None:
+        self.calls.append(("remove_at_exit", folder, folder.exists()))
+
+    def forget(self, folder: Path) -> None:
+        self.calls.append(("forget", folder, folder.exists()))
+
+
+def test_a_registered_temp_folder_is_registered_before_it_exists(tmp_path):
+    """A kill -9 between creating the folder and registering it would leave it for good."""
+    registry = Recorder()
+    tmp = temp_dir(tmp_path / "data", ".cityscapes.", registry=registry)
+    assert registry.calls == [("remove_at_exit", tmp, False)]
+    assert tmp.is_dir() and tmp.parent == tmp_path / "data" and tmp.name.startswith(".cityscapes.")
+    assert temp_dir(tmp_path / "data", ".cityscapes.", registry=registry) != tmp
+
+
 def test_a_file_in_the_way_of_a_folder_is_named(tmp_path):
     (tmp_path / "outputs").write_text("not a folder")
     with pytest.raises(WriteError) as e:

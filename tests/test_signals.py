@@ -141,6 +141,25 @@ def test_a_signalled_data_stage_stops_leaving_no_process_or_temporary(data_dir, 
     assert flow_run_states(data_dir / "prefect_home") == {"data": "CRASHED"}
 
 
+def test_a_second_ctrl_c_while_stopping_ends_the_command_at_once_without_a_traceback(data_dir):
+    env = cli_env(data_dir)
+    proc = launch([sys.executable, "-m", "cli.main", "data", *BIG_DATA], data_dir, env)
+    wait_for(lambda: any((data_dir / "data").glob(".cityscapes.*")), proc)
+    started = descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.3)  # the first one is being handled: runs marked, its Prefect server stopped
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("squeezenas data: interrupted again (SIGINT) while stopping: stopped now"), err[-2000:]
+    assert "rerun the same command" in last
+    assert not still_running(started), "processes outlived the command"  # the reaper ended them
+    assert not [p.name for p in (data_dir / "data").iterdir() if p.name.startswith(".")]
+
+
 SEARCH = ("search: {space: small, cost_table: costs/macs_small.parquet, alpha: 1.0, epochs: 200, patch: {height: 64, "
           "width: 128}, batch_size: 2, theta_lr: 0.2, threads: 1, log_every: 1, device: cpu, checkpoint_every: 1}\n")
 
@@ -201,6 +220,55 @@ def test_after_a_kill_9_the_next_run_of_the_stage_marks_the_stale_run_killed(sea
     _, err = nxt.communicate(timeout=300)
     assert nxt.returncode == 0, err[-2000:]
     assert "RUNNING" not in flow_states(search_dir / "prefect_home", "search")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_a_signalled_ddp_search_leaves_no_torchrun_or_worker_behind(search_dir, how):
+    """nproc 2: torchrun (gloo) and its two workers, each in a session of its own, end with the command;
+    after a kill -9 the reaper ends torchrun and the workers die with it."""
+    signum = getattr(signal, how)
+    out = search_dir / f"ddp_{how}"
+    proc = launch([sys.executable, "-m", "cli.main", "search", "--set", "search.nproc=2", "--set",
+                   f"paths.search={out.name}"], search_dir, cli_env(search_dir))
+    wait_for(lambda: any(out.rglob("*.pt")), proc)  # the workers are past their first epoch
+    cmdlines = [_cmdline(pid) for pid, _ in descendants(proc.pid)]
+    code, err, seconds, started = interrupt(proc, signum)
+
+    launchers = [c for c in cmdlines if "-m torch.distributed.run" in c]
+    assert len(launchers) == 1 and len([c for c in cmdlines if "-m tasks.search" in c]) == 3, cmdlines  # + 2 workers
+    assert not still_running(started, within_s=60), "torchrun or a worker outlived the command"
+    if signum == signal.SIGKILL:
+        assert code == -signal.SIGKILL
+        return
+    assert code == 130 and seconds < 60, (code, seconds, err[-2000:])
+    assert "Traceback" not in err and "interrupted (SIGINT)" in err.strip().splitlines()[-1], err[-2000:]
+    assert any(out.rglob("*.pt")), "the checkpoint was lost"
+
+
+DASK_OWNER = """
+import time
+from types import SimpleNamespace
+from flows.runners import make_task_runner
+with make_task_runner(SimpleNamespace(runner="dask", dask_address=None, workers=2)) as runner:
+    runner.client  # the cluster starts at the flow's first submit
+    print("ready", flush=True)
+    time.sleep(300)
+"""
+
+
+@pytest.mark.slow
+def test_a_local_dask_cluster_s_workers_die_with_a_killed_command():
+    """runner: dask starts worker processes (Dask's nannies) in the command's own process group, not
+    under the reaper: Dask ends them when their parent is gone, which this checks with a real cluster."""
+    owner = subprocess.Popen([sys.executable, "-c", DASK_OWNER], cwd=ROOT, env=stage_env(PYTHONPATH=str(ROOT)),
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert owner.stdout.readline() == "ready\n"
+    started = descendants(owner.pid)
+    assert len([p for p, _ in started if "spawn_main" in _cmdline(p)]) >= 2, [_cmdline(p) for p, _ in started]
+    owner.kill()
+    owner.wait()
+    assert not still_running(started, within_s=60), "a Dask worker outlived its owner"
 
 
 HELPER = """
