@@ -140,7 +140,8 @@ def run_pipeline(params_file: str = "params.yaml", targets: tuple[str, ...] = ()
     with prefect_server(Path(".prefect")) as (api_url, prefect_ready):
         env = dict(os.environ, PREFECT_API_URL=api_url)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        cmd = ["dvc", "repro", *(["--force"] if force else []), *targets]
+        # DVC with dvc.lock parsed by libyaml (cli/dvc_repro.py): the same lock, less of DVC's time per stage
+        cmd = [sys.executable, "-m", "cli.dvc_repro", "repro", *(["--force"] if force else []), *targets]
         # the Prefect server, the fork server's imports and the MLflow parent run start side by side
         with warm_stages(env, (tracking.tracking_uri(params.tracking.mlflow_uri),)) as ready:
             parent = tracking.start_pipeline_run(params.tracking, {"squeezenas.targets": ",".join(targets) or "all"})
