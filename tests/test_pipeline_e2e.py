@@ -5,8 +5,11 @@ to the dataset hash, a no-op second repro, one experiment's alpha rerunning only
 report, and the MLflow UI's REST API."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -131,6 +134,18 @@ def test_second_repro_is_a_noop_and_one_alpha_reruns_only_its_chain_and_the_repo
     assert ran <= chain("lat_small") | {"report"}, ran  # downstream of an unchanged output is skipped
 
 
+def end_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """SIGTERM to the server and its workers; SIGKILL to what a loaded machine has not ended after `grace_s`."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -148,7 +163,7 @@ def test_mlflow_ui_shows_parent_run_experiment_runs_and_one_model_per_experiment
     port = _free_port()
     ui = subprocess.Popen(["mlflow", "ui", "--backend-store-uri", "sqlite:///mlflow.db", "--host", "127.0.0.1",
                            "--port", str(port)], cwd=repo, env=stage_env(), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+                          stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
@@ -173,5 +188,4 @@ def test_mlflow_ui_shows_parent_run_experiment_runs_and_one_model_per_experiment
             model = _api(base, f"/api/2.0/mlflow/registered-models/get?name=squeezenas-{name}")["registered_model"]
             assert model["latest_versions"]
     finally:
-        ui.terminate()
-        ui.wait(20)
+        end_group(ui)
