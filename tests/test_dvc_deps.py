@@ -5,8 +5,8 @@ One `squeezenas run` (dvc repro of every stage) of the tiny configuration in a r
 own process (SQUEEZENAS_FORKSERVER=off: a forked child would hold the fork server's modules). A `sitecustomize`
 on PYTHONPATH records, in every Python process at exit, the first-party files (nas_core/, tasks/, flows/, cli/) in
 `sys.modules`; a stage's record is its command's process plus its descendants (torchrun workers). Each file must
-be a dep of that stage in dvc.lock (the file, or a folder holding it). Then edits to the mIoU and the training
-transform must make the stages that use them stale."""
+be a dep of that stage in dvc.lock (the file, or a folder holding it), and each code dep must hold a file the
+stage loaded. Then edits to the mIoU and the training transform must make the stages that use them stale."""
 from __future__ import annotations
 
 import json
@@ -19,12 +19,14 @@ import pytest
 import yaml
 
 from tasks.dvc_files import expanded_stages
-from tests.repo_copy import make_repo_copy, run, stage_env, write_tiny_params
-
-pytestmark = pytest.mark.slow
+from tests.repo_copy import ROOT, make_repo_copy, run, stage_env, write_tiny_params
 
 PACKAGES = ("nas_core", "tasks", "flows", "cli")
 TRAIN_STAGES = {"pretrain_imagenet", "pretrain_coco", "train_coarse", "train_fine"}
+# the README's promise: editing the mIoU makes the stages that compute it stale, the training transform those
+# that train
+SHARED_CODE = [("nas_core/engine/metrics.py", {"sample", "benchmark"} | TRAIN_STAGES),
+               ("nas_core/data/transforms.py", {"search"} | TRAIN_STAGES)]
 
 # Written as sitecustomize.py into a folder on the stage processes' PYTHONPATH (outside the repository copy, so
 # it is neither code of the project nor a dep). dvc's own processes write records too; they match no stage.
@@ -53,6 +55,17 @@ def _record():
 
 atexit.register(_record)
 '''.format(packages=set(PACKAGES))
+
+
+@pytest.mark.parametrize("edited, users", SHARED_CODE)
+def test_dvc_yaml_makes_the_users_of_shared_code_depend_on_it(edited, users):
+    """The cheap check of dvc.yaml alone (the slow tests below run the pipeline)."""
+    stages = expanded_stages(ROOT)
+    groups_of = {name: name.split("@")[0] for name in stages}
+    assert users <= set(groups_of.values())
+    missing = sorted(name for name, group in groups_of.items()
+                     if group in users and not covered(edited, stages[name]["deps"]))
+    assert not missing, f"{edited} is not among the deps of {missing}"
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +130,7 @@ def groups(stages: set[str]) -> set[str]:
     return {s.split("@")[0] for s in stages}
 
 
+@pytest.mark.slow
 def test_every_stage_depends_on_the_code_it_runs(traced):
     repo, files = traced
     deps = locked_deps(repo)
@@ -125,12 +139,16 @@ def test_every_stage_depends_on_the_code_it_runs(traced):
     missing = {stage: paths for stage, paths in missing.items() if paths}
     assert not missing, "code a stage runs that is not among its deps in dvc.yaml:\n" + "\n".join(
         f"  {stage}: {', '.join(paths)}" for stage, paths in sorted(missing.items()))
+    # and no more: a code dep of which the stage loads nothing would make it stale for nothing
+    unused = {stage: sorted(d for d in deps[stage] if d.split("/")[0] in PACKAGES
+                            and not any(covered(f, [d]) for f in used)) for stage, used in files.items()}
+    unused = {stage: paths for stage, paths in unused.items() if paths}
+    assert not unused, "code deps in dvc.yaml of which the stage loads nothing:\n" + "\n".join(
+        f"  {stage}: {', '.join(paths)}" for stage, paths in sorted(unused.items()))
 
 
-@pytest.mark.parametrize("edited, must_be_stale", [
-    ("nas_core/engine/metrics.py", {"sample", "benchmark"} | TRAIN_STAGES),
-    ("nas_core/data/transforms.py", {"search"} | TRAIN_STAGES),
-])
+@pytest.mark.slow
+@pytest.mark.parametrize("edited, must_be_stale", SHARED_CODE)
 def test_editing_shared_code_makes_its_users_stale(traced, edited, must_be_stale):
     repo, files = traced
     assert stale_stages(repo) == set(), "a fresh repro should leave nothing stale"
