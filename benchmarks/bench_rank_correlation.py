@@ -30,7 +30,8 @@ from nas_core.cost.macs import build_cost_table, write_cost_table  # noqa: E402
 from nas_core.data import CityscapesSegmentation, EvalTransform, TrainTransform, generate_cityscapes  # noqa: E402
 from nas_core.engine.evaluate import evaluate_segmentation  # noqa: E402
 from nas_core.engine.schedules import Poly  # noqa: E402
-from nas_core.engine.training import make_train_loader, train  # noqa: E402
+from nas_core.engine.seeding import make_train_loader  # noqa: E402
+from nas_core.engine.training import TrainConfig, train  # noqa: E402
 from nas_core.search.supernet import extract_network  # noqa: E402
 from nas_core.select.sampling import evaluate_path, load_supernet, read_probabilities, sample_architectures  # noqa: E402
 from nas_core.space.network import SegmentationNetwork  # noqa: E402
@@ -60,7 +61,7 @@ def standalone_miou(net: SegmentationNetwork, data: Path, epochs: int, batch: in
     loader = make_train_loader(dataset, batch, seed=0)
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=1e-5)
     train(net, lambda logits, y: F.cross_entropy(logits, y, ignore_index=255), loader, optimizer,
-          Poly(epochs), epochs, ckpt, log_every=10 ** 6, log=lambda s: None)
+          Poly(epochs), TrainConfig(epochs, ckpt, log_every=10 ** 6), log=lambda s: None)
     return evaluate_segmentation(net, val)["class_miou"]
 
 

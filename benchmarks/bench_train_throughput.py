@@ -2,7 +2,7 @@
 mixed precision) at a fixed patch: forward, cross-entropy, backward and SGD step on synthetic data.
 
 On CPU it compares torch thread counts; with --device cuda it compares float32 with AMP (float16
-autocast + loss scaling, as nas_core.engine.training runs it), all in one run, and prints the ratios.
+autocast + loss scaling, as nas_core.engine.precision runs it), all in one run, and prints the ratios.
 
   python benchmarks/bench_train_throughput.py --patch 256 --batch 8
   python benchmarks/bench_train_throughput.py --device cuda --patch 768 --batch 8
@@ -16,7 +16,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from nas_core.engine.training import autocast
+from nas_core.engine.precision import autocast
 from nas_core.space.mobilenetv3 import VARIANTS, mobilenetv3_lraspp
 from nas_core.space.zoo import published_network
 

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Subset
 from nas_core.config import SearchParams
 from nas_core.cost.macs import cost_matrix, read_cost_table
 from nas_core.data import CityscapesSegmentation, EvalTransform, TrainTransform
-from nas_core.engine.training import init_distributed
+from nas_core.engine.distributed import init_distributed
 from nas_core.io import atomic_torch_save, atomic_write_json, atomic_write_parquet, atomic_write_text, remove_checkpoint
 from nas_core.search.data import search_loader, split_dataset
 from nas_core.search.gumbel import TauSchedule

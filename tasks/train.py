@@ -15,7 +15,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from nas_core.engine.training import init_distributed
+from nas_core.engine.distributed import init_distributed
 from nas_core.io import atomic_write_json, atomic_write_text, remove_checkpoint
 from nas_core.space.spaces import Architecture
 from nas_core.train.stages import (

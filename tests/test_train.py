@@ -9,15 +9,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from nas_core.engine.checkpoint import load_checkpoint
 from nas_core.engine.schedules import build_schedule
-from nas_core.engine.training import (
-    EpochBatchSampler,
-    NonFiniteLossError,
-    SeededDataset,
-    load_checkpoint,
-    make_train_loader,
-    train,
-)
+from nas_core.engine.seeding import EpochBatchSampler, SeededDataset, make_train_loader
+from nas_core.engine.training import NonFiniteLossError, TrainConfig, train
 from tests.test_schedules import lr_curve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,9 +55,10 @@ def run(ckpt_dir, *, step_hook=None, on_epoch_end=None, checkpoint_every=0, loss
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     loader = make_train_loader(NoisyToy(), BATCH, seed=3)
     schedule = build_schedule("step", epochs, (2,) if epochs > 2 else ())  # the same lr in every run's epochs 0-1
-    result = train(model, loss_fn, loader, optimizer, schedule, epochs, ckpt_dir,
-                   step_hook=step_hook, on_epoch_end=on_epoch_end, checkpoint_every=checkpoint_every,
-                   fingerprint=fingerprint, grad_clip=grad_clip, log=lambda _: None)
+    config = TrainConfig(epochs, ckpt_dir, fingerprint=fingerprint, grad_clip=grad_clip,
+                         checkpoint_every=checkpoint_every)
+    result = train(model, loss_fn, loader, optimizer, schedule, config, step_hook=step_hook,
+                   on_epoch_end=on_epoch_end, log=lambda _: None)
     return model, result
 
 
@@ -232,7 +228,7 @@ def test_batch_larger_than_the_shard_is_an_error_naming_batch_size():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_amp_on_cuda_runs_in_float16_and_resumes_exactly(tmp_path, monkeypatch):
-    from nas_core.engine.training import DistInfo
+    from nas_core.engine.distributed import DistInfo
 
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
@@ -244,8 +240,9 @@ def test_amp_on_cuda_runs_in_float16_and_resumes_exactly(tmp_path, monkeypatch):
         model[0].register_forward_hook(lambda m, i, out: dtypes.add(out.dtype))
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         loader = make_train_loader(NoisyToy(), BATCH, seed=3, dist_info=info)
-        result = train(model, nn.functional.cross_entropy, loader, optimizer, build_schedule("constant", 3), 3,
-                       ckpt_dir, amp=True, dist_info=info, checkpoint_every=1, step_hook=hook, log=lambda _: None)
+        result = train(model, nn.functional.cross_entropy, loader, optimizer, build_schedule("constant", 3),
+                       TrainConfig(3, ckpt_dir, amp=True, checkpoint_every=1), dist_info=info, step_hook=hook,
+                       log=lambda _: None)
         return model, result
 
     def kill(epoch, batch, loss):
@@ -267,13 +264,15 @@ DDP_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     from tests.test_train import NoisyToy, toy_net
     from nas_core.engine.schedules import build_schedule
-    from nas_core.engine.training import init_distributed, make_train_loader, train
+    from nas_core.engine.distributed import init_distributed
+    from nas_core.engine.seeding import make_train_loader
+    from nas_core.engine.training import TrainConfig, train
     info = init_distributed("cpu")
     model = toy_net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     loader = make_train_loader(NoisyToy(), 2, seed=3, dist_info=info)
-    result = train(model, torch.nn.functional.cross_entropy, loader, opt, build_schedule("constant", 2), 2,
-                   {ckpt!r}, dist_info=info, log=lambda _: None)
+    result = train(model, torch.nn.functional.cross_entropy, loader, opt, build_schedule("constant", 2),
+                   TrainConfig(2, {ckpt!r}), dist_info=info, log=lambda _: None)
     torch.save(model.state_dict(), {ckpt!r} + f"/rank{{info.rank}}.pt")
 """)
 
@@ -298,8 +297,9 @@ def test_the_learning_rate_follows_the_schedule_at_every_step(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     schedule = build_schedule("poly", 3)
     applied = []
-    train(model, nn.functional.cross_entropy, make_train_loader(NoisyToy(), BATCH, seed=3), optimizer, schedule, 3,
-          tmp_path, step_hook=lambda e, b, loss: applied.append(optimizer.param_groups[0]["lr"]), log=lambda _: None)
+    train(model, nn.functional.cross_entropy, make_train_loader(NoisyToy(), BATCH, seed=3), optimizer, schedule,
+          TrainConfig(3, tmp_path), step_hook=lambda e, b, loss: applied.append(optimizer.param_groups[0]["lr"]),
+          log=lambda _: None)
     assert applied == pytest.approx(lr_curve(schedule, 0.05, 3, 12 // BATCH))
 
 

@@ -1,18 +1,13 @@
 """Data of the supernet search (paper section 5.3.1): resumable loaders, whose batch order and
-augmentations are pure functions of (seed, epoch, image) (`nas_core.engine.training`'s), and FBNet's split of
+augmentations are pure functions of (seed, epoch, image) (`nas_core.engine.seeding`'s), and FBNet's split of
 the training set into a weight part and a theta part."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from nas_core.engine.training import DistInfo, make_train_loader
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers, with no correlation between neighbouring tuples."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+from nas_core.engine.distributed import DistInfo
+from nas_core.engine.seeding import derive_seed, make_train_loader
 
 
 def search_loader(dataset: Dataset, batch_size: int, seed: int = 0, num_workers: int = 0, rank: int = 0,

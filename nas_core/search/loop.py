@@ -13,12 +13,14 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from nas_core.search.checkpoint import Checkpointer
-from nas_core.search.data import derive_seed
+from nas_core.engine.checkpoint import Checkpoint
+from nas_core.engine.distributed import DistInfo, all_reduce_sum, current_distributed, wrap_ddp
+from nas_core.engine.precision import MixedPrecision
+from nas_core.engine.seeding import derive_seed
+from nas_core.search.checkpoint import search_fingerprint
 from nas_core.search.gumbel import TauSchedule
 from nas_core.search.supernet import Supernet
 from nas_core.space.candidates import CANDIDATE_NAMES, NUM_CANDIDATES
@@ -109,19 +111,6 @@ def _plan(config: SearchConfig, train_loader, arch_loader) -> list[list[tuple[st
     return plan
 
 
-def _dist() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _wrap(supernet: Supernet, world: int, device: torch.device) -> nn.Module:
-    if world == 1:
-        return supernet
-    ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(supernet, device_ids=ids)
-
-
 def _weight_optimizer(supernet: Supernet, config: SearchConfig, old: torch.optim.Optimizer | None = None):
     """SGD over the live weights; after pruning, the survivors keep their momentum."""
     params = supernet.weight_parameters()
@@ -131,10 +120,85 @@ def _weight_optimizer(supernet: Supernet, config: SearchConfig, old: torch.optim
     return opt
 
 
-def _all_reduce(t: torch.Tensor, world: int) -> torch.Tensor:
-    if world > 1:
-        dist.all_reduce(t)
-    return t
+@dataclass
+class SearchState:
+    """Where a search is (epoch, phase, next batch, global step) and what it has recorded: what its
+    checkpoint holds beside the modules and optimizers."""
+
+    epoch: int = 0
+    phase: int = 0
+    batch: int = 0
+    step: int = 0
+    tau: float = 0.0
+    sums: torch.Tensor = field(default_factory=lambda: torch.zeros(4, dtype=torch.float64))  # ce, L_E, loss, batches
+    curves: list[dict] = field(default_factory=list)
+    pruning: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+
+    def position(self) -> dict:
+        return {"epoch": self.epoch, "phase": self.phase, "batch": self.batch, "step": self.step}
+
+
+@dataclass(frozen=True)
+class SearchLoss:
+    """L = CE + alpha * L_E(theta) (eq. 1, 3), the cross-entropy averaged over the labelled pixels."""
+
+    supernet: Supernet
+    cost: torch.Tensor  # C on the supernet's device
+    reference: float
+    alpha: float
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(L, CE, L_E)"""
+        valid = (y != IGNORE_INDEX).sum().clamp(min=1)
+        ce = F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX, reduction="sum") / valid
+        resource = resource_loss(self.supernet.probabilities(), self.cost, self.reference)
+        return ce + self.alpha * resource, ce, resource
+
+
+def search_loss(supernet: Supernet, cost: np.ndarray, config: SearchConfig, device: torch.device) -> SearchLoss:
+    """The loss of a search with the cost matrix `cost` (table units, checked here) on `device`."""
+    if cost.shape != (len(supernet.blocks), NUM_CANDIDATES):
+        raise ValueError(f"cost matrix must be ({len(supernet.blocks)}, {NUM_CANDIDATES}), got shape {cost.shape}")
+    if not np.isfinite(cost).all() or (cost < 0).any():
+        raise ValueError("cost matrix must be finite and >= 0 (a latency table with missing measurements?)")
+    reference = config.cost_reference or float(cost.mean(axis=1).sum())
+    if reference <= 0:
+        raise ValueError("cost reference is 0: the cost table has no cost to trade off; set cost_reference")
+    return SearchLoss(supernet, torch.tensor(cost, dtype=torch.float32, device=device), reference, config.alpha)
+
+
+def search_one_epoch(model: nn.Module, phases: list, opt_w: torch.optim.Optimizer, opt_t: torch.optim.Optimizer,
+                     precision: MixedPrecision, loss_fn: SearchLoss, state: SearchState, config: SearchConfig,
+                     total_steps: int, info: DistInfo, on_step: Callable[[], None], log: Callable[[str], None]) -> None:
+    """Epoch `state.epoch` from its phase `state.phase` and batch `state.batch` on (see `_plan`), counting
+    into `state`; `on_step()` after every step."""
+    generator, rank = torch.Generator(), info.rank
+    for index in range(state.phase, len(phases)):
+        name, loader, update_w, update_t = phases[index]
+        loader.batch_sampler.set_epoch(state.epoch, state.batch)  # skip the batches done before a stop
+        tick = time.perf_counter()
+        for x, y in loader:
+            step = state.step
+            tau = config.tau.at(step, total_steps, state.epoch, config.epochs)
+            for group in opt_w.param_groups:  # cosine decay of the weights' learning rate
+                group["lr"] = config.weight_lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+            generator.manual_seed(derive_seed(config.seed, rank, step))
+            x, y = x.to(info.device, non_blocking=True), y.to(info.device, non_blocking=True)
+            with precision.autocast():
+                logits = model(x, tau=tau, generator=generator, hard=config.hard)
+            loss, ce, resource = loss_fn(logits, y)
+            stepping = [opt for opt, on in ((opt_w, update_w), (opt_t, update_t)) if on]
+            precision.backward_step(loss, [opt_w, opt_t], stepping)
+            terms = [ce.detach(), resource.detach(), loss.detach(), torch.ones((), device=info.device)]
+            state.sums += torch.stack(terms).cpu().double()
+            state.batch, state.step, state.tau = state.batch + 1, step + 1, tau
+            on_step()
+            if rank == 0 and (state.batch % config.log_every == 0 or state.batch == len(loader)):
+                log(f"[search] epoch {state.epoch + 1}/{config.epochs} {name} {state.batch}/{len(loader)} "
+                    f"step {state.step}/{total_steps} ce {ce.item():.3f} L_E {resource.item():.3f} "
+                    f"tau {tau:.2f} ({(time.perf_counter() - tick) / state.batch:.2f} s/step)")
+        state.phase, state.batch = index + 1, 0
 
 
 def run_search(supernet: Supernet, train_loader, cost: np.ndarray, config: SearchConfig,
@@ -156,116 +220,94 @@ def run_search(supernet: Supernet, train_loader, cost: np.ndarray, config: Searc
     Under torch.distributed the supernet is wrapped in DDP (SyncBatchNorm on CUDA); every rank
     must call this with its own shard of the data (`search_loader(rank=, world_size=)`).
     """
-    device = next(supernet.parameters()).device
-    rank, world = _dist()
-    amp = config.amp and device.type == "cuda"
-    if world > 1 and device.type == "cuda":  # SyncBatchNorm has no CPU kernel; gloo runs keep BN
-        supernet = nn.SyncBatchNorm.convert_sync_batchnorm(supernet)
+    info = current_distributed(next(supernet.parameters()).device)
     cost = np.asarray(cost, dtype=np.float64)
-    if cost.shape != (len(supernet.blocks), NUM_CANDIDATES):
-        raise ValueError(f"cost matrix must be ({len(supernet.blocks)}, {NUM_CANDIDATES}), got shape {cost.shape}")
-    if not np.isfinite(cost).all() or (cost < 0).any():
-        raise ValueError("cost matrix must be finite and >= 0 (a latency table with missing measurements?)")
-    reference = config.cost_reference or float(cost.mean(axis=1).sum())
-    if reference <= 0:
-        raise ValueError("cost reference is 0: the cost table has no cost to trade off; set cost_reference")
-    cost_t = torch.tensor(cost, dtype=torch.float32, device=device)
+    loss_fn = search_loss(supernet, cost, config, info.device)
     plan = _plan(config, train_loader, arch_loader)
     total_steps = sum(len(phase[1]) for epoch in plan for phase in epoch)
-
-    for loader in (train_loader, arch_loader):
-        if loader is not None and not hasattr(loader.batch_sampler, "set_epoch"):
-            raise ValueError("run_search needs resumable loaders (nas_core.search.data.search_loader)")
-    opt_w = _weight_optimizer(supernet, config)
+    loaders = [loader for loader in (train_loader, arch_loader) if loader is not None]
+    if not all(hasattr(loader.batch_sampler, "set_epoch") for loader in loaders):
+        raise ValueError("run_search needs resumable loaders (nas_core.search.data.search_loader)")
+    data = [(len(loader), loader.batch_sampler.batch_size) for loader in loaders]
+    fingerprint = search_fingerprint(config, supernet, cost, fixed_cost, info.world_size, data)
+    ckpt = Checkpoint.slot(checkpoint_dir, fingerprint, info, name="search", log=log)
+    payload = ckpt.load()
+    if payload is not None:
+        supernet.set_live_mask(payload["live_mask"])  # first: the state holds only the live candidates' modules
+    precision = MixedPrecision(info.device, config.amp)
+    opt_w = _weight_optimizer(supernet, config)  # over the live candidates
     opt_t = torch.optim.Adam(supernet.arch_parameters(), lr=config.theta_lr, weight_decay=config.theta_weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    data = [(len(loader), loader.batch_sampler.batch_size)
-            for loader in (train_loader, arch_loader) if loader is not None]
-    ckpt = Checkpointer(checkpoint_dir, config, supernet, cost, fixed_cost, world, data, rank)
-    state = {"epoch": 0, "phase": 0, "batch": 0, "step": 0, "tau": config.tau.start,
-             "sums": torch.zeros(4, dtype=torch.float64),  # ce, L_E, loss, batches of the epoch so far
-             "curves": [], "pruning": [], "history": theta_rows(supernet, 0)}
-    resumed = ckpt.restore(supernet, state, log)
-    if resumed is not None:
-        opt_w = _weight_optimizer(supernet, config)  # over the checkpoint's live candidates
-        ckpt.load_optimizers(opt_w, opt_t, scaler)
-        if on_epoch_end is not None and rank == 0:
-            for row in state["curves"]:
+
+    def parts() -> dict:  # opt_w is replaced after pruning
+        return {"model": supernet, "optimizers": {"weights": opt_w, "theta": opt_t}, "precision": precision,
+                "loaders": loaders}
+
+    state, resumed = SearchState(tau=config.tau.start, history=theta_rows(supernet, 0)), None
+    if payload is not None:
+        state = ckpt.restore(payload, SearchState, **parts())
+        resumed = state.position()
+        if info.is_main:
+            log(f"[search] resuming from {ckpt.path}: epoch {state.epoch + 1}, phase {state.phase}, "
+                f"batch {state.batch}, step {state.step}")
+        if on_epoch_end is not None and info.is_main:  # the finished epochs, replayed
+            for row in state.curves:
                 on_epoch_end(row["epoch"], row)
-    model = _wrap(supernet, world, device)
-    generator = torch.Generator()
 
-    while state["epoch"] < config.epochs:
-        epoch = state["epoch"]
+    def save() -> None:
+        ckpt.save(state, **parts(), live_mask=supernet.live_mask().cpu())
+
+    def on_step() -> None:
+        if config.checkpoint_every and state.step % config.checkpoint_every == 0:
+            save()
+
+    model = wrap_ddp(supernet, info)
+    while state.epoch < config.epochs:
         started = time.perf_counter()
-        for phase_index in range(state["phase"], len(plan[epoch])):
-            name, loader, update_w, update_t = plan[epoch][phase_index]
-            loader.batch_sampler.set_epoch(epoch, state["batch"])  # skip the batches done before a stop
-            tick = time.perf_counter()
-            for x, y in loader:
-                step = state["step"]
-                tau = config.tau.at(step, total_steps, epoch, config.epochs)
-                for group in opt_w.param_groups:  # cosine decay of the weights' learning rate
-                    group["lr"] = config.weight_lr * 0.5 * (1 + math.cos(math.pi * step / total_steps))
-                generator.manual_seed(derive_seed(config.seed, rank, step))
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
-                    logits = model(x, tau=tau, generator=generator, hard=config.hard)
-                valid = (y != IGNORE_INDEX).sum().clamp(min=1)
-                ce = F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX, reduction="sum") / valid
-                resource = resource_loss(supernet.probabilities(), cost_t, reference)
-                loss = ce + config.alpha * resource
-                opt_w.zero_grad(set_to_none=True)
-                opt_t.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if update_w:
-                    scaler.step(opt_w)
-                if update_t:
-                    scaler.step(opt_t)
-                scaler.update()
-                terms = [ce.detach(), resource.detach(), loss.detach(), torch.ones((), device=device)]
-                state["sums"] += torch.stack(terms).cpu().double()
-                state["batch"] += 1
-                state["step"] += 1
-                state["tau"] = tau
-                if config.checkpoint_every and state["step"] % config.checkpoint_every == 0:
-                    ckpt.save(supernet, opt_w, opt_t, scaler, state)
-                if rank == 0 and (state["batch"] % config.log_every == 0 or state["batch"] == len(loader)):
-                    log(f"[search] epoch {epoch + 1}/{config.epochs} {name} {state['batch']}/{len(loader)} "
-                        f"step {state['step']}/{total_steps} ce {ce.item():.3f} L_E {resource.item():.3f} "
-                        f"tau {tau:.2f} ({(time.perf_counter() - tick) / state['batch']:.2f} s/step)")
-            state["phase"], state["batch"] = phase_index + 1, 0
-
+        search_one_epoch(model, plan[state.epoch], opt_w, opt_t, precision, loss_fn, state, config, total_steps,
+                         info, on_step, log)
         # section 4.2: every rank holds the same theta, so every rank removes the same candidates
         removed = supernet.prune(config.prune_threshold) if config.prune_threshold > 0 else []
         if removed:
             opt_w = _weight_optimizer(supernet, config, opt_w)
-            model = _wrap(supernet, world, device)
-        sums = _all_reduce(state["sums"].to(device), world).cpu()
-        state["epoch"], state["phase"] = epoch + 1, 0
-        metrics = {"epoch": epoch + 1, "ce": float(sums[0] / sums[3]), "resource_loss": float(sums[1] / sums[3]),
-                   "total_loss": float(sums[2] / sums[3]), "tau": state["tau"], "fixed_cost": fixed_cost,
-                   **distribution_stats(supernet.probabilities(), cost, fixed_cost),
-                   "pruned": len(removed), "seconds": time.perf_counter() - started}
-        state["sums"] = torch.zeros(4, dtype=torch.float64)
-        state["curves"].append(metrics)
-        state["pruning"] += [{"epoch": epoch + 1, "block": b, "candidate": n, "probability": p} for b, n, p in removed]
-        state["history"] += theta_rows(supernet, epoch + 1)
-        ckpt.save(supernet, opt_w, opt_t, scaler, state)
-        if rank == 0:
-            for b, n, p in removed:
-                log(f"[search] epoch {epoch + 1}: pruned block {b} {n} (p = {p:.4f})")
-            log(f"[search] epoch {epoch + 1}/{config.epochs} done: ce {metrics['ce']:.3f} expected cost "
-                f"{metrics['expected_cost']:.4g} entropy {metrics['mean_entropy']:.3f} live "
-                f"{metrics['live_candidates']} skip {metrics['skip_share']:.3f} ({metrics['seconds']:.1f} s)")
+            model = wrap_ddp(supernet, info)
+        metrics = _end_epoch(state, supernet, removed, cost, fixed_cost, info, time.perf_counter() - started)
+        save()
+        if info.is_main:
+            _log_epoch(metrics, removed, config, log)
             if on_epoch_end is not None:
-                on_epoch_end(epoch + 1, metrics)
+                on_epoch_end(state.epoch, metrics)
 
     return SearchResult(
-        curves=pd.DataFrame(state["curves"]),
-        history=pd.DataFrame(state["history"]),
-        pruning_log=pd.DataFrame(state["pruning"], columns=["epoch", "block", "candidate", "probability"]),
+        curves=pd.DataFrame(state.curves),
+        history=pd.DataFrame(state.history),
+        pruning_log=pd.DataFrame(state.pruning, columns=["epoch", "block", "candidate", "probability"]),
         architecture=supernet.argmax_architecture(), resumed_from=resumed, checkpoint=ckpt.path)
+
+
+def _end_epoch(state: SearchState, supernet: Supernet, removed: list, cost: np.ndarray, fixed_cost: float,
+               info: DistInfo, seconds: float) -> dict:
+    """Close the epoch in `state`: its curve row (losses averaged over every rank's batches), the pruning
+    and the theta of its end; returns the row."""
+    sums = all_reduce_sum(state.sums.to(info.device), info).cpu()
+    epoch = state.epoch + 1
+    metrics = {"epoch": epoch, "ce": float(sums[0] / sums[3]), "resource_loss": float(sums[1] / sums[3]),
+               "total_loss": float(sums[2] / sums[3]), "tau": state.tau, "fixed_cost": fixed_cost,
+               **distribution_stats(supernet.probabilities(), cost, fixed_cost),
+               "pruned": len(removed), "seconds": seconds}
+    state.epoch, state.phase, state.sums = epoch, 0, torch.zeros(4, dtype=torch.float64)
+    state.curves.append(metrics)
+    state.pruning += [{"epoch": epoch, "block": b, "candidate": n, "probability": p} for b, n, p in removed]
+    state.history += theta_rows(supernet, epoch)
+    return metrics
+
+
+def _log_epoch(metrics: dict, removed: list, config: SearchConfig, log: Callable[[str], None]) -> None:
+    epoch = metrics["epoch"]
+    for b, n, p in removed:
+        log(f"[search] epoch {epoch}: pruned block {b} {n} (p = {p:.4f})")
+    log(f"[search] epoch {epoch}/{config.epochs} done: ce {metrics['ce']:.3f} expected cost "
+        f"{metrics['expected_cost']:.4g} entropy {metrics['mean_entropy']:.3f} live "
+        f"{metrics['live_candidates']} skip {metrics['skip_share']:.3f} ({metrics['seconds']:.1f} s)")
 
 
 def theta_rows(supernet: Supernet, epoch: int) -> list[dict]:

@@ -203,7 +203,8 @@ def load_supernet(path: str | Path, device: torch.device | str = "cpu") -> Super
     """The trained supernet of the search stage's `supernet.pt`, pruned as it was, in eval mode.
 
     Reads {space, num_classes, live_mask, supernet: state_dict} as the search stage writes it
-    (a search checkpoint's `fingerprint` may carry space and num_classes instead). Errors name the file.
+    (a search checkpoint holds the state under `model`, and its `fingerprint` carries space and num_classes).
+    Errors name the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -212,13 +213,13 @@ def load_supernet(path: str | Path, device: torch.device | str = "cpu") -> Super
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file raises several types
         raise ValueError(f"{path}: not a readable supernet checkpoint ({e})") from None
-    if not isinstance(payload, dict) or "supernet" not in payload:
+    if not isinstance(payload, dict) or not {"supernet", "model"} & payload.keys():
         raise ValueError(f"{path}: expected a dict with the supernet's state under 'supernet'")
     meta = {**payload.get("fingerprint", {}), **payload}
     missing = [k for k in ("space", "num_classes") if k not in meta]
     if missing:
         raise ValueError(f"{path}: the checkpoint does not record {', '.join(missing)}")
-    state = payload["supernet"]
+    state = payload["supernet"] if "supernet" in payload else payload["model"]
     supernet = Supernet(meta["space"], int(meta["num_classes"]))
     live = meta.get("live_mask")
     if live is None:  # the live buffers are part of the state

@@ -21,9 +21,12 @@ from nas_core.data import (
     ImageNetFolder,
     TrainTransform,
 )
+from nas_core.engine.checkpoint import fingerprint_key
+from nas_core.engine.distributed import DistInfo
 from nas_core.engine.evaluate import evaluate_classification, evaluate_segmentation
 from nas_core.engine.schedules import build_schedule
-from nas_core.engine.training import DistInfo, make_train_loader, train
+from nas_core.engine.seeding import make_train_loader
+from nas_core.engine.training import TrainConfig, train
 from nas_core.io import atomic_torch_save
 from nas_core.space.classifier import Classifier, load_encoder
 from nas_core.space.network import SegmentationNetwork
@@ -82,8 +85,7 @@ class StageSettings:
         return cls(**{**d, **tuples})
 
     def fingerprint(self, *parts: str) -> str:
-        text = json.dumps([asdict(self), *parts], sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return fingerprint_key([asdict(self), *parts])
 
 
 def stage_settings(train_params, stage: str) -> StageSettings:
@@ -97,6 +99,17 @@ def stage_settings(train_params, stage: str) -> StageSettings:
         batch_size=cfg.batch_size, num_workers=train_params.num_workers, amp=train_params.amp,
         grad_clip=train_params.grad_clip, seed=train_params.seed, eval_every=cfg.eval_every,
         checkpoint_every=train_params.checkpoint_every, log_every=train_params.log_every)
+
+
+def train_config(settings: StageSettings, stage: str, arch: Architecture, init: dict | None,
+                 checkpoint_dir: str | Path) -> TrainConfig:
+    """The adapter from one stage's settings to the engine's `TrainConfig`; its checkpoint goes into a folder of
+    `checkpoint_dir` named by the fingerprint of the settings, the architecture and the starting weights."""
+    fingerprint = settings.fingerprint(stage, json.dumps(arch.to_dict()), state_digest(init and init["state_dict"]))
+    # one folder per configuration: a run with other settings never overwrites a killed run's checkpoint
+    return TrainConfig(epochs=settings.epochs, checkpoint_dir=Path(checkpoint_dir) / fingerprint,
+                       fingerprint=fingerprint, amp=settings.amp, grad_clip=settings.grad_clip,
+                       checkpoint_every=settings.checkpoint_every, log_every=settings.log_every, name=stage)
 
 
 def state_digest(state: dict[str, torch.Tensor] | None) -> str:
@@ -190,19 +203,15 @@ def run_stage(stage: str, arch: Architecture, settings: StageSettings, data_root
             on_epoch_end(epoch, {**metrics, **scores})
         return scores
 
-    fingerprint = settings.fingerprint(stage, json.dumps(arch.to_dict()), state_digest(init and init["state_dict"]))
-    # one folder per configuration: a run with other settings never overwrites a killed run's checkpoint
-    result = train(model, loss_fn, loader, optimizer, schedule, settings.epochs, Path(checkpoint_dir) / fingerprint,
-                   on_epoch_end=epoch_end, amp=settings.amp, grad_clip=settings.grad_clip, dist_info=info,
-                   fingerprint=fingerprint, checkpoint_every=settings.checkpoint_every,
-                   log_every=settings.log_every, name=stage, log=log)
+    config = train_config(settings, stage, arch, init, checkpoint_dir)
+    result = train(model, loss_fn, loader, optimizer, schedule, config, dist_info=info, on_epoch_end=epoch_end, log=log)
     model = model.cpu()
     if not final and info.is_main:  # resumed after the last epoch had finished: score once more
         final.update(score(model.to(info.device)))
         model = model.cpu()
     return model, {"stage": stage, "task": data.task, "num_classes": num_classes, "init": init_mode,
                    "history": result.history, "final": final, "resumed_from": result.resumed_from,
-                   "train_images": len(train_set), "val_images": len(val_set), "fingerprint": fingerprint,
+                   "train_images": len(train_set), "val_images": len(val_set), "fingerprint": config.fingerprint,
                    "checkpoint": str(result.checkpoint)}
 
 
