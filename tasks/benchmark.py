@@ -71,7 +71,7 @@ def references_task(model_path: str, cityscapes_root: str, seed: int = 0) -> dic
     """Class mIoU of the same architecture untrained (fresh seeded init) and of the best constant prediction."""
     arch = Architecture.from_dict(load_payload(model_path)["arch"])
     torch.manual_seed(seed)
-    untrained = evaluate_segmentation(SegmentationNetwork(arch, NUM_CLASSES), val_loader(cityscapes_root))
+    untrained = evaluate_segmentation(SegmentationNetwork(arch, NUM_CLASSES).eval(), val_loader(cityscapes_root))
     # the constant's class comes from the training labels (whole images: no crop or flip)
     train_labels = DataLoader(CityscapesSegmentation(cityscapes_root, "train"), batch_size=1)
     cls = majority_class(train_labels, NUM_CLASSES)

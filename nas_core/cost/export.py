@@ -21,7 +21,8 @@ from torch import nn
 
 from nas_core.space.blocks import Block, init_weights
 from nas_core.space.candidates import CANDIDATE_NAMES, Candidate
-from nas_core.space.network import SegmentationNetwork, build_post_encoder, build_space_decoder, build_stem
+from nas_core.space.encoder import build_post_encoder, build_stem
+from nas_core.space.network import SegmentationNetwork, build_space_decoder
 from nas_core.space.spaces import Architecture, SearchSpace, get_space
 
 OPSET = 17

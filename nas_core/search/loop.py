@@ -17,10 +17,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from nas_core.engine.evaluate import eval_mode, evaluate_segmentation
 from nas_core.search.checkpoint import Checkpointer
 from nas_core.search.data import derive_seed
 from nas_core.search.gumbel import TauSchedule
-from nas_core.search.supernet import Supernet
+from nas_core.search.supernet import Supernet, SupernetPath
 from nas_core.space.candidates import CANDIDATE_NAMES, NUM_CANDIDATES
 from nas_core.space.spaces import Architecture
 
@@ -277,17 +278,8 @@ def theta_rows(supernet: Supernet, epoch: int) -> list[dict]:
             for i in range(theta.shape[0]) for j, name in enumerate(CANDIDATE_NAMES)]
 
 
-@torch.no_grad()
 def evaluate_architecture(supernet: Supernet, arch: Architecture, loader, num_classes: int) -> dict:
     """mIoU of one architecture's path through the supernet (section 5.3.1) on `loader`."""
-    from nas_core.engine.metrics import ConfusionMatrix
-
-    device = next(supernet.parameters()).device
-    was_training = supernet.training
-    supernet.eval()
-    matrix = ConfusionMatrix(num_classes=num_classes, ignore_index=IGNORE_INDEX, device=device)
-    for x, y in loader:
-        logits = supernet.forward_architecture(x.to(device), arch)
-        matrix.update(logits.argmax(1), y.to(device))
-    supernet.train(was_training)
-    return matrix.compute()
+    with eval_mode(supernet):
+        return evaluate_segmentation(SupernetPath(supernet, arch), loader, num_classes,
+                                     next(supernet.parameters()).device)

@@ -3,13 +3,17 @@ block position, the space's decoder. Each superblock owns its architecture logit
 a candidate below the pruning threshold is removed from compute (section 4.2)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
+
 import torch
 from torch import nn
 
 from nas_core.search.gumbel import gumbel_softmax, sample_gumbel
 from nas_core.space.blocks import build_candidate, init_weights
 from nas_core.space.candidates import CANDIDATE_NAMES, CANDIDATES, NUM_CANDIDATES
-from nas_core.space.network import SegmentationNetwork, build_post_encoder, build_space_decoder, build_stem, check_input
+from nas_core.space.encoder import build_post_encoder, build_stem, encode
+from nas_core.space.network import SegmentationNetwork, build_space_decoder, check_input
 from nas_core.space.spaces import Architecture, BlockSpec, get_space
 
 _COLUMN = {name: j for j, name in enumerate(CANDIDATE_NAMES)}
@@ -143,30 +147,39 @@ class Supernet(nn.Module):
     def forward_weights(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """The supernet with given mixing weights (N, num_blocks, 13)."""
         check_input(x)
-        h = self.stem(x)  # (N, C0, H/2, W/2)
-        low = h
-        for i, block in enumerate(self.blocks):
-            h = block(h, weights[:, i])
-            if i == self.low_level_index:
-                low = h
-        return self.decoder(self.post_encoder(h), low, x.shape[-2:])
+        # weights positional, so a superblock's forward hooks see (x, weights)
+        blocks = [lambda h, block=block, w=weights[:, i]: block(h, w) for i, block in enumerate(self.blocks)]
+        feature, low = encode(x, self.stem, blocks, self.post_encoder, self.low_level_index)
+        return self.decoder(feature, low, x.shape[-2:])
 
     def forward_architecture(self, x: torch.Tensor, arch: Architecture) -> torch.Tensor:
         """One architecture's path through the supernet (Figure 4), with the supernet's weights."""
         check_input(x)
         if arch.space != self.space.name:
             raise ValueError(f"architecture is for the {arch.space} space, the supernet for {self.space.name}")
-        h = self.stem(x)
-        low = h
-        for i, (block, name) in enumerate(zip(self.blocks, arch.choices)):
-            h = block.forward_candidate(h, name)
-            if i == self.low_level_index:
-                low = h
-        return self.decoder(self.post_encoder(h), low, x.shape[-2:])
+        blocks = [partial(block.forward_candidate, name=name) for block, name in zip(self.blocks, arch.choices)]
+        feature, low = encode(x, self.stem, blocks, self.post_encoder, self.low_level_index)
+        return self.decoder(feature, low, x.shape[-2:])
 
     def argmax_architecture(self) -> Architecture:
         """The most likely candidate of every block."""
         return Architecture(self.space.name, [CANDIDATE_NAMES[j] for j in self.probabilities().argmax(-1).tolist()])
+
+
+@dataclass(frozen=True)
+class SupernetPath:
+    """One architecture's path through a supernet (Figure 4) as a forward callable, with the supernet's weights
+    and mode: what the sample stage scores with `evaluate_segmentation`. A value, not a state of the supernet."""
+
+    supernet: Supernet
+    arch: Architecture
+
+    @property
+    def training(self) -> bool:
+        return self.supernet.training
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.supernet.forward_architecture(x, self.arch)
 
 
 def build_supernet(space: str, num_classes: int = 19) -> Supernet:

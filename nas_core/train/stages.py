@@ -21,7 +21,7 @@ from nas_core.data import (
     ImageNetFolder,
     TrainTransform,
 )
-from nas_core.engine.evaluate import evaluate_classification, evaluate_segmentation
+from nas_core.engine.evaluate import eval_mode, evaluate_classification, evaluate_segmentation
 from nas_core.engine.schedules import build_schedule
 from nas_core.engine.training import DistInfo, make_train_loader, train
 from nas_core.io import atomic_torch_save
@@ -170,9 +170,10 @@ def run_stage(stage: str, arch: Architecture, settings: StageSettings, data_root
     loss_fn = nn.CrossEntropyLoss() if data.task == "classification" else nn.CrossEntropyLoss(ignore_index=255)
 
     def score(m: nn.Module) -> dict:
-        if data.task == "classification":
-            return evaluate_classification(m, val_loader, info.device)
-        return evaluate_segmentation(m, val_loader, NUM_CLASSES, info.device)
+        with eval_mode(m):
+            if data.task == "classification":
+                return evaluate_classification(m, val_loader, info.device)
+            return evaluate_segmentation(m, val_loader, NUM_CLASSES, info.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay, nesterov=settings.nesterov)
     schedule = build_schedule(settings.schedule, settings.epochs, settings.milestones, settings.gamma,
