@@ -15,10 +15,9 @@ from prefect.futures import as_completed
 from flows.runners import make_task_runner
 from nas_core.config import load_params
 from nas_core.io import atomic_write_json
-from nas_core.space.spaces import Architecture
+from nas_core.space.spaces import NUM_CLASSES, Architecture
 from tasks import tracking
 from tasks.sample import (
-    EVAL_KEYS,
     PARTIAL_NAME,
     append_partial,
     card_target_task,
@@ -27,6 +26,7 @@ from tasks.sample import (
     draw_task,
     evaluate_task,
     evaluation_fingerprint,
+    evaluation_settings,
     fronts_task,
     plots_task,
     read_partial,
@@ -88,7 +88,7 @@ def sample_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
           f"({drawn['duplicates']} duplicates redrawn, support {drawn['support']:.3g})"
           + (" - stopped early: the distribution is too peaked for more" if drawn["exhausted"] else ""))
 
-    eval_cfg = {k: getattr(cfg, k) for k in EVAL_KEYS} | {"val_cache_mb": cfg.val_cache_mb}
+    eval_cfg = evaluation_settings(cfg)
     fingerprint = evaluation_fingerprint(supernet_path, paths.cityscapes, eval_cfg)
     partial_path = out / PARTIAL_NAME
     done = read_partial(partial_path, fingerprint)
@@ -149,7 +149,7 @@ def select_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
     _, meta = read_samples(samples_path)
     space = meta["space"]
     input_hw = (int(meta.get("input_h", 1024)), int(meta.get("input_w", 2048)))
-    num_classes = int(meta.get("table_num_classes", meta.get("num_classes", 19)))
+    num_classes = int(meta.get("table_num_classes", meta.get("num_classes", NUM_CLASSES)))
     if params.experiment:  # the paper's rules relative to a network card: published, or another experiment's choice
         choice = params.experiments[params.experiment].choice
         card = Path(paths.networks) / f"{choice.reference}.json"

@@ -23,8 +23,8 @@ from nas_core.report.benchmark import (
     target_measure,
 )
 from nas_core.space.network import SegmentationNetwork
-from nas_core.space.spaces import Architecture
-from nas_core.train.stages import NUM_CLASSES, load_payload, segmentation_network
+from nas_core.space.spaces import NUM_CLASSES, Architecture
+from nas_core.train.stages import load_payload, segmentation_network
 
 REPORT, METRICS_JSON, ONNX_DIR = "report.md", "metrics.json", "onnx"
 OURS = "ours"

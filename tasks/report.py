@@ -11,8 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from nas_core.cost.export import Unit
 from nas_core.report.benchmark import baseline_network, describe_architecture, network_facts
-from nas_core.space.spaces import Architecture
-from nas_core.train.stages import NUM_CLASSES
+from nas_core.space.spaces import NUM_CLASSES, Architecture
 from tasks.benchmark import METRICS_JSON, ONNX_DIR, val_loader
 
 # Table 1's reference rows besides the experiments: the six published networks, then MobileNetV3

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas_core.data.labels import IGNORE_INDEX, NUM_CLASSES
+from nas_core.data.labels import IGNORE_INDEX
 from nas_core.engine.metrics import ConfusionMatrix
-from nas_core.space.spaces import INPUT_MULTIPLE
+from nas_core.space.spaces import INPUT_MULTIPLE, NUM_CLASSES
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # (N, 3, H, W) normalized images -> (N, classes, H, W) logits
 

@@ -15,7 +15,7 @@ from nas_core.cost.export import Unit, export_onnx
 from nas_core.cost.macs import architecture_cost, build_cost_table
 from nas_core.engine.evaluate import evaluate_segmentation
 from nas_core.space.mobilenetv3 import VARIANTS, count_conv_macs, count_params, mobilenetv3_lraspp
-from nas_core.space.spaces import Architecture
+from nas_core.space.spaces import NUM_CLASSES, Architecture
 from nas_core.space.zoo import PUBLISHED, load_official_weights, published_network
 
 # measure(unit, onnx_path) -> {"median_ms", "p10_ms", "p90_ms", "runs"}: the target's latency protocol
@@ -53,7 +53,7 @@ def describe_architecture(arch: Architecture) -> str:
     return f"{arch.space}: {' '.join(arch.choices)}"
 
 
-def baseline_network(name: str, weights: str | Path | None = None, num_classes: int = 19
+def baseline_network(name: str, weights: str | Path | None = None, num_classes: int = NUM_CLASSES
                      ) -> tuple[nn.Module, Architecture | None, str]:
     """A published SqueezeNAS network or a MobileNetV3 LR-ASPP, with released weights when given.
 
@@ -120,7 +120,8 @@ def export_checked(model: nn.Module, path: str | Path, input_size: tuple[int, in
 
 def benchmark_network(name: str, model: nn.Module, arch: Architecture | None, weights: str, onnx_path: str | Path,
                       input_size: tuple[int, int], measure: Measure, eval_loader: Iterable | None = None,
-                      num_classes: int = 19, atol: float = 1e-4, log: Callable[[str], None] = print) -> BenchmarkRow:
+                      num_classes: int = NUM_CLASSES, atol: float = 1e-4, log: Callable[[str], None] = print
+                      ) -> BenchmarkRow:
     """One row of the report: export + parity, latency on the target, MACs, params and, with
     `eval_loader`, the class mIoU at the loader's (full) resolution."""
     model = model.cpu().eval()
@@ -136,7 +137,7 @@ def benchmark_network(name: str, model: nn.Module, arch: Architecture | None, we
 
 
 def network_facts(name: str, model: nn.Module, arch: Architecture | None, onnx_path: str | Path,
-                  input_size: tuple[int, int], eval_loader: Iterable | None = None, num_classes: int = 19,
+                  input_size: tuple[int, int], eval_loader: Iterable | None = None, num_classes: int = NUM_CLASSES,
                   atol: float = 1e-4, log: Callable[[str], None] = print) -> dict:
     """A Table-1 row but its latency: the ONNX export checked against PyTorch, MACs, parameters and,
     with `eval_loader`, the class mIoU at the loader's (full) resolution."""
@@ -167,7 +168,7 @@ def target_measure(target) -> Measure:
     return measure
 
 
-def local_target(threads: int = 1, warmup: int = 3, runs: int = 20, rounds: int = 1):
+def local_target(threads: int, warmup: int, runs: int, rounds: int = 1):
     """onnxruntime on this machine through the profiling runner (pinned threads, sequential execution;
     thread CPU time when single-threaded, as the profiling stage does on shared machines; rounds > 1
     interleaves the models of one call)."""

@@ -14,7 +14,7 @@ from nas_core.space.blocks import build_candidate, init_weights
 from nas_core.space.candidates import CANDIDATE_NAMES, CANDIDATES, NUM_CANDIDATES
 from nas_core.space.encoder import build_post_encoder, build_stem, encode
 from nas_core.space.network import SegmentationNetwork, build_space_decoder, check_input
-from nas_core.space.spaces import Architecture, BlockSpec, get_space
+from nas_core.space.spaces import NUM_CLASSES, Architecture, BlockSpec, get_space
 
 _COLUMN = {name: j for j, name in enumerate(CANDIDATE_NAMES)}
 
@@ -91,7 +91,7 @@ class SuperBlock(nn.Module):
 class Supernet(nn.Module):
     """Maps a normalized (N, 3, H, W) batch to (N, classes, H, W) logits of a sampled mixture."""
 
-    def __init__(self, space: str, num_classes: int = 19):
+    def __init__(self, space: str, num_classes: int = NUM_CLASSES):
         super().__init__()
         self.space = get_space(space)
         self.num_classes = num_classes
@@ -182,7 +182,7 @@ class SupernetPath:
         return self.supernet.forward_architecture(x, self.arch)
 
 
-def build_supernet(space: str, num_classes: int = 19) -> Supernet:
+def build_supernet(space: str, num_classes: int = NUM_CLASSES) -> Supernet:
     return Supernet(space, num_classes)
 
 

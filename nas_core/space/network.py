@@ -8,7 +8,7 @@ from torch import nn
 from nas_core.space.blocks import Block, init_weights
 from nas_core.space.decoders import build_decoder
 from nas_core.space.encoder import build_post_encoder, build_stem, encode
-from nas_core.space.spaces import INPUT_MULTIPLE, Architecture, SearchSpace
+from nas_core.space.spaces import INPUT_MULTIPLE, NUM_CLASSES, Architecture, SearchSpace
 
 
 def build_space_decoder(space: SearchSpace, num_classes: int) -> nn.Module:
@@ -27,7 +27,7 @@ def check_input(x: torch.Tensor) -> None:
 class SegmentationNetwork(nn.Module):
     """Maps a normalized (N, 3, H, W) batch to (N, classes, H, W) logits."""
 
-    def __init__(self, arch: Architecture, num_classes: int = 19):
+    def __init__(self, arch: Architecture, num_classes: int = NUM_CLASSES):
         super().__init__()
         space = arch.search_space
         self.arch = arch

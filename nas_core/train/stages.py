@@ -21,17 +21,17 @@ from nas_core.data import (
     ImageNetFolder,
     TrainTransform,
 )
+from nas_core.data.labels import IGNORE_INDEX
 from nas_core.engine.evaluate import eval_mode, evaluate_classification, evaluate_segmentation
 from nas_core.engine.schedules import build_schedule
 from nas_core.engine.training import DistInfo, make_train_loader, train
 from nas_core.io import atomic_torch_save
 from nas_core.space.classifier import Classifier, load_encoder
 from nas_core.space.network import SegmentationNetwork
-from nas_core.space.spaces import Architecture
+from nas_core.space.spaces import NUM_CLASSES, Architecture
 
 STAGES = ("pretrain_imagenet", "pretrain_coco", "train_coarse", "train_fine")
 MODEL_FORMAT = 1
-NUM_CLASSES = 19  # COCO is mapped onto the 19 Cityscapes classes, so segmentation heads carry over
 
 
 @dataclass(frozen=True)
@@ -50,30 +50,32 @@ STAGE_DATA = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StageSettings:
-    """Everything one stage's training needs, resolved (shared optimiser defaults filled in)."""
+    """Everything one stage's training needs, resolved (shared optimiser settings filled in), built from
+    params.yaml's `train` section by `stage_settings`: that section (nas_core.config.TrainParams) holds their
+    defaults and checks."""
 
     epochs: int
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 1e-5
-    nesterov: bool = False
-    schedule: str = "step"
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
-    power: float = 0.9
-    warmup_epochs: float = 0.0
-    patch: tuple[int, int] = (768, 768)
-    scale: tuple[float, float] = (0.5, 2.0)
-    batch_size: int = 8
-    num_workers: int = 0
-    amp: bool = True
-    grad_clip: float | None = None
-    seed: int = 0
-    eval_every: int = 1
-    checkpoint_every: int = 0
-    log_every: int = 10
+    lr: float
+    momentum: float
+    weight_decay: float
+    nesterov: bool
+    schedule: str  # "step", "poly" or "constant"
+    milestones: tuple[int, ...]
+    gamma: float
+    power: float
+    warmup_epochs: float
+    patch: tuple[int, int]
+    scale: tuple[float, float]
+    batch_size: int
+    num_workers: int
+    amp: bool
+    grad_clip: float | None
+    seed: int
+    eval_every: int
+    checkpoint_every: int
+    log_every: int
 
     @classmethod
     def from_dict(cls, d: dict) -> StageSettings:
@@ -167,7 +169,7 @@ def run_stage(stage: str, arch: Architecture, settings: StageSettings, data_root
     model, init_mode = build_model(stage, arch, init, num_classes, settings.seed)
     loader = make_train_loader(train_set, settings.batch_size, settings.seed, settings.num_workers, info)
     val_loader = DataLoader(val_set, batch_size=1, num_workers=settings.num_workers)
-    loss_fn = nn.CrossEntropyLoss() if data.task == "classification" else nn.CrossEntropyLoss(ignore_index=255)
+    loss_fn = nn.CrossEntropyLoss() if data.task == "classification" else nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
 
     def score(m: nn.Module) -> dict:
         with eval_mode(m):
