@@ -14,6 +14,7 @@ from nas_core.cost.factory import device_name
 from nas_core.train.stages import load_payload, segmentation_network
 from tasks import tracking
 from tasks.benchmark import ONNX_DIR, OURS, benchmark_network_task, references_task, write_report_task
+from tasks.sample import SELECT_METRICS
 from tasks.train import MODEL
 
 
@@ -38,7 +39,7 @@ def benchmark_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] 
     where = (f"local:{device_name(lat)} (onnxruntime CPU, {cfg.threads} thread(s), {cfg.runs} runs)"
              if cfg.target == "local" else f"{lat.target}:{device_name(lat)} ({lat.backend}, {lat.runs}+ runs)")
     # an experiment's row carries how its network was chosen (rule, reference, budget, whether it was met)
-    choice_path = Path(paths.samples) / "select_metrics.json"
+    choice_path = Path(paths.samples) / SELECT_METRICS
     choice = json.loads(choice_path.read_text()) if params.experiment and choice_path.is_file() else None
     written = write_report_task(rows, references, str(out_dir), where, cfg.input_size.hw, choice)
 

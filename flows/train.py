@@ -10,12 +10,13 @@ from prefect import flow
 from nas_core.config import Paths, load_params
 from nas_core.train.stages import STAGE_DATA, STAGES, stage_settings
 from tasks import tracking
-from tasks.train import LINEAGE, METRICS, MODEL, skip_stage_task, train_stage_task
+from tasks.dvc_files import METRICS
+from tasks.sample import CHOSEN_ARCHITECTURE
+from tasks.train import LINEAGE, MODEL, skip_stage_task, train_stage_task
 
 # the chain of section 5.3.2; each stage consumes the model of the one before it
 PREVIOUS = {"pretrain_imagenet": None, "pretrain_coco": "pretrain_imagenet", "train_coarse": "pretrain_coco",
             "train_fine": "train_coarse"}
-CHOSEN_ARCHITECTURE = "chosen_architecture.json"
 
 
 def stage_dir(paths: Paths, stage: str) -> Path:

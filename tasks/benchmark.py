@@ -25,8 +25,9 @@ from nas_core.report.benchmark import (
 from nas_core.space.network import SegmentationNetwork
 from nas_core.space.spaces import NUM_CLASSES, Architecture
 from nas_core.train.stages import load_payload, segmentation_network
+from tasks.dvc_files import METRICS
 
-REPORT, METRICS_JSON, ONNX_DIR = "report.md", "metrics.json", "onnx"
+REPORT, ONNX_DIR = "report.md", "onnx"
 OURS = "ours"
 
 
@@ -90,5 +91,5 @@ def write_report_task(rows: list[dict], references: dict[str, float], out_dir: s
     atomic_write_text(out / REPORT, report_markdown(table, target, input_size, references))
     metrics = {"target": target, "input_size": list(input_size), "networks": {r["network"]: r for r in rows},
                "references": references, **({"choice": choice} if choice else {})}
-    atomic_write_json(out / METRICS_JSON, metrics)
-    return {"report": str(out / REPORT), "metrics": str(out / METRICS_JSON)}
+    atomic_write_json(out / METRICS, metrics)
+    return {"report": str(out / REPORT), "metrics": str(out / METRICS)}

@@ -26,6 +26,7 @@ from nas_core.cost.targets import TransientError
 from nas_core.io import atomic_dir, atomic_write_json
 
 TABLES = "tables"  # the stage's DVC output: one table per configured space, nothing else
+DEVICE, FIDELITY, FIDELITY_PLOT = "device.json", "fidelity.json", "fidelity.png"
 
 
 def latency_table_path(out_dir: str | Path, space: str) -> Path:
@@ -144,8 +145,8 @@ def fidelity_task(cfg, out_dir: str) -> dict:
     predicted = predicted_latencies(table, archs)
     metrics = fidelity_metrics(predicted, measured)
     label = target_label(cfg)
-    scatter_plot(predicted, measured, Path(out_dir) / "fidelity.png", f"{f.space} {hw[0]}x{hw[1]} on {label}")
-    atomic_write_json(Path(out_dir) / "fidelity.json", {
+    scatter_plot(predicted, measured, Path(out_dir) / FIDELITY_PLOT, f"{f.space} {hw[0]}x{hw[1]} on {label}")
+    atomic_write_json(Path(out_dir) / FIDELITY, {
         **metrics, "space": f.space, "seed": f.seed, "target": label,
         "networks": [{"choices": list(a.choices), "predicted_ms": p, "measured_ms": m}
                      for a, p, m in zip(archs, predicted, measured)]})

@@ -24,7 +24,10 @@ from nas_core.space.spaces import Architecture
 from nas_core.space.zoo import PUBLISHED
 from tasks.profile import latency_table_path
 
-PARTIAL_NAME = "partial_evaluations.jsonl"
+# the sample stage's outputs, then the select stage's
+PARTIAL_NAME, SAMPLES, SAMPLE_METRICS = "partial_evaluations.jsonl", "samples.parquet", "sample_metrics.json"
+CHOSEN_ARCHITECTURE, SELECT_METRICS = "chosen_architecture.json", "select_metrics.json"
+FRONTS, PLOTS = "fronts", "plots"
 EVAL_KEYS = ("bn_recalibration_batches", "batch_size", "val_images", "seed")  # what a path's mIoU depends on
 
 

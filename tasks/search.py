@@ -24,10 +24,11 @@ from nas_core.search.data import search_loader, split_dataset
 from nas_core.search.loop import evaluate_architecture, run_search, search_config
 from nas_core.search.plots import plot_probabilities
 from nas_core.search.supernet import build_supernet
+from tasks.dvc_files import METRICS
 from tasks.torchrun import run_torchrun, worker_dies_with_launcher
 
 SUPERNET, THETA, HISTORY, PRUNING = "supernet.pt", "theta.parquet", "theta_history.parquet", "pruning_log.csv"
-CURVES, METRICS, PLOT, CHECKPOINTS = "search_curves.csv", "metrics.json", "probabilities.png", "checkpoints"
+CURVES, PLOT, CHECKPOINTS = "search_curves.csv", "probabilities.png", "checkpoints"
 
 
 def load_cost(cfg: SearchParams) -> tuple:
