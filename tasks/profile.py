@@ -12,7 +12,7 @@ from prefect import get_client, task
 from prefect.concurrency.sync import concurrency
 
 from nas_core.cost.factory import build_target, device_name
-from nas_core.cost.fidelity import fidelity_metrics, predicted_latencies, sample_architectures, scatter_plot
+from nas_core.cost.fidelity import fidelity_metrics, predicted_latencies, scatter_plot, uniform_architectures
 from nas_core.cost.latency import (
     MeasurementStore,
     latency_table,
@@ -140,7 +140,7 @@ def fidelity_task(cfg, out_dir: str) -> dict:
     """The table's predictions against the whole networks the device(s) measured; metrics and scatter plot."""
     f, hw = cfg.fidelity, cfg.input_size.hw
     table = read_cost_table(latency_table_path(out_dir, f.space))
-    archs = sample_architectures(f.space, f.num_networks, f.seed)
+    archs = uniform_architectures(f.space, f.num_networks, f.seed)
     measured = stored_network_latencies(pool_store(cfg, out_dir), archs, hw, cfg.num_classes)
     predicted = predicted_latencies(table, archs)
     metrics = fidelity_metrics(predicted, measured)

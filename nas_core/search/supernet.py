@@ -22,8 +22,8 @@ _COLUMN = {name: j for j, name in enumerate(CANDIDATE_NAMES)}
 class SuperBlock(nn.Module):
     """The 13 candidates of one block, mixed with per-image weights; the residual is added outside.
 
-    `candidates` holds the modules of `build_candidate`, keyed by name, so their state maps onto a
-    static `Block.op`. `skip` under a residual has no module: it contributes zero, the block is
+    `ops` holds the candidates' modules of `build_candidate`, keyed by candidate name, so their state maps
+    onto a static `Block.op`. `skip` under a residual has no module: it contributes zero, the block is
     then the identity. `live` marks the candidates not yet pruned.
     """
 
@@ -32,7 +32,7 @@ class SuperBlock(nn.Module):
         self.spec = spec
         self.residual = spec.residual
         modules = {c.name: build_candidate(c, spec) for c in CANDIDATES}
-        self.candidates = nn.ModuleDict({n: m for n, m in modules.items() if m is not None})
+        self.ops = nn.ModuleDict({n: m for n, m in modules.items() if m is not None})
         self.theta = nn.Parameter(torch.zeros(NUM_CANDIDATES))  # uniform p at the start
         self.register_buffer("live", torch.ones(NUM_CANDIDATES, dtype=torch.bool))
 
@@ -48,7 +48,7 @@ class SuperBlock(nn.Module):
             weights: (N, 13) per-image mixing weights, zero for pruned candidates.
         """
         out = None
-        for name, op in self.candidates.items():  # pruned candidates are no longer in the dict
+        for name, op in self.ops.items():  # pruned candidates are no longer in the dict
             y = op(x)  # (N, C_out, H/s, W/s)
             w = weights[:, _COLUMN[name]].to(y.dtype).view(-1, 1, 1, 1)
             # in place on our own sum: one kernel per candidate, and nothing but y and w is saved
@@ -59,8 +59,8 @@ class SuperBlock(nn.Module):
 
     def forward_candidate(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """One path: exactly the static `Block` of candidate `name`."""
-        if name in self.candidates:
-            out = self.candidates[name](x)
+        if name in self.ops:
+            out = self.ops[name](x)
             return x + out if self.residual else out
         if name == "skip" and self.residual:
             return x
@@ -84,8 +84,8 @@ class SuperBlock(nn.Module):
             raise ValueError(f"block {self.spec.index}: a pruned candidate cannot be revived")
         self.live.copy_(live)
         for j in torch.nonzero(~live).flatten().tolist():
-            if CANDIDATE_NAMES[j] in self.candidates:
-                del self.candidates[CANDIDATE_NAMES[j]]
+            if CANDIDATE_NAMES[j] in self.ops:
+                del self.ops[CANDIDATE_NAMES[j]]
 
 
 class Supernet(nn.Module):
@@ -194,7 +194,7 @@ def extract_network(supernet: Supernet, arch: Architecture) -> SegmentationNetwo
     for i, (block, name) in enumerate(zip(net.blocks, arch.choices)):
         if block.op is None:
             continue
-        source = supernet.blocks[i].candidates
+        source = supernet.blocks[i].ops
         if name not in source:
             raise ValueError(f"block {i}: candidate {name!r} was pruned from the supernet")
         block.op.load_state_dict(source[name].state_dict())

@@ -30,7 +30,6 @@ from nas_core.space.classifier import Classifier, load_encoder
 from nas_core.space.network import SegmentationNetwork
 from nas_core.space.spaces import NUM_CLASSES, Architecture
 
-STAGES = ("pretrain_imagenet", "pretrain_coco", "train_coarse", "train_fine")
 MODEL_FORMAT = 1
 
 
@@ -48,6 +47,7 @@ STAGE_DATA = {
     "train_coarse": StageData("segmentation", "cityscapes", "coarse_train", "val"),
     "train_fine": StageData("segmentation", "cityscapes", "train", "val"),
 }
+TRAIN_STAGES = tuple(STAGE_DATA)  # section 5.3.2's chain, in order: each stage starts from the one before
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,7 +101,7 @@ def stage_settings(train_params, stage: str) -> StageSettings:
         checkpoint_every=train_params.checkpoint_every, log_every=train_params.log_every)
 
 
-def state_digest(state: dict[str, torch.Tensor] | None) -> str:
+def state_fingerprint(state: dict[str, torch.Tensor] | None) -> str:
     """A short hash of a state dict's values (identifies a stage's starting weights)."""
     if state is None:
         return "scratch"
@@ -161,7 +161,7 @@ def run_stage(stage: str, arch: Architecture, settings: StageSettings, data_root
         how the model was initialised, where the run resumed.
     """
     if stage not in STAGE_DATA:
-        raise ValueError(f"unknown stage {stage!r}; valid stages are: {', '.join(STAGES)}")
+        raise ValueError(f"unknown stage {stage!r}; valid stages are: {', '.join(TRAIN_STAGES)}")
     info = dist_info or DistInfo()
     data = STAGE_DATA[stage]
     train_set, val_set = build_datasets(stage, data_root, settings)
@@ -193,7 +193,8 @@ def run_stage(stage: str, arch: Architecture, settings: StageSettings, data_root
             on_epoch_end(epoch, {**metrics, **scores})
         return scores
 
-    fingerprint = settings.fingerprint(stage, json.dumps(arch.to_dict()), state_digest(init and init["state_dict"]))
+    weights = state_fingerprint(init and init["state_dict"])
+    fingerprint = settings.fingerprint(stage, json.dumps(arch.to_dict()), weights)
     # one folder per configuration: a run with other settings never overwrites a killed run's checkpoint
     result = train(model, loss_fn, loader, optimizer, schedule, settings.epochs, Path(checkpoint_dir) / fingerprint,
                    on_epoch_end=epoch_end, amp=settings.amp, grad_clip=settings.grad_clip, dist_info=info,
