@@ -15,9 +15,9 @@ import os
 import time
 from pathlib import Path
 
-from nas_core.cost.fidelity import fidelity_metrics, predicted_latencies, sample_architectures, scatter_plot
+from nas_core.cost.fidelity import fidelity_metrics, predicted_latencies, scatter_plot, uniform_architectures
 from nas_core.cost.latency import MeasurementStore, measure_networks, profile_space, store_path
-from nas_core.cost.targets import LocalTarget, Protocol, TorchCudaTarget
+from nas_core.cost.targets import LocalTarget, MeasurementProtocol, TorchCudaTarget
 
 
 def main() -> None:
@@ -37,9 +37,8 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="ignore measurements stored by an earlier run")
     args = ap.parse_args()
 
-    protocol = Protocol(backend=args.backend, warmup=args.warmup, runs=args.runs, min_time_s=args.min_time,
-                        clock=args.clock, threads=1, optimization=args.optimization,
-                        rounds=args.rounds)
+    protocol = MeasurementProtocol(backend=args.backend, warmup=args.warmup, runs=args.runs, min_time_s=args.min_time,
+                                   clock=args.clock, threads=1, optimization=args.optimization, rounds=args.rounds)
     target = TorchCudaTarget(protocol) if args.backend == "torch_cuda" else LocalTarget(protocol)
     out = Path(args.out)
     store_file = store_path(out / "measurements", target)
@@ -50,7 +49,7 @@ def main() -> None:
     t0 = time.perf_counter()
     table, stats = profile_space(args.space, tuple(args.size), 19, target, store, out / "onnx", log=quiet)
     print(f"table: {stats['units']} units, {stats['wall_s']:.1f} s ({100 * stats['overhead']:.1f}% overhead)")
-    archs = sample_architectures(args.space, args.k, args.seed)
+    archs = uniform_architectures(args.space, args.k, args.seed)
     measured = measure_networks(archs, tuple(args.size), 19, target, store, out / "onnx", log=quiet)
     predicted = predicted_latencies(table, archs)
     metrics = fidelity_metrics(predicted, measured)

@@ -20,8 +20,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from nas_core.data import CityscapesSegmentation, TrainTransform, generate_cityscapes
-from nas_core.data.labels import NUM_CLASSES, TRAIN_ID_NAMES
+from nas_core.data.labels import TRAIN_ID_NAMES
 from nas_core.engine.metrics import ConfusionMatrix
+from nas_core.space.spaces import NUM_CLASSES
 
 
 class TinySegNet(nn.Module):

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from nas_core.cost.latency import MeasurementStore, profile_space, store_path
-from nas_core.cost.targets import LocalTarget, Protocol
+from nas_core.cost.targets import LocalTarget, MeasurementProtocol
 
 
 def main() -> None:
@@ -34,8 +34,8 @@ def main() -> None:
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     shutil.rmtree(out / "onnx", ignore_errors=True)
-    target = LocalTarget(Protocol(warmup=args.warmup, runs=args.runs, min_time_s=args.min_time, clock=args.clock,
-                                  optimization=args.optimization))
+    target = LocalTarget(MeasurementProtocol(warmup=args.warmup, runs=args.runs, min_time_s=args.min_time,
+                                             clock=args.clock, optimization=args.optimization))
     path = store_path(out / "measurements", target)
     path.unlink(missing_ok=True)
     store = MeasurementStore(path)

@@ -62,7 +62,7 @@ def standalone_miou(net: SegmentationNetwork, data: Path, epochs: int, batch: in
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=1e-5)
     train(net, lambda logits, y: F.cross_entropy(logits, y, ignore_index=255), loader, optimizer,
           Poly(epochs), TrainConfig(epochs, ckpt, log_every=10 ** 6), log=lambda s: None)
-    return evaluate_segmentation(net, val)["class_miou"]
+    return evaluate_segmentation(net.eval(), val)["class_miou"]
 
 
 def main() -> None:

@@ -61,8 +61,9 @@ def synthetic_search(out: Path, seed: int = 0) -> None:
 def plain_seconds(root: Path, choices: list[str], batch: int) -> tuple[float, float]:
     """(forward passes, scoring) of the extracted networks over the preloaded val batches: the
     scoring (argmax + confusion matrix) is what any mIoU evaluation adds to the forward passes."""
+    from nas_core.engine.evaluate import class_map
     from nas_core.engine.metrics import ConfusionMatrix
-    from nas_core.select.sampling import class_map, load_supernet
+    from nas_core.select.sampling import load_supernet
 
     supernet = load_supernet(root / "search" / "supernet.pt")
     val = CityscapesSegmentation(root / "cityscapes", "val")

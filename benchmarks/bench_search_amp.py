@@ -19,9 +19,10 @@ import tempfile
 import torch
 from torch.utils.data import Dataset
 
+from nas_core.config import SearchParams
 from nas_core.cost.macs import build_cost_table, cost_matrix
 from nas_core.search.data import search_loader
-from nas_core.search.loop import SearchConfig, run_search
+from nas_core.search.loop import run_search, search_config
 from nas_core.search.supernet import build_supernet
 
 GIB = 1024 ** 3
@@ -47,7 +48,7 @@ def one_search(space: str, size: int, batch: int, steps: int, epochs: int, amp: 
     net = build_supernet(space).to(device)
     cost = cost_matrix(build_cost_table(space, (size, size)))[0]
     loader = search_loader(RandomPatches(batch * steps, size), batch, device=device)
-    config = SearchConfig(epochs=epochs, alpha=0.2, amp=amp, prune_threshold=0.0, log_every=10 ** 9)
+    config = search_config(SearchParams(epochs=epochs, alpha=0.2, amp=amp, prune_threshold=0.0, log_every=10 ** 9))
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)

@@ -77,7 +77,7 @@ def mixing_overhead(net: Supernet, x: torch.Tensor, repeats: int) -> dict:
     super_t, cand_t = 0.0, 0.0
     for block, inp in zip(net.blocks, block_inputs(net, x)):
         inp = inp.clone().requires_grad_()  # as inside the network: the gradient reaches the input too
-        ops = list(block.candidates.values())
+        ops = list(block.ops.values())
         mixed = lambda: fwd_bwd(lambda: block(inp, weights))  # noqa: E731
         alone = lambda: [fwd_bwd(lambda: op(inp)) for op in ops]  # noqa: E731
         best = [float("inf")] * 2

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from nas_core.space.spaces import Architecture
+from nas_core.space.spaces import INPUT_MULTIPLE, NUM_CLASSES, Architecture
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -13,8 +13,8 @@ def parse_size(text: str) -> tuple[int, int]:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise ValueError(f"--input-size {text!r}: expected HEIGHTxWIDTH, e.g. 1024x2048") from None
-    if h <= 0 or w <= 0 or h % 16 or w % 16:
-        raise ValueError(f"--input-size {text!r}: height and width must be positive multiples of 16")
+    if h <= 0 or w <= 0 or h % INPUT_MULTIPLE or w % INPUT_MULTIPLE:
+        raise ValueError(f"--input-size {text!r}: height and width must be positive multiples of {INPUT_MULTIPLE}")
     return h, w
 
 
@@ -81,6 +81,6 @@ def add_parser(sub) -> None:
     p = sub.add_parser("describe", help="MACs and parameters of a network, per block")
     p.add_argument("network", metavar="NAME_OR_ARCH_JSON", help="a published network name or an architecture JSON file")
     p.add_argument("--input-size", default="1024x2048", help="HEIGHTxWIDTH (default 1024x2048)")
-    p.add_argument("--num-classes", type=positive_int, default=19)
+    p.add_argument("--num-classes", type=positive_int, default=NUM_CLASSES)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)

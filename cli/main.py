@@ -10,8 +10,8 @@ import sys
 
 from cli import forkserver
 from cli.args import USER_ERRORS
-from flows import quiet_telemetry
 from tasks import processes
+from tasks.telemetry import quiet_telemetry
 
 # subcommand -> module providing add_parser(subparsers); explicit, no import-time registry
 COMMANDS = {

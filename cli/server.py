@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tasks import processes
+from tasks.telemetry import TELEMETRY_OFF
 
 
 def _free_port() -> int:
@@ -29,7 +30,7 @@ def _free_port() -> int:
 def _run_server_command(home: Path, port: int) -> tuple[list[str], dict[str, str]]:
     """`prefect server start` with its own database and UI under `home` (`squeezenas run`)."""
     # no block types registered: the pipeline uses none, and it saves ~0.5 s of a fresh server's start
-    env = dict(os.environ, PREFECT_HOME=str(home.resolve()), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    env = dict(os.environ, **TELEMETRY_OFF, PREFECT_HOME=str(home.resolve()),
                PREFECT_API_BLOCKS_REGISTER_ON_START="false")
     prefect = shutil.which("prefect", path=str(Path(sys.executable).parent)) or "prefect"
     return [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env

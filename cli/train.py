@@ -19,7 +19,7 @@ def _train(args) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="stages pretrain_imagenet, pretrain_coco, train_coarse, train_fine: "
                                      "retrain the chosen architecture (paper section 5.3.2)")
-    p.add_argument("stage", choices=tuple(TRAIN_STAGE_DEFAULTS))  # nas_core.train.stages.STAGES, without torch
+    p.add_argument("stage", choices=tuple(TRAIN_STAGE_DEFAULTS))  # = nas_core.train.stages.TRAIN_STAGES, without torch
     add_params_args(p)
     add_experiment_arg(p)
     p.set_defaults(func=_train)

@@ -11,9 +11,10 @@ from prefect import flow
 from flows.train import stage_dir
 from nas_core.config import load_params
 from nas_core.cost.factory import device_name
-from nas_core.train.stages import load_payload, segmentation_network
+from nas_core.train.stages import TRAIN_STAGES, load_payload, segmentation_network
 from tasks import tracking
 from tasks.benchmark import ONNX_DIR, OURS, benchmark_network_task, references_task, write_report_task
+from tasks.sample import SELECT_METRICS
 from tasks.train import MODEL
 
 
@@ -22,7 +23,7 @@ def benchmark_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] 
                 experiment: str | None = None) -> dict:
     params = load_params(params_file, overrides, experiment)
     cfg, paths = params.benchmark, params.paths
-    out_dir, model_path = Path(paths.benchmark), stage_dir(paths, "train_fine") / MODEL
+    out_dir, model_path = Path(paths.benchmark), stage_dir(paths, TRAIN_STAGES[-1]) / MODEL
     onnx_dir = out_dir / ONNX_DIR
     common = dict(onnx_dir=str(onnx_dir), input_size=cfg.input_size.hw, target=cfg.target, threads=cfg.threads,
                   warmup=cfg.warmup, runs=cfg.runs, cityscapes_root=paths.cityscapes, atol=cfg.onnx_atol,
@@ -38,7 +39,7 @@ def benchmark_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] 
     where = (f"local:{device_name(lat)} (onnxruntime CPU, {cfg.threads} thread(s), {cfg.runs} runs)"
              if cfg.target == "local" else f"{lat.target}:{device_name(lat)} ({lat.backend}, {lat.runs}+ runs)")
     # an experiment's row carries how its network was chosen (rule, reference, budget, whether it was met)
-    choice_path = Path(paths.samples) / "select_metrics.json"
+    choice_path = Path(paths.samples) / SELECT_METRICS
     choice = json.loads(choice_path.read_text()) if params.experiment and choice_path.is_file() else None
     written = write_report_task(rows, references, str(out_dir), where, cfg.input_size.hw, choice)
 

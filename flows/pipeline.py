@@ -34,7 +34,7 @@ SHARED = {"data": data_flow, "cost_tables": cost_tables_flow, "latency_table": p
 CHAIN = {"search": search_flow, "sample": sample_flow, "select": select_flow, **TRAIN_FLOWS,
          "benchmark": benchmark_flow}  # one per experiment (dvc.yaml's foreach groups)
 FINAL = {"report": report_flow}
-STAGES = {**SHARED, **CHAIN, **FINAL}  # dvc.yaml's stages and stage groups, in its order
+PIPELINE_STAGES = {**SHARED, **CHAIN, **FINAL}  # dvc.yaml's stages and stage groups, in its order
 # pipeline.dispatch=deployments: each chain stage's deployment in prefect.yaml (the stage's name with hyphens),
 # run as "<flow name>/<deployment>"
 DEPLOYMENTS = {stage: stage.replace("_", "-") for stage in CHAIN}
@@ -159,9 +159,9 @@ def pipeline_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] =
     """Run `stages` (default: all) under one MLflow parent run: the shared ones, each experiment's chain
     (at most `concurrency` at a time; default pipeline.concurrency; its stages as subflows or as flow runs
     of their deployments: pipeline.dispatch), the report."""
-    unknown = [s for s in stages if s not in STAGES]
+    unknown = [s for s in stages if s not in PIPELINE_STAGES]
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; valid stages are: {', '.join(STAGES)}")
+        raise ValueError(f"unknown stage(s) {unknown}; valid stages are: {', '.join(PIPELINE_STAGES)}")
     params = load_params(params_file, overrides)
     limit = concurrency or params.pipeline.concurrency
     if params.pipeline.dispatch == "deployments":  # before anything runs

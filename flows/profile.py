@@ -16,6 +16,9 @@ from nas_core.cost.targets import ProfileError
 from nas_core.io import atomic_write_json
 from tasks import tracking
 from tasks.profile import (
+    DEVICE,
+    FIDELITY,
+    FIDELITY_PLOT,
     deal_task,
     device_facts_task,
     device_slot,  # noqa: F401 (the per-device limit; callers import it from here)
@@ -66,7 +69,7 @@ def devices_flow(cfg, out_dir: str) -> dict:
     facts_jobs = _gather([device_facts_task.with_options(**opts(d)).submit(d, out_dir) for d in devices])
     facts = {j["device"]: j["facts"] for j in facts_jobs}
     check_same_hardware(facts)
-    atomic_write_json(Path(out_dir) / "device.json", pool_facts(facts))
+    atomic_write_json(Path(out_dir) / DEVICE, pool_facts(facts))
     plan = deal_task(cfg, out_dir)
     jobs = _gather([measure_device_task.with_options(**opts(d)).submit(
         d, out_dir, share, device_name(d) if pooled else "") for d, share in zip(devices, plan["shares"])])
@@ -88,8 +91,8 @@ def _report(params, measured: dict) -> dict:
         fidelity = fidelity_task(cfg, out_dir)
     else:
         fidelity = {"skipped": "latency.fidelity.num_networks is 0"}
-        atomic_write_json(Path(out_dir) / "fidelity.json", fidelity)
-        placeholder_plot(Path(out_dir) / "fidelity.png", "fidelity check skipped (latency.fidelity.num_networks: 0)")
+        atomic_write_json(Path(out_dir) / FIDELITY, fidelity)
+        placeholder_plot(Path(out_dir) / FIDELITY_PLOT, "fidelity check skipped (latency.fidelity.num_networks: 0)")
 
     metrics = {f"{s}.{k}": v for s, t in tables.items() for k, v in t.items() if isinstance(v, (int, float))}
     metrics.update({f"fidelity.{k}": v for k, v in fidelity.items() if isinstance(v, (int, float))})
@@ -99,7 +102,7 @@ def _report(params, measured: dict) -> dict:
         tracking.log_metrics(metrics)
         for t in tables.values():
             tracking.log_artifact(t["path"], "latency")
-        for name in ("device.json", "fidelity.json", "fidelity.png"):
+        for name in (DEVICE, FIDELITY, FIDELITY_PLOT):
             if (Path(out_dir) / name).is_file():
                 tracking.log_artifact(Path(out_dir) / name, "latency")
     if len(cfg.devices()) > 1:

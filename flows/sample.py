@@ -15,11 +15,16 @@ from prefect.futures import as_completed
 from flows.runners import make_task_runner
 from nas_core.config import load_params
 from nas_core.io import atomic_write_json
-from nas_core.space.spaces import Architecture
+from nas_core.space.spaces import NUM_CLASSES, Architecture
 from tasks import tracking
 from tasks.sample import (
-    EVAL_KEYS,
+    CHOSEN_ARCHITECTURE,
+    FRONTS,
     PARTIAL_NAME,
+    PLOTS,
+    SAMPLE_METRICS,
+    SAMPLES,
+    SELECT_METRICS,
     append_partial,
     card_target_task,
     choose_task,
@@ -27,6 +32,7 @@ from tasks.sample import (
     draw_task,
     evaluate_task,
     evaluation_fingerprint,
+    evaluation_settings,
     fronts_task,
     plots_task,
     read_partial,
@@ -34,6 +40,7 @@ from tasks.sample import (
     resolve_target_task,
     write_samples_task,
 )
+from tasks.search import SUPERNET, THETA
 
 
 def _devices(device: str) -> list[str]:
@@ -80,7 +87,7 @@ def sample_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
     params = load_params(params_file, overrides, experiment)
     cfg, paths = params.sample, params.paths
     out = Path(paths.samples)
-    supernet_path, theta_path = str(Path(paths.search) / "supernet.pt"), str(Path(paths.search) / "theta.parquet")
+    supernet_path, theta_path = str(Path(paths.search) / SUPERNET), str(Path(paths.search) / THETA)
     tic = time.perf_counter()
     drawn = draw_task(supernet_path, theta_path, cfg.num_samples, cfg.seed)
     space, choices = drawn["space"], drawn["choices"]
@@ -88,7 +95,7 @@ def sample_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
           f"({drawn['duplicates']} duplicates redrawn, support {drawn['support']:.3g})"
           + (" - stopped early: the distribution is too peaked for more" if drawn["exhausted"] else ""))
 
-    eval_cfg = {k: getattr(cfg, k) for k in EVAL_KEYS} | {"val_cache_mb": cfg.val_cache_mb}
+    eval_cfg = evaluation_settings(cfg)
     fingerprint = evaluation_fingerprint(supernet_path, paths.cityscapes, eval_cfg)
     partial_path = out / PARTIAL_NAME
     done = read_partial(partial_path, fingerprint)
@@ -114,7 +121,7 @@ def sample_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
     tables = {k: str(p) for k, p in cost_table_paths(paths.cost_tables, paths.latency, space).items() if k in cfg.costs}
     meta = {"space": space, "num_classes": drawn["num_classes"], "seed": cfg.seed, "requested": cfg.num_samples,
             "draws": drawn["draws"], "duplicates": drawn["duplicates"], "fingerprint": fingerprint}
-    samples_path = out / "samples.parquet"
+    samples_path = out / SAMPLES
     found = write_samples_task(rows, space, tables, str(samples_path), meta)
     missing = sorted(set(cfg.costs) - set(found))
     if missing:
@@ -125,7 +132,7 @@ def sample_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
                "best_class_miou": max(mious), "mean_class_miou": sum(mious) / len(mious),
                "argmax_class_miou": rows[0]["class_miou"], "seconds": evaluation_seconds,
                "cost_kinds": sorted(found)}
-    metrics_path = out / "sample_metrics.json"
+    metrics_path = out / SAMPLE_METRICS
     atomic_write_json(metrics_path, metrics)
 
     logged = cfg.model_dump(mode="json", exclude={"choice"})
@@ -145,11 +152,11 @@ def select_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
     params = load_params(params_file, overrides, experiment)
     choice, paths = params.sample.choice, params.paths
     out = Path(paths.samples)
-    samples_path = str(out / "samples.parquet")
+    samples_path = str(out / SAMPLES)
     _, meta = read_samples(samples_path)
     space = meta["space"]
     input_hw = (int(meta.get("input_h", 1024)), int(meta.get("input_w", 2048)))
-    num_classes = int(meta.get("table_num_classes", meta.get("num_classes", 19)))
+    num_classes = int(meta.get("table_num_classes", meta.get("num_classes", NUM_CLASSES)))
     if params.experiment:  # the paper's rules relative to a network card: published, or another experiment's choice
         choice = params.experiments[params.experiment].choice
         card = Path(paths.networks) / f"{choice.reference}.json"
@@ -157,16 +164,16 @@ def select_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
     else:
         target, label = resolve_target_task(choice.metric, choice.reference, choice.target, space, input_hw,
                                             num_classes, paths.latency)
-    fronts = fronts_task(samples_path, str(out / "fronts"))
-    chosen = choose_task(samples_path, choice.rule, choice.metric, target, str(out / "chosen_architecture.json"),
+    fronts = fronts_task(samples_path, str(out / FRONTS))
+    chosen = choose_task(samples_path, choice.rule, choice.metric, target, str(out / CHOSEN_ARCHITECTURE),
                          getattr(choice, "if_none_under", "fail"))
     if params.experiment:
         Architecture(chosen["space"], chosen["choices"]).save(Path(paths.networks) / f"{params.experiment}.json")
-    plots = plots_task(samples_path, chosen["sample"], choice.metric, target, label, str(out / "plots"))
+    plots = plots_task(samples_path, chosen["sample"], choice.metric, target, label, str(out / PLOTS))
     metrics = {"chosen_sample": chosen["sample"], "chosen_class_miou": chosen["class_miou"], "target": target,
                **{f"chosen_{k}": chosen[k] for k in ("macs", "params", "latency_ms") if k in chosen},
                **{f"front_size_{k}": len(v) for k, v in fronts.items()}}
-    metrics_path = out / "select_metrics.json"
+    metrics_path = out / SELECT_METRICS
     atomic_write_json(metrics_path, {**metrics, "rule": choice.rule, "metric": choice.metric, "target_label": label,
                                      "reference": choice.reference, "budget_met": chosen["budget_met"],
                                      "choices": chosen["choices"]})
@@ -175,7 +182,7 @@ def select_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
     with tracking.stage_run(params.tracking, params.dvc_stage("select"), params=choice.model_dump(mode="json"),
                             tags={"squeezenas.space": space, "squeezenas.chosen": ",".join(chosen["choices"])}):
         tracking.log_metrics(metrics)
-        for path in [*plots, *(out / "fronts").glob("front_*.csv"), out / "chosen_architecture.json", metrics_path]:
+        for path in [*plots, *(out / FRONTS).glob("front_*.csv"), out / CHOSEN_ARCHITECTURE, metrics_path]:
             tracking.log_artifact(path, "select")
     print(f"[select] {choice.rule} on {choice.metric} ({label}: {target:.4g}): sample {chosen['sample']} "
           f"mIoU {chosen['class_miou']:.4f} -> {out / 'chosen_architecture.json'}")
@@ -187,7 +194,7 @@ def _prefect_artifacts(out: Path, choice, chosen: dict, fronts: dict, label: str
     import pandas as pd
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    front_csv = out / "fronts" / f"front_{choice.metric}.csv"
+    front_csv = out / FRONTS / f"front_{choice.metric}.csv"
     if front_csv.is_file():
         table = pd.read_csv(front_csv)
         create_table_artifact(table.to_dict(orient="records"), key=f"front-{choice.metric.replace('_', '-')}",

@@ -8,7 +8,8 @@ from prefect import flow
 
 from nas_core.config import load_params
 from tasks import tracking
-from tasks.search import CURVES, HISTORY, METRICS, PLOT, PRUNING, THETA, search_task
+from tasks.dvc_files import METRICS
+from tasks.search import CURVES, HISTORY, PLOT, PRUNING, THETA, search_task
 
 NON_METRICS = ("epoch", "space", "cost_table", "cost_metric", "architecture", "resumed_from")
 

@@ -8,14 +8,14 @@ from pathlib import Path
 from prefect import flow
 
 from nas_core.config import Paths, load_params
-from nas_core.train.stages import STAGE_DATA, STAGES, stage_settings
+from nas_core.train.stages import STAGE_DATA, TRAIN_STAGES, stage_settings
 from tasks import tracking
-from tasks.train import LINEAGE, METRICS, MODEL, skip_stage_task, train_stage_task
+from tasks.dvc_files import METRICS
+from tasks.sample import CHOSEN_ARCHITECTURE
+from tasks.train import LINEAGE, MODEL, skip_stage_task, train_stage_task
 
 # the chain of section 5.3.2; each stage consumes the model of the one before it
-PREVIOUS = {"pretrain_imagenet": None, "pretrain_coco": "pretrain_imagenet", "train_coarse": "pretrain_coco",
-            "train_fine": "train_coarse"}
-CHOSEN_ARCHITECTURE = "chosen_architecture.json"
+PREVIOUS = dict(zip(TRAIN_STAGES, (None, *TRAIN_STAGES[:-1])))
 
 
 def stage_dir(paths: Paths, stage: str) -> Path:
@@ -35,7 +35,7 @@ def run_train_stage(stage: str, params_file: str = "params.yaml", overrides: tup
                     experiment: str | None = None) -> dict:
     """Train (or skip) `stage` as params.yaml says; outputs under ${paths.train}/<stage>/, an MLflow run."""
     if stage not in PREVIOUS:
-        raise ValueError(f"unknown stage {stage!r}; valid stages are: {', '.join(STAGES)}")
+        raise ValueError(f"unknown stage {stage!r}; valid stages are: {', '.join(TRAIN_STAGES)}")
     params = load_params(params_file, overrides, experiment)
     paths, cfg = params.paths, params.train
     stage_cfg = cfg.stage(stage)
@@ -72,9 +72,6 @@ def _stage_flow(stage: str):
     return stage_flow
 
 
-pretrain_imagenet_flow = _stage_flow("pretrain_imagenet")
-pretrain_coco_flow = _stage_flow("pretrain_coco")
-train_coarse_flow = _stage_flow("train_coarse")
-train_fine_flow = _stage_flow("train_fine")
-FLOWS = {"pretrain_imagenet": pretrain_imagenet_flow, "pretrain_coco": pretrain_coco_flow,
-         "train_coarse": train_coarse_flow, "train_fine": train_fine_flow}
+FLOWS = {stage: _stage_flow(stage) for stage in TRAIN_STAGES}
+# the deployments' entrypoints in prefect.yaml
+pretrain_imagenet_flow, pretrain_coco_flow, train_coarse_flow, train_fine_flow = FLOWS.values()

@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from nas_core.params_file import ParamsError, parse_yaml, read_text, yaml_kind
-from nas_core.space.spaces import SPACES
+from nas_core.space.spaces import INPUT_MULTIPLE, NUM_CLASSES, SPACES
 
 # strict scalars: YAML's `yes` is no epoch count, "3" no integer and 1.0 no index (an int is a valid float)
 Int, Float, Bool = StrictInt, StrictFloat, StrictBool
@@ -59,8 +59,8 @@ class Section(BaseModel):
 
 
 class Size(Section):
-    height: Int = Field(gt=0, multiple_of=16)
-    width: Int = Field(gt=0, multiple_of=16)
+    height: Int = Field(gt=0, multiple_of=INPUT_MULTIPLE)
+    width: Int = Field(gt=0, multiple_of=INPUT_MULTIPLE)
 
     @property
     def hw(self) -> tuple[int, int]:
@@ -115,7 +115,7 @@ class DataParams(Section):
 class CostTablesParams(Section):
     spaces: tuple[SpaceName, ...] = ("small", "large", "xlarge")
     input_size: Size = Size(height=1024, width=2048)
-    num_classes: Int = Field(19, ge=1)
+    num_classes: Int = Field(NUM_CLASSES, ge=1)
 
     @field_validator("spaces")
     @classmethod
@@ -307,7 +307,7 @@ class SearchParams(Section):
     checkpoint_every: Int = Field(0, ge=0)  # steps between mid-epoch checkpoints (0: epoch ends only)
     log_every: Int = Field(10, ge=1)
     eval_images: Int = Field(0, ge=0)  # val images for the argmax architecture's mIoU (0: all)
-    num_classes: Int = Field(19, ge=1)
+    num_classes: Int = Field(NUM_CLASSES, ge=1)
     seed: Int = 0
 
     @model_validator(mode="after")
@@ -362,7 +362,7 @@ class LatencyParams(Section):
     rounds: Int = Field(1, ge=1)  # onnxruntime: > 1 interleaves all models over rounds (busy machines)
     input_size: Size = Size(height=256, width=512)
     spaces: tuple[SpaceName, ...] = ("small",)
-    num_classes: Int = Field(19, ge=1)
+    num_classes: Int = Field(NUM_CLASSES, ge=1)
     timeout_s: Float = Field(600.0, gt=0)  # no result from the device for this long: retry
     keepalive_s: Float = Field(15.0, gt=0)
     retries: Int = Field(3, ge=0)  # reconnects without progress, and Prefect task retries

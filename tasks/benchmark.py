@@ -23,10 +23,11 @@ from nas_core.report.benchmark import (
     target_measure,
 )
 from nas_core.space.network import SegmentationNetwork
-from nas_core.space.spaces import Architecture
-from nas_core.train.stages import NUM_CLASSES, load_payload, segmentation_network
+from nas_core.space.spaces import NUM_CLASSES, Architecture
+from nas_core.train.stages import load_payload, segmentation_network
+from tasks.dvc_files import METRICS
 
-REPORT, METRICS_JSON, ONNX_DIR = "report.md", "metrics.json", "onnx"
+REPORT, ONNX_DIR = "report.md", "onnx"
 OURS = "ours"
 
 
@@ -71,7 +72,7 @@ def references_task(model_path: str, cityscapes_root: str, seed: int = 0) -> dic
     """Class mIoU of the same architecture untrained (fresh seeded init) and of the best constant prediction."""
     arch = Architecture.from_dict(load_payload(model_path)["arch"])
     torch.manual_seed(seed)
-    untrained = evaluate_segmentation(SegmentationNetwork(arch, NUM_CLASSES), val_loader(cityscapes_root))
+    untrained = evaluate_segmentation(SegmentationNetwork(arch, NUM_CLASSES).eval(), val_loader(cityscapes_root))
     # the constant's class comes from the training labels (whole images: no crop or flip)
     train_labels = DataLoader(CityscapesSegmentation(cityscapes_root, "train"), batch_size=1)
     cls = majority_class(train_labels, NUM_CLASSES)
@@ -90,5 +91,5 @@ def write_report_task(rows: list[dict], references: dict[str, float], out_dir: s
     atomic_write_text(out / REPORT, report_markdown(table, target, input_size, references))
     metrics = {"target": target, "input_size": list(input_size), "networks": {r["network"]: r for r in rows},
                "references": references, **({"choice": choice} if choice else {})}
-    atomic_write_json(out / METRICS_JSON, metrics)
-    return {"report": str(out / REPORT), "metrics": str(out / METRICS_JSON)}
+    atomic_write_json(out / METRICS, metrics)
+    return {"report": str(out / REPORT), "metrics": str(out / METRICS)}

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 DATA_STAGE = "data"  # its outputs are the datasets, logged as MLflow dataset inputs where they are read
+METRICS = "metrics.json"  # the summary a stage writes into its output folder (a DVC metrics file)
 
 
 def _interpolate(text: str, params: dict) -> str:

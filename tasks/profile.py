@@ -12,7 +12,7 @@ from prefect import get_client, task
 from prefect.concurrency.sync import concurrency
 
 from nas_core.cost.factory import build_target, device_name
-from nas_core.cost.fidelity import fidelity_metrics, predicted_latencies, sample_architectures, scatter_plot
+from nas_core.cost.fidelity import fidelity_metrics, predicted_latencies, scatter_plot, uniform_architectures
 from nas_core.cost.latency import (
     MeasurementStore,
     latency_table,
@@ -26,6 +26,7 @@ from nas_core.cost.targets import TransientError
 from nas_core.io import atomic_dir, atomic_write_json
 
 TABLES = "tables"  # the stage's DVC output: one table per configured space, nothing else
+DEVICE, FIDELITY, FIDELITY_PLOT = "device.json", "fidelity.json", "fidelity.png"
 
 
 def latency_table_path(out_dir: str | Path, space: str) -> Path:
@@ -139,13 +140,13 @@ def fidelity_task(cfg, out_dir: str) -> dict:
     """The table's predictions against the whole networks the device(s) measured; metrics and scatter plot."""
     f, hw = cfg.fidelity, cfg.input_size.hw
     table = read_cost_table(latency_table_path(out_dir, f.space))
-    archs = sample_architectures(f.space, f.num_networks, f.seed)
+    archs = uniform_architectures(f.space, f.num_networks, f.seed)
     measured = stored_network_latencies(pool_store(cfg, out_dir), archs, hw, cfg.num_classes)
     predicted = predicted_latencies(table, archs)
     metrics = fidelity_metrics(predicted, measured)
     label = target_label(cfg)
-    scatter_plot(predicted, measured, Path(out_dir) / "fidelity.png", f"{f.space} {hw[0]}x{hw[1]} on {label}")
-    atomic_write_json(Path(out_dir) / "fidelity.json", {
+    scatter_plot(predicted, measured, Path(out_dir) / FIDELITY_PLOT, f"{f.space} {hw[0]}x{hw[1]} on {label}")
+    atomic_write_json(Path(out_dir) / FIDELITY, {
         **metrics, "space": f.space, "seed": f.seed, "target": label,
         "networks": [{"choices": list(a.choices), "predicted_ms": p, "measured_ms": m}
                      for a, p, m in zip(archs, predicted, measured)]})

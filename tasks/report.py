@@ -11,9 +11,9 @@ from prefect.cache_policies import NO_CACHE
 
 from nas_core.cost.export import Unit
 from nas_core.report.benchmark import baseline_network, describe_architecture, network_facts
-from nas_core.space.spaces import Architecture
-from nas_core.train.stages import NUM_CLASSES
-from tasks.benchmark import METRICS_JSON, ONNX_DIR, val_loader
+from nas_core.space.spaces import NUM_CLASSES, Architecture
+from tasks.benchmark import ONNX_DIR, val_loader
+from tasks.dvc_files import METRICS
 
 # Table 1's reference rows besides the experiments: the six published networks, then MobileNetV3
 REFERENCE_NETWORKS = ("squeezenas_mac_small", "squeezenas_lat_small", "squeezenas_mac_large", "squeezenas_lat_large",
@@ -28,7 +28,7 @@ def _objective(name: str) -> str | None:
 def experiment_row_task(name: str, space: str, objective: str, benchmark_dir: str, card: str) -> dict:
     """Our network of experiment `name` as its benchmark stage measured it (mIoU, MACs, params) and
     the ONNX file that stage exported and checked (timed again here, with all the others)."""
-    metrics_path = Path(benchmark_dir) / METRICS_JSON
+    metrics_path = Path(benchmark_dir) / METRICS
     try:
         metrics = json.loads(metrics_path.read_text())
         row = metrics["networks"][name]

@@ -24,8 +24,17 @@ from nas_core.space.spaces import Architecture
 from nas_core.space.zoo import PUBLISHED
 from tasks.profile import latency_table_path
 
-PARTIAL_NAME = "partial_evaluations.jsonl"
-EVAL_KEYS = ("bn_recalibration_batches", "batch_size", "val_images", "seed")
+# the sample stage's outputs, then the select stage's
+PARTIAL_NAME, SAMPLES, SAMPLE_METRICS = "partial_evaluations.jsonl", "samples.parquet", "sample_metrics.json"
+CHOSEN_ARCHITECTURE, SELECT_METRICS = "chosen_architecture.json", "select_metrics.json"
+FRONTS, PLOTS = "fronts", "plots"
+EVAL_KEYS = ("bn_recalibration_batches", "batch_size", "val_images", "seed")  # what a path's mIoU depends on
+
+
+def evaluation_settings(cfg) -> dict:
+    """The adapter from params.yaml's `sample` section (nas_core.config.SampleParams, which holds the defaults
+    and checks) to how every path is evaluated: EVAL_KEYS and the in-memory cache's size."""
+    return {**{k: getattr(cfg, k) for k in EVAL_KEYS}, "val_cache_mb": cfg.val_cache_mb}
 
 # One supernet and one set of image batches per (process, device), shared by the evaluation
 # threads: tasks receive paths, and loading 200 times would cost more than evaluating.
@@ -145,7 +154,7 @@ def evaluate_task(index: int, space: str, choices: list[str], supernet_path: str
         torch.set_num_threads(torch_threads)  # workers x threads <= cores
     tic = time.perf_counter()
     supernet = cached_supernet(supernet_path, device)
-    batch, seed, cache_mb = eval_cfg["batch_size"], eval_cfg["seed"], eval_cfg.get("val_cache_mb", 2048)
+    batch, seed, cache_mb = eval_cfg["batch_size"], eval_cfg["seed"], eval_cfg["val_cache_mb"]
     val = cached_batches(data_root, "val", eval_cfg["val_images"], batch, seed, cache_mb, False)
     bn = None
     if eval_cfg["bn_recalibration_batches"]:

@@ -21,25 +21,14 @@ from nas_core.data import CityscapesSegmentation, EvalTransform, TrainTransform
 from nas_core.engine.distributed import init_distributed
 from nas_core.io import atomic_torch_save, atomic_write_json, atomic_write_parquet, atomic_write_text, remove_checkpoint
 from nas_core.search.data import search_loader, split_dataset
-from nas_core.search.gumbel import TauSchedule
-from nas_core.search.loop import SearchConfig, evaluate_architecture, run_search
+from nas_core.search.loop import evaluate_architecture, run_search, search_config
 from nas_core.search.plots import plot_probabilities
 from nas_core.search.supernet import build_supernet
+from tasks.dvc_files import METRICS
 from tasks.torchrun import run_torchrun, worker_dies_with_launcher
 
 SUPERNET, THETA, HISTORY, PRUNING = "supernet.pt", "theta.parquet", "theta_history.parquet", "pruning_log.csv"
-CURVES, METRICS, PLOT, CHECKPOINTS = "search_curves.csv", "metrics.json", "probabilities.png", "checkpoints"
-
-
-def search_config(cfg: SearchParams) -> SearchConfig:
-    """The nas_core config of a params.yaml `search:` section."""
-    return SearchConfig(
-        epochs=cfg.epochs, alpha=cfg.alpha, cost_reference=cfg.cost_reference,
-        tau=TauSchedule(cfg.tau_schedule, cfg.tau_start, cfg.tau_end, cfg.tau_decay), hard=cfg.hard,
-        scheme=cfg.scheme, warmup_epochs=cfg.warmup_epochs, weight_lr=cfg.weight_lr, momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay, theta_lr=cfg.theta_lr, theta_weight_decay=cfg.theta_weight_decay,
-        prune_threshold=cfg.prune_threshold, checkpoint_every=cfg.checkpoint_every, amp=cfg.amp, seed=cfg.seed,
-        log_every=cfg.log_every)
+CURVES, PLOT, CHECKPOINTS = "search_curves.csv", "probabilities.png", "checkpoints"
 
 
 def load_cost(cfg: SearchParams) -> tuple:

@@ -21,10 +21,9 @@ from tasks.dvc_files import (
     locked_outputs,
     stage_outputs,
 )
+from tasks.telemetry import quiet_telemetry
 
-# MLflow must never try the network (telemetry); set before mlflow is imported.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "1")
+quiet_telemetry()  # MLflow must never try the network: before mlflow is imported
 
 PARENT_RUN_ENV = "SQUEEZENAS_PARENT_RUN_ID"
 UPSTREAM_TAG = "squeezenas.upstream_run_ids"  # comma-separated; squeezenas.upstream.<stage> names each one

@@ -27,9 +27,10 @@ from nas_core.train.stages import (
     stage_payload,
     trained_lineage,
 )
+from tasks.dvc_files import METRICS
 from tasks.torchrun import run_torchrun, worker_dies_with_launcher
 
-MODEL, LINEAGE, METRICS, CHECKPOINTS = "model.pt", "lineage.json", "metrics.json", "checkpoints"
+MODEL, LINEAGE, CHECKPOINTS = "model.pt", "lineage.json", "checkpoints"
 CURVES = "curves.csv"  # per-epoch loss, lr and validation scores: the stage's DVC plot
 CURVE_COLUMNS = ["epoch", "loss", "lr", "val_class_miou", "val_category_miou", "val_top1", "images_per_s"]
 

@@ -1,19 +1,17 @@
 """Shared fixtures: the reference material and one Prefect test server for the session."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+
+from tasks.telemetry import quiet_telemetry
 
 ROOT = Path(__file__).resolve().parents[1]
 # the authors' released weights (MIT) and their outputs on the test image ship with the project
 REFERENCE = ROOT / "reference"
 
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+quiet_telemetry()
 
 # the `sshd` fixture (a real OpenSSH server, module scope) for every test that names it, without each test file
 # importing the fixture function and then shadowing it with the parameter of the same name

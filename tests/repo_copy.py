@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tasks.telemetry import TELEMETRY_OFF
+
 ROOT = Path(__file__).resolve().parents[1]
 # top-level products of a run, and caches at any depth
 TOP_LEVEL = {".venv", ".git", "outputs", "data", "mlruns", "mlartifacts", "mlflow.db", "dvc.lock", ".dvc_remote",
@@ -24,8 +26,7 @@ def IGNORE(directory: str, names: list[str]) -> set[str]:
 def stage_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(DO_NOT_TRACK="1", DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env.update(TELEMETRY_OFF)
     env.update(extra)
     return env
 

@@ -218,20 +218,19 @@ def test_the_warm_path_refuses_the_same_way(workdir, tmp_path):
 
 
 # ---------------------------------------------------------------- faults while a stage runs
-# These need a stage to run: one Prefect test server for them all (the commands reach it through
-# PREFECT_API_URL, as under `squeezenas run`), so none starts its own.
+# These need a stage to run: the session's Prefect test server (conftest.py's prefect_harness) for them all (the
+# commands reach it through PREFECT_API_URL, as under `squeezenas run`), so none starts its own.
 
 COST_TABLES = "tracking: {{mlflow_uri: 'sqlite:///{db}', experiment: t}}\n" \
               "cost_tables: {{spaces: [small], input_size: {{height: 64, width: 128}}}}\n"
 
 
 @pytest.fixture(scope="module")
-def prefect_api():
+def prefect_api(prefect_harness) -> str:
+    """The URL of the session's Prefect test server."""
     from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=180):  # the shared CPU can be slow to start it
-        yield PREFECT_API_URL.value()
+    return PREFECT_API_URL.value()
 
 
 @pytest.fixture

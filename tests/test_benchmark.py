@@ -11,8 +11,8 @@ from nas_core.report.benchmark import (
     benchmark_network,
     export_checked,
     local_target,
+    model_unit,
     network_macs,
-    network_unit,
     report_markdown,
     target_measure,
 )
@@ -83,7 +83,7 @@ def test_both_targets_time_the_exported_network(tmp_path, target):
     model, _, _ = baseline_network("mobilenetv3_small")
     export_checked(model, tmp_path / "m.onnx", SIZE)
     measure = make_measure(target, 1, 1, 3, LatencyParams(warmup=1, runs=3, min_time_s=0))
-    result = measure(network_unit("m", model, SIZE), tmp_path / "m.onnx")
+    result = measure(model_unit("m", model, SIZE), tmp_path / "m.onnx")
     assert result["runs"] == 3 and 0 < result["p10_ms"] <= result["median_ms"] <= result["p90_ms"]
 
 

@@ -165,3 +165,17 @@ def test_nothing_reads_outside_the_repository():
             offenders.append(name)
     offenders = [o for o in offenders if o != "tests/test_boundaries.py"]
     assert not offenders, f"files pointing outside the repository: {offenders}"
+
+
+def test_the_telemetry_switches_are_written_once():
+    """tasks/telemetry.py names them; scripts/env.sh (a shell script cannot import them) exports the same."""
+    from tasks.telemetry import TELEMETRY_OFF
+
+    exported = dict(line.removeprefix("export ").split("=", 1)
+                    for line in (ROOT / "scripts" / "env.sh").read_text().splitlines() if line.startswith("export "))
+    assert exported == TELEMETRY_OFF
+    mine = {ROOT / "tasks" / "telemetry.py", Path(__file__).resolve()}
+    others = [str(p.relative_to(ROOT)) for package in ("nas_core", "tasks", "flows", "cli", "tests")
+              for p in (ROOT / package).rglob("*.py")
+              if p not in mine and any(k in p.read_text() for k in TELEMETRY_OFF)]
+    assert not others, f"telemetry switches spelt out again in {others}"

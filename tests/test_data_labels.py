@@ -9,6 +9,7 @@ from nas_core.data.labels import (
     TRAIN_ID_NAMES,
     VALID_LABEL_ID,
 )
+from nas_core.space.spaces import NUM_CLASSES
 
 DRAWN = [label for label in cs_labels if label.id >= 0]
 
@@ -33,3 +34,7 @@ def test_train_id_name_and_category_follow_the_table(train_id):
 
 def test_seven_evaluated_categories_without_void():
     assert CATEGORY_NAMES == ("flat", "construction", "object", "nature", "sky", "human", "vehicle")
+
+
+def test_the_networks_classes_are_the_cityscapes_evaluation_classes():
+    assert len(TRAIN_ID_NAMES) == NUM_CLASSES == 19

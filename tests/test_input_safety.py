@@ -98,14 +98,6 @@ def test_dvc_repro_keeps_a_real_dataset_the_data_stage_points_at(tmp_path):
     assert (real / "leftImg8bit" / "train" / "frame.png").read_bytes() == b"a user's real image"
 
 
-@pytest.fixture(scope="module")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness():
-        yield
-
-
 def test_data_flow_regenerates_its_own_datasets_and_no_other_folder(tmp_path, prefect_harness):
     from flows.data import data_flow
 

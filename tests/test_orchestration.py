@@ -22,10 +22,10 @@ def test_prefect_yaml_entrypoints_are_flows():
 
 
 def test_pipeline_flow_knows_every_dvc_stage():
-    from flows.pipeline import STAGES
+    from flows.pipeline import PIPELINE_STAGES
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert list(STAGES) == list(stages)
+    assert list(PIPELINE_STAGES) == list(stages)
 
 
 def test_one_profile_per_device_at_a_time(prefect_harness):

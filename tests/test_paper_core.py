@@ -9,18 +9,17 @@ import pytest
 import torch
 import yaml
 
-from nas_core.config import Params, load_params
+from nas_core.config import Params, SearchParams, load_params
 from nas_core.cost.macs import build_cost_table, cost_matrix
 from nas_core.engine.schedules import build_schedule
 from nas_core.search.data import search_loader
-from nas_core.search.gumbel import TauSchedule, gumbel_softmax, sample_gumbel
-from nas_core.search.loop import SearchConfig, run_search
+from nas_core.search.gumbel import gumbel_softmax, sample_gumbel
+from nas_core.search.loop import run_search, search_config
 from nas_core.search.supernet import build_supernet
 from nas_core.space.blocks import Block
 from nas_core.space.candidates import CANDIDATE_NAMES, Candidate
 from nas_core.space.spaces import SPACES, BlockSpec
 from nas_core.train.stages import stage_settings
-from tasks.search import search_config
 from tests.test_schedules import lr_curve
 from tests.test_supernet_fixtures import TINY, TINY_CLASSES, TinySegmentation, tiny_space  # noqa: F401
 
@@ -119,8 +118,8 @@ def still_theta_search(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(SPACES, "tiny", TINY)
         cost, fixed = cost_matrix(build_cost_table(TINY, (32, 64), TINY_CLASSES))
-        config = SearchConfig(epochs=1, alpha=0.7, tau=TauSchedule("linear", 1.0, 1.0), theta_lr=1e-9,
-                              prune_threshold=0.0, log_every=100)
+        config = search_config(SearchParams(epochs=1, alpha=0.7, tau_start=1.0, tau_end=1.0, theta_lr=1e-9,
+                                            prune_threshold=0.0, log_every=100))
         torch.set_num_threads(1)  # as test_search: a tiny net on a busy machine is fastest on one thread
         torch.manual_seed(0)
         net = build_supernet(TINY, TINY_CLASSES)
@@ -193,4 +192,3 @@ def test_params_paper_yaml_spells_the_numbers_out():
 
 def test_search_configs_prune_under_half_a_percent():
     assert search_config(Params().search).prune_threshold == 0.005  # 4.2, through the stage adapter
-    assert SearchConfig().prune_threshold == 0.005

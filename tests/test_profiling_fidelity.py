@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from nas_core.cost.fidelity import fidelity_metrics, predicted_latencies, sample_architectures, scatter_plot
+from nas_core.cost.fidelity import fidelity_metrics, predicted_latencies, scatter_plot, uniform_architectures
 from nas_core.cost.macs import build_cost_table
 from nas_core.space.candidates import CANDIDATE_NAMES
 from nas_core.space.spaces import SPACES
@@ -37,9 +37,9 @@ def test_bad_inputs_are_rejected(predicted, measured):
 
 @pytest.mark.parametrize("space", sorted(SPACES))
 def test_sampling_is_seeded_and_covers_the_candidates(space):
-    a = sample_architectures(space, 40, seed=3)
-    assert a == sample_architectures(space, 40, seed=3)
-    assert a != sample_architectures(space, 40, seed=4)
+    a = uniform_architectures(space, 40, seed=3)
+    assert a == uniform_architectures(space, 40, seed=3)
+    assert a != uniform_architectures(space, 40, seed=4)
     assert {c for arch in a for c in arch.choices} == set(CANDIDATE_NAMES)
     assert all(len(arch.choices) == SPACES[space].num_blocks for arch in a)
 
@@ -47,7 +47,7 @@ def test_sampling_is_seeded_and_covers_the_candidates(space):
 def test_prediction_is_the_sum_of_rows_plus_fixed_parts():
     table = build_cost_table("small", (256, 512), 19)
     table["latency_ms"] = np.arange(len(table), dtype=float)
-    arch = sample_architectures("small", 1, seed=0)[0]
+    arch = uniform_architectures("small", 1, seed=0)[0]
     fixed = table.loc[table["kind"] == "fixed", "latency_ms"].sum()
     rows = sum(table.loc[(table["block"] == i) & (table["candidate"] == c), "latency_ms"].item()
                for i, c in enumerate(arch.choices))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nas_core.cost.export import export_onnx, network_unit, onnx_filename, table_units
-from nas_core.cost.fidelity import sample_architectures
+from nas_core.cost.fidelity import uniform_architectures
 from nas_core.cost.latency import (
     MeasurementStore,
     latency_table,
@@ -18,14 +18,14 @@ from nas_core.cost.latency import (
     store_path,
 )
 from nas_core.cost.macs import build_cost_table, read_cost_table, write_cost_table
-from nas_core.cost.targets import LocalTarget, MeasurementError, Protocol, TransientError
+from nas_core.cost.targets import LocalTarget, MeasurementError, MeasurementProtocol, TransientError
 from nas_core.space.spaces import SPACES, SearchSpace
 
 # 3 blocks (one residual, one stride 2, one residual), 8/16 channels, output stride 4
 TINY = SearchSpace(name="tiny", stem_channels=8, groups=((8, 1, 1), (16, 2, 2)), post_encoder_channels=16,
                    decoder="lraspp", decoder_channels=8, low_level_index=0)
 SIZE = (32, 64)
-FAST = Protocol(warmup=1, runs=3, min_time_s=0.0)
+FAST = MeasurementProtocol(warmup=1, runs=3, min_time_s=0.0)
 quiet = lambda s: None  # noqa: E731
 
 
@@ -136,7 +136,7 @@ def test_a_model_the_runtime_rejects_fails_by_name_after_the_others(tiny, tmp_pa
 
 def test_thread_clock_and_extended_optimisation(tiny, tmp_path):
     units = _tiny_units()[:4]
-    target = LocalTarget(Protocol(warmup=1, runs=5, clock="thread", optimization="extended"))
+    target = LocalTarget(MeasurementProtocol(warmup=1, runs=5, clock="thread", optimization="extended"))
     store = MeasurementStore(store_path(tmp_path, target))
     measure_units(target, units, store, tmp_path / "onnx", log=quiet)
     assert all(store.records[u.key]["runs"] == 5 and store.records[u.key]["latency_ms"] > 0 for u in units)
@@ -145,13 +145,14 @@ def test_thread_clock_and_extended_optimisation(tiny, tmp_path):
 def test_min_time_adds_runs(tiny, tmp_path):
     unit = _tiny_units()[0]
     store = MeasurementStore(tmp_path / "s.jsonl")
-    measure_units(LocalTarget(Protocol(warmup=0, runs=2, min_time_s=0.2)), [unit], store, tmp_path / "o", log=quiet)
+    target = LocalTarget(MeasurementProtocol(warmup=0, runs=2, min_time_s=0.2))
+    measure_units(target, [unit], store, tmp_path / "o", log=quiet)
     rec = store.records[unit.key]
     assert rec["timed_s"] >= 0.2 and rec["runs"] > 2
 
 
 def test_whole_networks_are_measured_with_the_same_protocol(tiny, tmp_path):
-    archs = sample_architectures("tiny", 2, seed=0)
+    archs = uniform_architectures("tiny", 2, seed=0)
     target = LocalTarget(FAST)
     store = MeasurementStore(store_path(tmp_path, target))
     ms = measure_networks(archs, SIZE, 3, target, store, tmp_path / "onnx", log=quiet)
@@ -173,7 +174,7 @@ def test_a_silent_runner_times_out(tiny, tmp_path):
 
 def test_interleaved_rounds_time_every_model_in_each_round(tiny, tmp_path):
     units = _tiny_units()[:5]
-    target = LocalTarget(Protocol(warmup=1, runs=6, rounds=3, min_time_s=0.0))
+    target = LocalTarget(MeasurementProtocol(warmup=1, runs=6, rounds=3, min_time_s=0.0))
     store = MeasurementStore(tmp_path / "s.jsonl")
     measure_units(target, units, store, tmp_path / "onnx", log=quiet)
     assert [store.records[u.key]["runs"] for u in units] == [6] * 5
@@ -184,4 +185,4 @@ def test_a_power_mode_the_device_cannot_set_is_fatal():
     from nas_core.cost.targets import ProfileError
 
     with pytest.raises(ProfileError, match="nvpmodel -m 3 failed"):
-        LocalTarget(Protocol(power_mode=3)).facts()
+        LocalTarget(MeasurementProtocol(power_mode=3)).facts()

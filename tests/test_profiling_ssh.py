@@ -9,7 +9,7 @@ import pytest
 from nas_core.cost.latency import MeasurementStore, measure_units, profile_space, store_path
 from nas_core.cost.macs import read_cost_table, write_cost_table
 from nas_core.cost.ssh import AuthError, HostKeyError, SshTarget, fetch_host_key, fingerprint, trust_host
-from nas_core.cost.targets import Protocol
+from nas_core.cost.targets import MeasurementProtocol
 from nas_core.space.spaces import SPACES
 from tests.sshd import _keygen
 from tests.test_profiling_local import FAST, SIZE, TINY, _tiny_units
@@ -132,7 +132,7 @@ def test_no_retry_for_a_refused_key(sshd, tiny, tmp_path):
 
 def test_protocol_reaches_the_remote_runner(sshd, tiny, tmp_path):
     target = _target(sshd, tmp_path)
-    target.protocol = Protocol(warmup=0, runs=7, min_time_s=0.0)
+    target.protocol = MeasurementProtocol(warmup=0, runs=7, min_time_s=0.0)
     store = MeasurementStore(tmp_path / "s.jsonl")
     measure_units(target, _tiny_units()[:1], store, tmp_path / "onnx", log=quiet)
     assert next(iter(store.records.values()))["runs"] == 7
@@ -162,7 +162,7 @@ def test_trtexec_backend_over_ssh(sshd, tiny, tmp_path):
 
     fake = _fake_trtexec(tmp_path, "trt8.5.2_xavier")
     target = _target(sshd, tmp_path)
-    target.protocol = Protocol(backend="trtexec", trtexec=str(fake), runs=200)
+    target.protocol = MeasurementProtocol(backend="trtexec", trtexec=str(fake), runs=200)
     store = MeasurementStore(tmp_path / "s.jsonl")
     measure_units(target, _tiny_units()[:2], store, tmp_path / "onnx", log=quiet)
     assert all(r["source"] == "export_times" and r["runs"] == 200 for r in store.records.values())

@@ -129,11 +129,11 @@ def test_runner_drives_trtexec_and_the_target_parses_it(tmp_path, fixture):
     from nas_core.cost.export import table_units
     from nas_core.cost.latency import MeasurementStore, measure_units
     from nas_core.cost.macs import build_cost_table
-    from nas_core.cost.targets import LocalTarget, Protocol
+    from nas_core.cost.targets import LocalTarget, MeasurementProtocol
 
     fake = _fake_trtexec(tmp_path, fixture)
     units = table_units(build_cost_table("small", (64, 128), 19), "small")[:2]
-    target = LocalTarget(Protocol(backend="trtexec", trtexec=str(fake), runs=200, min_time_s=2.5, fp16=True))
+    target = LocalTarget(MeasurementProtocol(backend="trtexec", trtexec=str(fake), runs=200, min_time_s=2.5, fp16=True))
     store = MeasurementStore(tmp_path / "s.jsonl")
     measure_units(target, units, store, tmp_path / "onnx", log=lambda s: None)
     expected = parse_trtexec(_read(fixture, ".log"), _read(fixture, "_times.json"))
@@ -151,10 +151,10 @@ def test_a_failing_trtexec_fails_the_model_by_name(tmp_path):
     from nas_core.cost.export import table_units
     from nas_core.cost.latency import MeasurementStore, measure_units
     from nas_core.cost.macs import build_cost_table
-    from nas_core.cost.targets import LocalTarget, MeasurementError, Protocol
+    from nas_core.cost.targets import LocalTarget, MeasurementError, MeasurementProtocol
 
     fake = _fake_trtexec(tmp_path, "trt8.5.2_parse_failure", rc=1)
     unit = table_units(build_cost_table("small", (64, 128), 19), "small")[0]
-    target = LocalTarget(Protocol(backend="trtexec", trtexec=str(fake)))
+    target = LocalTarget(MeasurementProtocol(backend="trtexec", trtexec=str(fake)))
     with pytest.raises(MeasurementError, match="Failed to parse onnx file"):
         measure_units(target, [unit], MeasurementStore(tmp_path / "s.jsonl"), tmp_path / "onnx", log=lambda s: None)

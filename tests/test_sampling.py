@@ -4,11 +4,10 @@ import pandas as pd
 import pytest
 import torch
 
-from nas_core.engine.evaluate import evaluate_segmentation
+from nas_core.engine.evaluate import class_map, eval_mode, evaluate_segmentation
 from nas_core.io import atomic_torch_save, atomic_write_parquet
-from nas_core.search.supernet import extract_network
+from nas_core.search.supernet import SupernetPath, extract_network
 from nas_core.select.sampling import (
-    class_map,
     evaluate_path,
     load_supernet,
     read_probabilities,
@@ -127,8 +126,27 @@ def test_estimated_miou_is_the_extracted_networks_miou(supernet, probs):
     batches = random_batches(2)
     for arch in sample_architectures(probs, SPACE, 3, seed=5).architectures:
         est = evaluate_path(supernet, arch, batches, 19)
-        real = evaluate_segmentation(extract_network(supernet, arch), batches, 19)
+        real = evaluate_segmentation(extract_network(supernet, arch).eval(), batches, 19)
         assert est["class_miou"] == real["class_miou"] and est["images"] == 4 and est["bn_images"] == 0
+
+
+def test_one_evaluation_scores_a_path_and_its_copy_alike_at_any_image_size(supernet, probs):
+    g = torch.Generator().manual_seed(3)
+    odd = [(torch.randn(1, 3, 56, 100, generator=g), torch.randint(0, 19, (1, 56, 100), generator=g))]
+    arch = sample_architectures(probs, SPACE, 2, seed=4).architectures[1]
+    path = evaluate_segmentation(SupernetPath(supernet, arch), odd)  # padded to 64x112, cropped back
+    assert path == evaluate_segmentation(extract_network(supernet, arch).eval(), odd)
+    assert path["images"] == 1
+
+
+def test_the_evaluation_never_switches_a_models_mode(supernet, probs):
+    net = extract_network(supernet, sample_architectures(probs, SPACE, 1).architectures[0])
+    assert net.training
+    with pytest.raises(ValueError, match="eval mode"):
+        evaluate_segmentation(net, random_batches(1))
+    with eval_mode(net):  # a model being trained is lent in eval mode and handed back in training mode
+        evaluate_segmentation(net, random_batches(1))
+    assert net.training
 
 
 def test_class_map_is_argmax_with_the_first_index_on_ties():

@@ -91,7 +91,7 @@ def test_sample_writes_distinct_evaluated_architectures_with_costs(sampled):
     val = CityscapesSegmentation(root / "cityscapes", "val")
     batches = [(torch.stack([val[i][0] for i in idx]), torch.stack([val[i][1] for i in idx])) for idx in ([0, 1], [2])]
     arch = Architecture("small", df["choices"][3].split(","))
-    assert df["class_miou"][3] == evaluate_segmentation(extract_network(supernet, arch), batches)["class_miou"]
+    assert df["class_miou"][3] == evaluate_segmentation(extract_network(supernet, arch).eval(), batches)["class_miou"]
 
     run = stage_runs(root, "sample")[0]
     assert run.data.params["num_samples"] == "6" and run.data.metrics["samples"] == 6

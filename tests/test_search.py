@@ -1,5 +1,6 @@
 """The search loop: reproducibility, exact kill-and-resume, pruning log, FBNet warm-up, the loss."""
 import math
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -7,9 +8,11 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+from nas_core.config import SearchParams, parse_params
 from nas_core.cost.macs import build_cost_table, cost_matrix
+from nas_core.params_file import ParamsError
 from nas_core.search.data import search_loader, split_dataset
-from nas_core.search.loop import SearchConfig, distribution_stats, resource_loss, run_search
+from nas_core.search.loop import SearchConfig, distribution_stats, resource_loss, run_search, search_config
 from nas_core.search.supernet import build_supernet
 from nas_core.space.candidates import CANDIDATE_NAMES
 from nas_core.space.spaces import SPACES
@@ -19,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("tiny_space")
 torch.set_num_threads(1)
 COST, FIXED = cost_matrix(build_cost_table(TINY, (32, 64), TINY_CLASSES))
 # a fast-moving theta and a threshold just under 1/13, so that pruning happens within 3 epochs
-BASE = SearchConfig(epochs=3, alpha=2.0, theta_lr=0.2, prune_threshold=0.07, log_every=100)
+BASE = search_config(SearchParams(epochs=3, alpha=2.0, theta_lr=0.2, prune_threshold=0.07, log_every=100))
 
 
 class Killed(Exception):
@@ -161,7 +164,7 @@ def test_fbnet_warmup_trains_the_weights_only(tmp_path):
 
 
 def test_fbnet_scheme_needs_the_theta_split(tmp_path):
-    config = SearchConfig(scheme="fbnet")
+    config = replace(BASE, scheme="fbnet")
     with pytest.raises(ValueError, match="fbnet scheme needs arch_loader"):
         run_search(build_supernet(TINY, TINY_CLASSES), search_loader(TinySegmentation(8), 4), COST, config, tmp_path)
 
@@ -196,15 +199,19 @@ def test_distribution_stats_of_uniform_and_pruned_distributions():
     assert s["argmax_cost"] == pytest.approx(FIXED + COST[:, -1].sum())
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"scheme": "darts"}, "unknown search scheme 'darts'; valid schemes are: joint, fbnet"),
-    ({"prune_threshold": 0.08}, "prune_threshold must be in"),
-    ({"epochs": 2, "warmup_epochs": 2}, "warmup_epochs < epochs"),
-    ({"alpha": -1.0}, "alpha must be >= 0"),
+@pytest.mark.parametrize("settings, message", [
+    ({"scheme": "darts"}, "search.scheme: Input should be 'joint' or 'fbnet'"),
+    ({"prune_threshold": 0.08}, "search.prune_threshold: Input should be less than 0.0769"),
+    ({"epochs": 2, "warmup_epochs": 2}, "warmup_epochs (2) must be below epochs (2)"),
+    ({"alpha": -1.0}, "search.alpha: Input should be greater than or equal to 0"),
+    ({"tau_schedule": "cosine"}, "search.tau_schedule: Input should be 'linear' or 'exponential'"),
+    ({"tau_start": 0.0}, "search.tau_start: Input should be greater than 0"),
+    ({"tau_decay": 1.5}, "search.tau_decay: Input should be less than or equal to 1"),
 ])
-def test_bad_search_settings_are_rejected_with_the_field(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        SearchConfig(**kwargs)
+def test_bad_search_settings_are_rejected_with_the_field(settings, message):
+    # the checks live in params.yaml's schema, the one place the search's config comes from
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        parse_params({"search": settings})
 
 
 def test_a_cost_matrix_of_the_wrong_shape_is_rejected(tmp_path):

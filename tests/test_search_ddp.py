@@ -5,9 +5,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from nas_core.config import SearchParams
 from nas_core.cost.macs import build_cost_table, cost_matrix
 from nas_core.search.data import search_loader
-from nas_core.search.loop import SearchConfig, run_search
+from nas_core.search.loop import run_search, search_config
 from nas_core.search.supernet import build_supernet
 from tests.test_supernet_fixtures import TINY, TINY_CLASSES, TinySegmentation, register_tiny
 
@@ -28,7 +29,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         cost, fixed = cost_matrix(build_cost_table(TINY, (32, 64), TINY_CLASSES))
         loader = search_loader(TinySegmentation(16), 2, seed=0, rank=rank, world_size=world)
         seen = [key for batch in _keys(loader) for key in batch]
-        config = SearchConfig(epochs=2, alpha=2.0, theta_lr=0.2, prune_threshold=0.07, log_every=100)
+        config = search_config(SearchParams(epochs=2, alpha=2.0, theta_lr=0.2, prune_threshold=0.07, log_every=100))
         result = run_search(net, loader, cost, config, f"{out_dir}/ckpt", fixed_cost=fixed, log=lambda s: None)
         torch.save({"theta": net.arch_logits().detach(), "live": net.live_mask(), "seen": seen,
                     "pruned": len(result.pruning_log), "weights": [p.detach() for p in net.weight_parameters()]},

@@ -59,9 +59,9 @@ def test_superblock_holds_the_candidate_modules_of_build_candidate(spec):
     for cand in CANDIDATES:
         expected = build_candidate(cand, spec)
         if expected is None:  # skip under a residual contributes zero: no module
-            assert cand.name not in block.candidates and spec.residual
+            assert cand.name not in block.ops and spec.residual
         else:
-            assert type(block.candidates[cand.name]) is type(expected)
+            assert type(block.ops[cand.name]) is type(expected)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -84,7 +84,7 @@ def test_extracted_network_state_maps_onto_the_supernet_candidates():
     static = extract_network(net, arch)
     for i, name in enumerate(arch.choices):
         for key, value in static.blocks[i].op.state_dict().items():
-            assert torch.equal(value, net.blocks[i].candidates[name].state_dict()[key])
+            assert torch.equal(value, net.blocks[i].ops[name].state_dict()[key])
     assert static.decoder.state_dict().keys() == net.decoder.state_dict().keys()
 
 
@@ -118,7 +118,7 @@ def test_pruning_removes_exactly_the_candidates_under_the_threshold():
     assert {(b, n) for b, n, _ in removed} == expected and expected
     for b, n, p in removed:
         assert p == pytest.approx(before[b, CANDIDATE_NAMES.index(n)].item())
-        assert n not in net.blocks[b].candidates
+        assert n not in net.blocks[b].ops
     assert torch.equal(net.live_mask(), before >= 0.005)
     after = net.probabilities()
     assert (after[before < 0.005] == 0).all()

@@ -5,15 +5,23 @@ import json
 import pytest
 import torch
 
+from nas_core.config import TRAIN_STAGE_DEFAULTS, TrainParams
 from nas_core.data import generate_cityscapes, generate_coco, generate_imagenet
 from nas_core.space.classifier import Classifier, encoder_state_dict, load_encoder
 from nas_core.space.network import SegmentationNetwork
 from nas_core.space.zoo import PUBLISHED
-from nas_core.train.stages import StageSettings, load_payload
+from nas_core.train.stages import TRAIN_STAGES, StageSettings, load_payload, stage_settings
 from tasks.train import skip_stage_task, train_stage
 
 ARCH = PUBLISHED["squeezenas_lat_small"]
-TINY = StageSettings(epochs=1, lr=0.02, patch=(64, 64), batch_size=2, amp=False, log_every=100)
+TINY = stage_settings(TrainParams(num_workers=0, amp=False, log_every=100, train_fine={
+    "epochs": 1, "lr": 0.02, "milestones": (), "patch": {"height": 64, "width": 64}, "batch_size": 2}), "train_fine")
+
+
+def test_params_yaml_has_a_section_for_each_stage_of_the_chain_in_its_order():
+    # the names are written in the schema (its fields, the CLI's choices without torch) and in STAGE_DATA
+    assert tuple(TRAIN_STAGE_DEFAULTS) == TRAIN_STAGES
+    assert [name for name in TrainParams.model_fields if name in TRAIN_STAGE_DEFAULTS] == list(TRAIN_STAGES)
 
 
 @pytest.fixture(scope="module")

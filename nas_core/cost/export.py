@@ -21,8 +21,9 @@ from torch import nn
 
 from nas_core.space.blocks import Block, init_weights
 from nas_core.space.candidates import CANDIDATE_NAMES, Candidate
-from nas_core.space.network import SegmentationNetwork, build_post_encoder, build_space_decoder, build_stem
-from nas_core.space.spaces import Architecture, SearchSpace, get_space
+from nas_core.space.encoder import build_post_encoder, build_stem
+from nas_core.space.network import SegmentationNetwork, build_space_decoder
+from nas_core.space.spaces import NUM_CLASSES, Architecture, SearchSpace, get_space
 
 OPSET = 17
 _EXPORT_LOCK = threading.Lock()
@@ -93,7 +94,7 @@ def network_key(arch: Architecture, input_size: tuple[int, int], num_classes: in
     return f"net:{arch.space}:{digits}:{input_size[0]}x{input_size[1]}:n{num_classes}"
 
 
-def network_unit(arch: Architecture, input_size: tuple[int, int], num_classes: int = 19) -> Unit:
+def network_unit(arch: Architecture, input_size: tuple[int, int], num_classes: int = NUM_CLASSES) -> Unit:
     """The whole static network of `arch`, timed end to end for the fidelity check."""
     return Unit(network_key(arch, input_size, num_classes), ((1, 3, *input_size),),
                 lambda: SegmentationNetwork(arch, num_classes).eval())

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import socket
 
-from nas_core.cost.targets import LocalTarget, Protocol, Target, TorchCudaTarget
+from nas_core.cost.targets import LocalTarget, MeasurementProtocol, Target, TorchCudaTarget
 
 
 def build_target(cfg) -> Target:
     """The target of a `latency` params section (nas_core.config.LatencyParams)."""
-    protocol = Protocol(backend=cfg.backend, warmup=cfg.warmup, runs=cfg.runs, min_time_s=cfg.min_time_s,
-                        rounds=cfg.rounds,
-                        threads=cfg.threads, optimization=cfg.optimization, clock=cfg.clock, fp16=cfg.fp16,
-                        providers=tuple(cfg.providers), trtexec=cfg.trtexec, trtexec_warmup_ms=cfg.trtexec_warmup_ms,
-                        power_mode=cfg.power_mode, pin_clocks=cfg.pin_clocks)
+    protocol = MeasurementProtocol(
+        backend=cfg.backend, warmup=cfg.warmup, runs=cfg.runs, min_time_s=cfg.min_time_s, rounds=cfg.rounds,
+        threads=cfg.threads, optimization=cfg.optimization, clock=cfg.clock, fp16=cfg.fp16,
+        providers=tuple(cfg.providers), trtexec=cfg.trtexec, trtexec_warmup_ms=cfg.trtexec_warmup_ms,
+        power_mode=cfg.power_mode, pin_clocks=cfg.pin_clocks)
     if cfg.target == "ssh":
         from nas_core.cost.ssh import SshTarget  # paramiko is imported only for a device driven over SSH
 

@@ -18,7 +18,7 @@ from nas_core.space.candidates import CANDIDATE_NAMES
 from nas_core.space.spaces import Architecture, SearchSpace, get_space
 
 
-def sample_architectures(space: str | SearchSpace, k: int, seed: int = 0) -> list[Architecture]:
+def uniform_architectures(space: str | SearchSpace, k: int, seed: int = 0) -> list[Architecture]:
     """`k` architectures drawn uniformly (each block's candidate independently), seeded."""
     space = get_space(space)
     rng = np.random.default_rng(seed)

@@ -23,7 +23,7 @@ import pandas as pd
 from nas_core.io import atomic_write_parquet, read_parquet
 from nas_core.space.candidates import CANDIDATE_NAMES, CANDIDATES, Candidate
 from nas_core.space.decoders import lraspp_pool_geometry
-from nas_core.space.spaces import Architecture, BlockSpec, SearchSpace, get_space
+from nas_core.space.spaces import NUM_CLASSES, Architecture, BlockSpec, SearchSpace, get_space
 
 SCHEMA_VERSION = 1
 FIXED_PARTS = ("stem", "post_encoder", "decoder")
@@ -116,7 +116,7 @@ def shape_key(kind: str, cand: str, spec: BlockSpec | None, in_hw: tuple[int, in
 
 
 def build_cost_table(space: str | SearchSpace, input_size: tuple[int, int] = (1024, 2048),
-                     num_classes: int = 19) -> pd.DataFrame:
+                     num_classes: int = NUM_CLASSES) -> pd.DataFrame:
     """MACs and parameters of every (block, candidate) and of the fixed parts, at batch size 1."""
     space = get_space(space)
     H, W = input_size

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from nas_core.cost.export import Unit, network_unit, table_units
-from nas_core.cost.fidelity import sample_architectures
+from nas_core.cost.fidelity import uniform_architectures
 from nas_core.cost.latency import MeasurementStore
 from nas_core.cost.macs import build_cost_table
 from nas_core.cost.targets import ProfileError
@@ -32,7 +32,7 @@ def planned_units(spaces: Iterable[str], input_size: tuple[int, int], num_classe
         base = build_cost_table(space, input_size, num_classes)
         plan[space] = table_units(base, space)
     if fidelity and fidelity[1]:
-        nets = [network_unit(a, input_size, num_classes) for a in sample_architectures(*fidelity)]
+        nets = [network_unit(a, input_size, num_classes) for a in uniform_architectures(*fidelity)]
         plan[FIDELITY] = list({u.key: u for u in nets}.values())
     return plan
 

@@ -18,9 +18,9 @@ from nas_core.cost.export import onnx_filename
 from nas_core.cost.targets import (
     RUNNER,
     Job,
+    MeasurementProtocol,
     OnResult,
     ProfileError,
-    Protocol,
     RunnerOutput,
     Target,
     TransientError,
@@ -85,7 +85,7 @@ class SshTarget(Target):
     """A remote device driven over SSH; the runner and the ONNX files live in a private remote
     working directory for the duration of the profile, removed by `cleanup()`."""
 
-    def __init__(self, protocol: Protocol, host: str, port: int = 22, user: str | None = None,
+    def __init__(self, protocol: MeasurementProtocol, host: str, port: int = 22, user: str | None = None,
                  key_file: str | None = None, known_hosts: str = "~/.ssh/known_hosts",
                  remote_python: str = "python3", remote_workdir: str = "/tmp", timeout_s: float = 600.0,
                  keepalive_s: float = 15.0, connect_timeout_s: float = 15.0):

@@ -39,7 +39,7 @@ class MeasurementError(ProfileError):
 
 
 @dataclass(frozen=True)
-class Protocol:
+class MeasurementProtocol:
     """How every unit is timed; part of the key of stored measurements."""
 
     backend: str = "onnxruntime"  # onnxruntime | trtexec | torch_cuda
@@ -71,7 +71,7 @@ class Target(ABC):
     """A device to time units on. Use as a context manager (`open` / `close`)."""
 
     name: str
-    protocol: Protocol
+    protocol: MeasurementProtocol
     needs_onnx: bool = True
 
     def open(self) -> None:
@@ -107,7 +107,7 @@ def record(key: str, median: float, p10: float, p90: float, runs: int, **extra) 
 class RunnerOutput:
     """Turns the runner's output lines into records; collects per-model errors."""
 
-    def __init__(self, protocol: Protocol, on_result: OnResult, where: str):
+    def __init__(self, protocol: MeasurementProtocol, on_result: OnResult, where: str):
         self.protocol, self.on_result, self.where = protocol, on_result, where
         self.errors: list[str] = []
         self.done = False
@@ -144,7 +144,7 @@ class RunnerOutput:
             raise MeasurementError(f"{self.where}: {len(self.errors)} model(s) failed to run:\n  {shown}")
 
 
-def write_manifest(path: Path, protocol: Protocol, jobs: Iterable[tuple[str, str, tuple]]) -> None:
+def write_manifest(path: Path, protocol: MeasurementProtocol, jobs: Iterable[tuple[str, str, tuple]]) -> None:
     from nas_core.io import atomic_write_json
 
     entries = [{"key": k, "file": f, "inputs": [list(s) for s in shapes]} for k, f, shapes in jobs]
@@ -174,7 +174,7 @@ def _lines(proc: subprocess.Popen, timeout_s: float, where: str) -> Iterator[str
 class LocalTarget(Target):
     """This machine, through the same runner script that a remote device gets."""
 
-    def __init__(self, protocol: Protocol, python: str = sys.executable, timeout_s: float = 600.0):
+    def __init__(self, protocol: MeasurementProtocol, python: str = sys.executable, timeout_s: float = 600.0):
         if protocol.backend == "torch_cuda":
             raise ValueError("LocalTarget runs onnxruntime or trtexec; use TorchCudaTarget for torch_cuda")
         self.protocol, self.python, self.timeout_s = protocol, python, timeout_s
@@ -220,7 +220,7 @@ class TorchCudaTarget(Target):
 
     needs_onnx = False
 
-    def __init__(self, protocol: Protocol, device: str = "cuda"):
+    def __init__(self, protocol: MeasurementProtocol, device: str = "cuda"):
         self.protocol, self.device = protocol, device
         self.name = f"torch_cuda:{socket.gethostname()}"
 

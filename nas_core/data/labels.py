@@ -1,4 +1,5 @@
-"""Cityscapes label ids, the 19 evaluation classes (train ids) and their 7 categories (Sec. 5.3).
+"""Cityscapes label ids, the 19 evaluation classes (train ids; the networks' NUM_CLASSES, nas_core/space/spaces.py)
+and their 7 categories (Sec. 5.3).
 
 Every table is derived from cityscapesscripts' own label definitions, so the mapping is the official one.
 """
@@ -8,7 +9,6 @@ import numpy as np
 from cityscapesscripts.helpers.labels import labels as _CS_LABELS
 
 IGNORE_INDEX = 255
-NUM_CLASSES = 19
 
 # Only labels with a real id can appear in a labelIds PNG (license plate has id -1 and is never drawn).
 _DRAWN = [label for label in _CS_LABELS if label.id >= 0]
@@ -30,5 +30,4 @@ CATEGORY_OF_TRAIN_ID = np.array([CATEGORY_NAMES.index(label.category) for label 
 # The synthetic scenes use these label ids; keeping the names here avoids magic numbers elsewhere.
 LABEL_ID = {label.name: label.id for label in _DRAWN}
 
-assert TRAIN_ID_NAMES and len(TRAIN_ID_NAMES) == NUM_CLASSES
-assert [label.trainId for label in _EVALUATED] == list(range(NUM_CLASSES))
+assert [label.trainId for label in _EVALUATED] == list(range(len(TRAIN_ID_NAMES)))  # the networks' NUM_CLASSES

@@ -1,16 +1,20 @@
-"""Evaluation of the retrained networks (paper section 5.3.2 and Table 1): class mIoU at the dataset's
-full resolution with the Cityscapes scoring of `nas_core.engine.metrics`, and classification accuracy."""
+"""The one evaluation of every segmentation network the pipeline scores (paper sections 5.3.1-5.3.2, Table 1):
+class mIoU at the dataset's full resolution with the Cityscapes scoring of `nas_core.engine.metrics`, whatever
+computes the logits (a supernet path, a static network, an extracted copy); and classification accuracy."""
 from __future__ import annotations
 
-from typing import Iterable
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas_core.data.labels import IGNORE_INDEX
 from nas_core.engine.metrics import ConfusionMatrix
+from nas_core.space.spaces import INPUT_MULTIPLE, NUM_CLASSES
 
-INPUT_MULTIPLE = 16  # the segmentation networks' output stride
+Forward = Callable[[torch.Tensor], torch.Tensor]  # (N, 3, H, W) normalized images -> (N, classes, H, W) logits
 
 
 def pad_to_multiple(images: torch.Tensor, multiple: int = INPUT_MULTIPLE) -> torch.Tensor:
@@ -19,24 +23,54 @@ def pad_to_multiple(images: torch.Tensor, multiple: int = INPUT_MULTIPLE) -> tor
     return F.pad(images, (0, -w % multiple, 0, -h % multiple))
 
 
+def class_map(logits: torch.Tensor) -> torch.Tensor:
+    """`logits.argmax(1)` (first index on ties), as one pass per class over contiguous class planes: on the
+    CPU the strided argmax over dim 1 cost as much as a Small network's forward pass."""
+    best = logits[:, 0].clone()
+    index = torch.zeros(best.shape, dtype=torch.int64, device=logits.device)
+    for c in range(1, logits.shape[1]):
+        plane = logits[:, c]
+        index.masked_fill_(plane > best, c)
+        torch.maximum(best, plane, out=best)
+    return index
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in eval mode for the block, then back in the mode it was in (a model being trained)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
-def evaluate_segmentation(model: nn.Module, loader: Iterable, num_classes: int = 19,
+def evaluate_segmentation(forward: Forward, loader: Iterable, num_classes: int = NUM_CLASSES,
                           device: str | torch.device = "cpu", log_every: int = 0, log=print) -> dict:
-    """Score `model` on every (image, label) batch of `loader`, whole images, no test-time augmentation.
+    """Score `forward` on every (image, label) batch of `loader`, whole images, no test-time augmentation.
 
-    Images whose sides are not multiples of 16 are padded for the forward pass and the logits cropped
-    back, so every labelled pixel is scored exactly once.
+    One set of rules for every caller:
+    - `forward` must be in eval mode (BatchNorm on its running statistics; `eval_mode` lends a model being
+      trained) and is only read, never switched, so threads may evaluate paths of one supernet at once;
+    - images whose sides are not multiples of 16 are padded for the forward pass and the logits cropped
+      back, so every labelled pixel is scored exactly once.
 
+    Args:
+        forward: a module (a static network, a copy extracted from the supernet) or a `SupernetPath`;
+            anything with a `training` attribute is checked.
     Returns:
         `ConfusionMatrix.compute()` (class_iou, class_miou, category_miou, ...) plus `images`.
     """
-    model.eval()
+    if getattr(forward, "training", False):
+        raise ValueError("evaluate_segmentation: put the model in eval mode first (model.eval() or eval_mode)")
     matrix = ConfusionMatrix(num_classes, device=device)
     images_seen = 0
     for i, (images, labels) in enumerate(loader):
         h, w = images.shape[-2:]
-        logits = model(pad_to_multiple(images.to(device)))[..., :h, :w]  # (N, classes, H, W)
-        matrix.update(logits.argmax(1), labels.to(device))
+        logits = forward(pad_to_multiple(images.to(device)))[..., :h, :w]  # (N, classes, H, W)
+        matrix.update(class_map(logits), labels.to(device))
         images_seen += images.shape[0]
         if log_every and (i + 1) % log_every == 0:
             log(f"[evaluate] {images_seen} images")
@@ -44,7 +78,7 @@ def evaluate_segmentation(model: nn.Module, loader: Iterable, num_classes: int =
 
 
 @torch.no_grad()
-def evaluate_constant(loader: Iterable, class_index: int, num_classes: int = 19) -> dict:
+def evaluate_constant(loader: Iterable, class_index: int, num_classes: int = NUM_CLASSES) -> dict:
     """The scores of predicting `class_index` at every pixel: the floor a trained network must clear."""
     matrix = ConfusionMatrix(num_classes)
     for _, labels in loader:
@@ -52,7 +86,7 @@ def evaluate_constant(loader: Iterable, class_index: int, num_classes: int = 19)
     return matrix.compute()
 
 
-def majority_class(loader: Iterable, num_classes: int = 19, ignore_index: int = 255) -> int:
+def majority_class(loader: Iterable, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX) -> int:
     """The most frequent labelled class over `loader`'s labels (the constant prediction's best choice)."""
     counts = torch.zeros(num_classes, dtype=torch.int64)
     for _, labels in loader:
@@ -63,8 +97,10 @@ def majority_class(loader: Iterable, num_classes: int = 19, ignore_index: int = 
 
 @torch.no_grad()
 def evaluate_classification(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu") -> dict:
-    """Top-1 and top-5 accuracy (top-k capped at the number of classes) and the mean cross-entropy."""
-    model.eval()
+    """Top-1 and top-5 accuracy (top-k capped at the number of classes) and the mean cross-entropy, under the
+    rules of `evaluate_segmentation`: `model` in eval mode, only read."""
+    if model.training:
+        raise ValueError("evaluate_classification: put the model in eval mode first (model.eval() or eval_mode)")
     correct1 = correct5 = total = 0
     loss_sum = 0.0
     for images, targets in loader:

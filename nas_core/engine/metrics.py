@@ -12,7 +12,8 @@ import torch
 
 from nas_core.data.cityscapes import frame_id, list_ground_truth
 from nas_core.data.files import DatasetError, label_ids_to_train_ids_checked, read_index_png
-from nas_core.data.labels import CATEGORY_NAMES, CATEGORY_OF_TRAIN_ID, IGNORE_INDEX, NUM_CLASSES, TRAIN_ID_NAMES
+from nas_core.data.labels import CATEGORY_NAMES, CATEGORY_OF_TRAIN_ID, IGNORE_INDEX, TRAIN_ID_NAMES
+from nas_core.space.spaces import NUM_CLASSES
 
 
 def _iou(matrix: torch.Tensor) -> list[float]:

@@ -15,7 +15,7 @@ from nas_core.cost.export import Unit, export_onnx
 from nas_core.cost.macs import architecture_cost, build_cost_table
 from nas_core.engine.evaluate import evaluate_segmentation
 from nas_core.space.mobilenetv3 import VARIANTS, count_conv_macs, count_params, mobilenetv3_lraspp
-from nas_core.space.spaces import Architecture
+from nas_core.space.spaces import NUM_CLASSES, Architecture
 from nas_core.space.zoo import PUBLISHED, load_official_weights, published_network
 
 # measure(unit, onnx_path) -> {"median_ms", "p10_ms", "p90_ms", "runs"}: the target's latency protocol
@@ -53,7 +53,7 @@ def describe_architecture(arch: Architecture) -> str:
     return f"{arch.space}: {' '.join(arch.choices)}"
 
 
-def baseline_network(name: str, weights: str | Path | None = None, num_classes: int = 19
+def baseline_network(name: str, weights: str | Path | None = None, num_classes: int = NUM_CLASSES
                      ) -> tuple[nn.Module, Architecture | None, str]:
     """A published SqueezeNAS network or a MobileNetV3 LR-ASPP, with released weights when given.
 
@@ -100,7 +100,7 @@ def onnx_parity(model: nn.Module, onnx_path: str | Path, input_shape: tuple[int,
     return diff / max(1.0, float(np.abs(expected).max())) if relative else diff
 
 
-def network_unit(name: str, model: nn.Module, input_size: tuple[int, int]) -> Unit:
+def model_unit(name: str, model: nn.Module, input_size: tuple[int, int]) -> Unit:
     """`model` at batch 1 as the profiling code's unit of timing."""
     return Unit(f"benchmark:{name}:{input_size[0]}x{input_size[1]}", ((1, 3, *input_size),), lambda: model.eval())
 
@@ -110,7 +110,7 @@ def export_checked(model: nn.Module, path: str | Path, input_size: tuple[int, in
     relative to the logits' scale, max(1, max |logit|): a trained network's logits reach tens, and
     float32 kernels that sum in another order differ by ~1e-6 of that (a fixed 1e-4 failed one at 1.05e-4)."""
     shape = (1, 3, *input_size)
-    export_onnx(network_unit(Path(path).stem, model, input_size), path)
+    export_onnx(model_unit(Path(path).stem, model, input_size), path)
     diff = onnx_parity(model, path, shape, relative=True)
     if not diff <= atol:  # also catches NaN
         raise ValueError(f"{path}: ONNX logits differ from PyTorch by {diff:.3g} (relative to the logits' scale) "
@@ -120,13 +120,14 @@ def export_checked(model: nn.Module, path: str | Path, input_size: tuple[int, in
 
 def benchmark_network(name: str, model: nn.Module, arch: Architecture | None, weights: str, onnx_path: str | Path,
                       input_size: tuple[int, int], measure: Measure, eval_loader: Iterable | None = None,
-                      num_classes: int = 19, atol: float = 1e-4, log: Callable[[str], None] = print) -> BenchmarkRow:
+                      num_classes: int = NUM_CLASSES, atol: float = 1e-4, log: Callable[[str], None] = print
+                      ) -> BenchmarkRow:
     """One row of the report: export + parity, latency on the target, MACs, params and, with
     `eval_loader`, the class mIoU at the loader's (full) resolution."""
     model = model.cpu().eval()
     facts = network_facts(name, model, arch, onnx_path, input_size, eval_loader, num_classes, atol, log)
     log(f"[benchmark] {name}: latency on the target")
-    lat = measure(network_unit(name, model, input_size), Path(onnx_path))
+    lat = measure(model_unit(name, model, input_size), Path(onnx_path))
     row = BenchmarkRow(name, describe_architecture(arch) if arch else f"{name} (LR-ASPP head)", weights,
                        facts["class_miou"], float(lat["median_ms"]), float(lat["p10_ms"]), float(lat["p90_ms"]),
                        int(lat["runs"]), facts["macs"], facts["params"], facts["onnx_max_rel_diff"])
@@ -136,7 +137,7 @@ def benchmark_network(name: str, model: nn.Module, arch: Architecture | None, we
 
 
 def network_facts(name: str, model: nn.Module, arch: Architecture | None, onnx_path: str | Path,
-                  input_size: tuple[int, int], eval_loader: Iterable | None = None, num_classes: int = 19,
+                  input_size: tuple[int, int], eval_loader: Iterable | None = None, num_classes: int = NUM_CLASSES,
                   atol: float = 1e-4, log: Callable[[str], None] = print) -> dict:
     """A Table-1 row but its latency: the ONNX export checked against PyTorch, MACs, parameters and,
     with `eval_loader`, the class mIoU at the loader's (full) resolution."""
@@ -167,14 +168,14 @@ def target_measure(target) -> Measure:
     return measure
 
 
-def local_target(threads: int = 1, warmup: int = 3, runs: int = 20, rounds: int = 1):
+def local_target(threads: int, warmup: int, runs: int, rounds: int = 1):
     """onnxruntime on this machine through the profiling runner (pinned threads, sequential execution;
     thread CPU time when single-threaded, as the profiling stage does on shared machines; rounds > 1
     interleaves the models of one call)."""
-    from nas_core.cost.targets import LocalTarget, Protocol
+    from nas_core.cost.targets import LocalTarget, MeasurementProtocol
 
-    return LocalTarget(Protocol(warmup=warmup, runs=runs, rounds=rounds, threads=threads,
-                                clock="thread" if threads == 1 else "wall"))
+    return LocalTarget(MeasurementProtocol(warmup=warmup, runs=runs, rounds=rounds, threads=threads,
+                                           clock="thread" if threads == 1 else "wall"))
 
 
 def _fmt(v: float | None, spec: str) -> str:

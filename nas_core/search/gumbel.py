@@ -51,20 +51,13 @@ def gumbel_softmax(logits: torch.Tensor, noise: torch.Tensor, tau: float, hard: 
 class TauSchedule:
     """tau over the search: `linear` per step (the authors' search utility), or `exponential` per
     epoch (FBNet: tau x `decay` each epoch, 0.956 in FBNet). Without `decay` the exponential rate
-    is chosen so that the last epoch runs at `end`; with one, tau never falls below `end`."""
+    is chosen so that the last epoch runs at `end`; with one, tau never falls below `end`. Defaults and checks:
+    params.yaml's `search` section (tau_schedule, tau_start, tau_end, tau_decay)."""
 
-    kind: str = "linear"
-    start: float = 5.0
-    end: float = 1.0
-    decay: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in TAU_SCHEDULES:
-            raise ValueError(f"unknown tau schedule {self.kind!r}; valid schedules are: {', '.join(TAU_SCHEDULES)}")
-        if not (self.start > 0 and self.end > 0):
-            raise ValueError(f"tau start and end must be positive, got {self.start} and {self.end}")
-        if self.decay is not None and not 0 < self.decay <= 1:
-            raise ValueError(f"tau decay must be in (0, 1], got {self.decay}")
+    kind: str  # "linear" or "exponential"
+    start: float
+    end: float
+    decay: float | None
 
     def at(self, step: int, total_steps: int, epoch: int, epochs: int) -> float:
         """tau for global step `step` of `total_steps`, which lies in epoch `epoch` of `epochs`."""

@@ -16,58 +16,59 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas_core.data.labels import IGNORE_INDEX
 from nas_core.engine.checkpoint import Checkpoint
 from nas_core.engine.distributed import DistInfo, all_reduce_sum, current_distributed, wrap_ddp
+from nas_core.engine.evaluate import eval_mode, evaluate_segmentation
 from nas_core.engine.precision import MixedPrecision
 from nas_core.engine.seeding import derive_seed
 from nas_core.search.checkpoint import search_fingerprint
 from nas_core.search.gumbel import TauSchedule
-from nas_core.search.supernet import Supernet
+from nas_core.search.supernet import Supernet, SupernetPath
 from nas_core.space.candidates import CANDIDATE_NAMES, NUM_CANDIDATES
 from nas_core.space.spaces import Architecture
 
-SCHEMES = ("joint", "fbnet")
-IGNORE_INDEX = 255
 SKIP = CANDIDATE_NAMES.index("skip")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SearchConfig:
-    """Hyper-parameters of one search. `cost_reference` (table units) divides L_E; by default it
-    is the expected cost of the searched blocks under uniform p (L_E = 1 at the start), so alpha
+    """Hyper-parameters of one search, built from params.yaml's `search` section by `search_config`: that section
+    (nas_core.config.SearchParams) holds their defaults and checks. `cost_reference` (table units) divides L_E; by
+    default it is the expected cost of the searched blocks under uniform p (L_E = 1 at the start), so alpha
     is unit-free: the same alpha is the same trade-off on a MAC or a latency table."""
 
-    epochs: int = 4
-    alpha: float = 0.2
-    cost_reference: float | None = None
-    tau: TauSchedule = field(default_factory=TauSchedule)
-    hard: bool = False
-    scheme: str = "joint"
-    warmup_epochs: int = 0
-    weight_lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 1e-5
-    theta_lr: float = 0.01
-    theta_weight_decay: float = 0.0
-    prune_threshold: float = 0.005
-    checkpoint_every: int = 0  # steps; 0: at the end of every epoch only
-    amp: bool = True
-    seed: int = 0
-    log_every: int = 10
-
-    def __post_init__(self) -> None:
-        if self.scheme not in SCHEMES:
-            raise ValueError(f"unknown search scheme {self.scheme!r}; valid schemes are: {', '.join(SCHEMES)}")
-        if self.epochs < 1 or not 0 <= self.warmup_epochs < self.epochs:
-            raise ValueError(f"need epochs >= 1 and 0 <= warmup_epochs < epochs, "
-                             f"got {self.epochs}, {self.warmup_epochs}")
-        if not 0 <= self.prune_threshold < 1 / NUM_CANDIDATES:
-            raise ValueError(f"prune_threshold must be in [0, 1/{NUM_CANDIDATES}), got {self.prune_threshold}")
-        if self.alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+    epochs: int
+    alpha: float
+    cost_reference: float | None
+    tau: TauSchedule
+    hard: bool
+    scheme: str  # "joint" or "fbnet"
+    warmup_epochs: int
+    weight_lr: float
+    momentum: float
+    weight_decay: float
+    theta_lr: float
+    theta_weight_decay: float
+    prune_threshold: float
+    checkpoint_every: int  # steps; 0: at the end of every epoch only
+    amp: bool
+    seed: int
+    log_every: int
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def search_config(params) -> SearchConfig:
+    """The adapter from params.yaml's `search` section (nas_core.config.SearchParams) to the search's config."""
+    return SearchConfig(
+        epochs=params.epochs, alpha=params.alpha, cost_reference=params.cost_reference,
+        tau=TauSchedule(params.tau_schedule, params.tau_start, params.tau_end, params.tau_decay), hard=params.hard,
+        scheme=params.scheme, warmup_epochs=params.warmup_epochs, weight_lr=params.weight_lr,
+        momentum=params.momentum, weight_decay=params.weight_decay, theta_lr=params.theta_lr,
+        theta_weight_decay=params.theta_weight_decay, prune_threshold=params.prune_threshold,
+        checkpoint_every=params.checkpoint_every, amp=params.amp, seed=params.seed, log_every=params.log_every)
 
 
 @dataclass
@@ -319,17 +320,8 @@ def theta_rows(supernet: Supernet, epoch: int) -> list[dict]:
             for i in range(theta.shape[0]) for j, name in enumerate(CANDIDATE_NAMES)]
 
 
-@torch.no_grad()
 def evaluate_architecture(supernet: Supernet, arch: Architecture, loader, num_classes: int) -> dict:
     """mIoU of one architecture's path through the supernet (section 5.3.1) on `loader`."""
-    from nas_core.engine.metrics import ConfusionMatrix
-
-    device = next(supernet.parameters()).device
-    was_training = supernet.training
-    supernet.eval()
-    matrix = ConfusionMatrix(num_classes=num_classes, ignore_index=IGNORE_INDEX, device=device)
-    for x, y in loader:
-        logits = supernet.forward_architecture(x.to(device), arch)
-        matrix.update(logits.argmax(1), y.to(device))
-    supernet.train(was_training)
-    return matrix.compute()
+    with eval_mode(supernet):
+        return evaluate_segmentation(SupernetPath(supernet, arch), loader, num_classes,
+                                     next(supernet.parameters()).device)

@@ -3,14 +3,18 @@ block position, the space's decoder. Each superblock owns its architecture logit
 a candidate below the pruning threshold is removed from compute (section 4.2)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
+
 import torch
 from torch import nn
 
 from nas_core.search.gumbel import gumbel_softmax, sample_gumbel
 from nas_core.space.blocks import build_candidate, init_weights
 from nas_core.space.candidates import CANDIDATE_NAMES, CANDIDATES, NUM_CANDIDATES
-from nas_core.space.network import SegmentationNetwork, build_post_encoder, build_space_decoder, build_stem, check_input
-from nas_core.space.spaces import Architecture, BlockSpec, get_space
+from nas_core.space.encoder import build_post_encoder, build_stem, encode
+from nas_core.space.network import SegmentationNetwork, build_space_decoder, check_input
+from nas_core.space.spaces import NUM_CLASSES, Architecture, BlockSpec, get_space
 
 _COLUMN = {name: j for j, name in enumerate(CANDIDATE_NAMES)}
 
@@ -18,8 +22,8 @@ _COLUMN = {name: j for j, name in enumerate(CANDIDATE_NAMES)}
 class SuperBlock(nn.Module):
     """The 13 candidates of one block, mixed with per-image weights; the residual is added outside.
 
-    `candidates` holds the modules of `build_candidate`, keyed by name, so their state maps onto a
-    static `Block.op`. `skip` under a residual has no module: it contributes zero, the block is
+    `ops` holds the candidates' modules of `build_candidate`, keyed by candidate name, so their state maps
+    onto a static `Block.op`. `skip` under a residual has no module: it contributes zero, the block is
     then the identity. `live` marks the candidates not yet pruned.
     """
 
@@ -28,7 +32,7 @@ class SuperBlock(nn.Module):
         self.spec = spec
         self.residual = spec.residual
         modules = {c.name: build_candidate(c, spec) for c in CANDIDATES}
-        self.candidates = nn.ModuleDict({n: m for n, m in modules.items() if m is not None})
+        self.ops = nn.ModuleDict({n: m for n, m in modules.items() if m is not None})
         self.theta = nn.Parameter(torch.zeros(NUM_CANDIDATES))  # uniform p at the start
         self.register_buffer("live", torch.ones(NUM_CANDIDATES, dtype=torch.bool))
 
@@ -44,7 +48,7 @@ class SuperBlock(nn.Module):
             weights: (N, 13) per-image mixing weights, zero for pruned candidates.
         """
         out = None
-        for name, op in self.candidates.items():  # pruned candidates are no longer in the dict
+        for name, op in self.ops.items():  # pruned candidates are no longer in the dict
             y = op(x)  # (N, C_out, H/s, W/s)
             w = weights[:, _COLUMN[name]].to(y.dtype).view(-1, 1, 1, 1)
             # in place on our own sum: one kernel per candidate, and nothing but y and w is saved
@@ -55,8 +59,8 @@ class SuperBlock(nn.Module):
 
     def forward_candidate(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """One path: exactly the static `Block` of candidate `name`."""
-        if name in self.candidates:
-            out = self.candidates[name](x)
+        if name in self.ops:
+            out = self.ops[name](x)
             return x + out if self.residual else out
         if name == "skip" and self.residual:
             return x
@@ -80,14 +84,14 @@ class SuperBlock(nn.Module):
             raise ValueError(f"block {self.spec.index}: a pruned candidate cannot be revived")
         self.live.copy_(live)
         for j in torch.nonzero(~live).flatten().tolist():
-            if CANDIDATE_NAMES[j] in self.candidates:
-                del self.candidates[CANDIDATE_NAMES[j]]
+            if CANDIDATE_NAMES[j] in self.ops:
+                del self.ops[CANDIDATE_NAMES[j]]
 
 
 class Supernet(nn.Module):
     """Maps a normalized (N, 3, H, W) batch to (N, classes, H, W) logits of a sampled mixture."""
 
-    def __init__(self, space: str, num_classes: int = 19):
+    def __init__(self, space: str, num_classes: int = NUM_CLASSES):
         super().__init__()
         self.space = get_space(space)
         self.num_classes = num_classes
@@ -143,33 +147,42 @@ class Supernet(nn.Module):
     def forward_weights(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """The supernet with given mixing weights (N, num_blocks, 13)."""
         check_input(x)
-        h = self.stem(x)  # (N, C0, H/2, W/2)
-        low = h
-        for i, block in enumerate(self.blocks):
-            h = block(h, weights[:, i])
-            if i == self.low_level_index:
-                low = h
-        return self.decoder(self.post_encoder(h), low, x.shape[-2:])
+        # weights positional, so a superblock's forward hooks see (x, weights)
+        blocks = [lambda h, block=block, w=weights[:, i]: block(h, w) for i, block in enumerate(self.blocks)]
+        feature, low = encode(x, self.stem, blocks, self.post_encoder, self.low_level_index)
+        return self.decoder(feature, low, x.shape[-2:])
 
     def forward_architecture(self, x: torch.Tensor, arch: Architecture) -> torch.Tensor:
         """One architecture's path through the supernet (Figure 4), with the supernet's weights."""
         check_input(x)
         if arch.space != self.space.name:
             raise ValueError(f"architecture is for the {arch.space} space, the supernet for {self.space.name}")
-        h = self.stem(x)
-        low = h
-        for i, (block, name) in enumerate(zip(self.blocks, arch.choices)):
-            h = block.forward_candidate(h, name)
-            if i == self.low_level_index:
-                low = h
-        return self.decoder(self.post_encoder(h), low, x.shape[-2:])
+        blocks = [partial(block.forward_candidate, name=name) for block, name in zip(self.blocks, arch.choices)]
+        feature, low = encode(x, self.stem, blocks, self.post_encoder, self.low_level_index)
+        return self.decoder(feature, low, x.shape[-2:])
 
     def argmax_architecture(self) -> Architecture:
         """The most likely candidate of every block."""
         return Architecture(self.space.name, [CANDIDATE_NAMES[j] for j in self.probabilities().argmax(-1).tolist()])
 
 
-def build_supernet(space: str, num_classes: int = 19) -> Supernet:
+@dataclass(frozen=True)
+class SupernetPath:
+    """One architecture's path through a supernet (Figure 4) as a forward callable, with the supernet's weights
+    and mode: what the sample stage scores with `evaluate_segmentation`. A value, not a state of the supernet."""
+
+    supernet: Supernet
+    arch: Architecture
+
+    @property
+    def training(self) -> bool:
+        return self.supernet.training
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.supernet.forward_architecture(x, self.arch)
+
+
+def build_supernet(space: str, num_classes: int = NUM_CLASSES) -> Supernet:
     return Supernet(space, num_classes)
 
 
@@ -181,7 +194,7 @@ def extract_network(supernet: Supernet, arch: Architecture) -> SegmentationNetwo
     for i, (block, name) in enumerate(zip(net.blocks, arch.choices)):
         if block.op is None:
             continue
-        source = supernet.blocks[i].candidates
+        source = supernet.blocks[i].ops
         if name not in source:
             raise ValueError(f"block {i}: candidate {name!r} was pruned from the supernet")
         block.op.load_state_dict(source[name].state_dict())

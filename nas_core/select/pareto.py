@@ -50,34 +50,34 @@ def pareto_front(cost, score) -> np.ndarray:
     return front
 
 
-def _best(candidates: np.ndarray, cost: np.ndarray, score: np.ndarray, key: np.ndarray | None = None) -> int:
-    """Index among `candidates` minimising (key, -score, cost, index)."""
-    primary = key[candidates] if key is not None else np.zeros(len(candidates))
-    order = np.lexsort((candidates, cost[candidates], -score[candidates], primary))
-    return int(candidates[order[0]])
+def _best(eligible: np.ndarray, cost: np.ndarray, score: np.ndarray, key: np.ndarray | None = None) -> int:
+    """Index among `eligible` minimising (key, -score, cost, index)."""
+    primary = key[eligible] if key is not None else np.zeros(len(eligible))
+    order = np.lexsort((eligible, cost[eligible], -score[eligible], primary))
+    return int(eligible[order[0]])
 
 
 def nearest_cost(cost, score, target: float, front: np.ndarray | None = None) -> int:
     """The front point whose cost is nearest to `target` (e.g. the cost of a reference network)."""
     cost, score = _arrays(cost, score)
     front = pareto_front(cost, score) if front is None else np.asarray(front, dtype=bool)
-    candidates = np.flatnonzero(front)
-    if not candidates.size:
+    eligible = np.flatnonzero(front)
+    if not eligible.size:
         raise ValueError("nearest_cost: no point with a finite cost and score")
     if not np.isfinite(target):
         raise ValueError(f"nearest_cost: target must be finite, got {target}")
-    return _best(candidates, cost, score, np.abs(cost - target))
+    return _best(eligible, cost, score, np.abs(cost - target))
 
 
 def best_under_budget(cost, score, budget: float, front: np.ndarray | None = None) -> int:
     """The highest-scoring point with cost <= `budget` (always a front point)."""
     cost, score = _arrays(cost, score)
     front = pareto_front(cost, score) if front is None else np.asarray(front, dtype=bool)
-    candidates = np.flatnonzero(front & (cost <= budget))
-    if not candidates.size:
+    eligible = np.flatnonzero(front & (cost <= budget))
+    if not eligible.size:
         cheapest = np.nanmin(cost) if np.isfinite(cost).any() else float("nan")
         raise ValueError(f"best_under_budget: no sample costs <= {budget:.6g}; the cheapest costs {cheapest:.6g}")
-    return _best(candidates, cost, score)
+    return _best(eligible, cost, score)
 
 
 def choose(rule: str, cost, score, target: float, front: np.ndarray | None = None,

@@ -11,10 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from nas_core.engine.evaluate import pad_to_multiple
-from nas_core.engine.metrics import ConfusionMatrix
+from nas_core.engine.evaluate import evaluate_segmentation, pad_to_multiple
 from nas_core.io import read_parquet
-from nas_core.search.supernet import Supernet, extract_network
+from nas_core.search.supernet import Supernet, SupernetPath, extract_network
 from nas_core.space.candidates import CANDIDATE_NAMES, NUM_CANDIDATES
 from nas_core.space.spaces import Architecture, get_space
 
@@ -153,19 +152,6 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch
     return images
 
 
-def class_map(logits: torch.Tensor) -> torch.Tensor:
-    """`logits.argmax(1)` (first index on ties), as 19 passes over contiguous class planes: on the
-    CPU the strided argmax over dim 1 cost as much as a Small network's forward pass."""
-    best = logits[:, 0].clone()
-    index = torch.zeros(best.shape, dtype=torch.int64, device=logits.device)
-    for c in range(1, logits.shape[1]):
-        plane = logits[:, c]
-        index.masked_fill_(plane > best, c)
-        torch.maximum(best, plane, out=best)
-    return index
-
-
-@torch.no_grad()
 def evaluate_path(supernet: Supernet, arch: Architecture, val_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                   num_classes: int, bn_batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict:
     """Class mIoU of `arch`'s path through the supernet (Figure 4) on `val_batches`.
@@ -176,27 +162,17 @@ def evaluate_path(supernet: Supernet, arch: Architecture, val_batches: Iterable[
     never changed, so one evaluation cannot leak into the next.
 
     Returns:
-        `ConfusionMatrix.compute()` (class_iou, class_miou, ...) plus `images` and `bn_images`.
+        `evaluate_segmentation`'s scores (class_iou, class_miou, ..., images) plus `bn_images`.
     """
-    if supernet.training:
+    path = SupernetPath(supernet, arch)
+    if path.training:
         raise ValueError("evaluate_path: put the supernet in eval mode first (supernet.eval())")
     device = next(supernet.parameters()).device
-    bn_images = 0
+    forward, bn_images = path, 0
     if bn_batches is not None:
-        model = extract_network(supernet, arch)
-        bn_images = recalibrate_bn(model, bn_batches, device)
-        forward = model
-    else:
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            return supernet.forward_architecture(x, arch)
-    matrix = ConfusionMatrix(num_classes, device=device)
-    images = 0
-    for x, y in val_batches:
-        h, w = x.shape[-2:]
-        logits = forward(pad_to_multiple(x.to(device)))[..., :h, :w]  # (N, classes, H, W)
-        matrix.update(class_map(logits), y.to(device))
-        images += x.shape[0]
-    return {**matrix.compute(), "images": images, "bn_images": bn_images}
+        forward = extract_network(supernet, arch)
+        bn_images = recalibrate_bn(forward, bn_batches, device)
+    return {**evaluate_segmentation(forward, val_batches, num_classes, device), "bn_images": bn_images}
 
 
 def load_supernet(path: str | Path, device: torch.device | str = "cpu") -> Supernet:

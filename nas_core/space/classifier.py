@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from nas_core.space.blocks import Block, init_weights
-from nas_core.space.network import build_post_encoder, build_stem
+from nas_core.space.encoder import build_post_encoder, build_stem, encode
 from nas_core.space.spaces import Architecture
 
 # the parameter names the encoder has in both Classifier and SegmentationNetwork
@@ -31,11 +31,8 @@ class Classifier(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)  # (N, C0, S/2, S/2)
-        for block in self.blocks:
-            x = block(x)
-        x = self.post_encoder(x)  # (N, C, S/16, S/16)
-        return self.head(x.mean((2, 3)))  # (N, classes)
+        feature, _ = encode(x, self.stem, self.blocks, self.post_encoder)  # (N, C, S/16, S/16)
+        return self.head(feature.mean((2, 3)))  # (N, classes)
 
 
 def encoder_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

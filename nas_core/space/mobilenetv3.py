@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas_core.space.spaces import NUM_CLASSES
+
 VARIANTS = ("mobilenetv3_small", "mobilenetv3_large")
 
 
@@ -122,7 +124,7 @@ class LRASPPHead(nn.Module):
 class MobileNetV3LRASPP(nn.Module):
     """Maps a normalized (N, 3, H, W) batch to (N, classes, H, W) logits."""
 
-    def __init__(self, variant: str, num_classes: int = 19, reduced_tail: bool = True, dilated: bool = True):
+    def __init__(self, variant: str, num_classes: int = NUM_CLASSES, reduced_tail: bool = True, dilated: bool = True):
         super().__init__()
         blocks = mobilenetv3_config(variant, reduced_tail, dilated)
         self.variant = variant
@@ -157,7 +159,7 @@ class MobileNetV3LRASPP(nn.Module):
         return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
 
 
-def mobilenetv3_lraspp(variant: str, num_classes: int = 19, reduced_tail: bool = True) -> MobileNetV3LRASPP:
+def mobilenetv3_lraspp(variant: str, num_classes: int = NUM_CLASSES, reduced_tail: bool = True) -> MobileNetV3LRASPP:
     return MobileNetV3LRASPP(variant, num_classes, reduced_tail)
 
 

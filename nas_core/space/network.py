@@ -5,22 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nas_core.space.blocks import Block, ConvBN, init_weights
+from nas_core.space.blocks import Block, init_weights
 from nas_core.space.decoders import build_decoder
-from nas_core.space.spaces import Architecture, SearchSpace
-
-# Output stride 16 and the decoders' exact x2 / x4 / x8 upsampling need sides divisible by 16.
-INPUT_MULTIPLE = 16
-
-
-def build_stem(space: SearchSpace) -> nn.Module:
-    return ConvBN(3, space.stem_channels, 3, stride=2)
-
-
-def build_post_encoder(space: SearchSpace) -> nn.Module:
-    if space.post_encoder_channels is None:
-        return nn.Identity()
-    return ConvBN(space.groups[-1][0], space.post_encoder_channels, 1)
+from nas_core.space.encoder import build_post_encoder, build_stem, encode
+from nas_core.space.spaces import INPUT_MULTIPLE, NUM_CLASSES, Architecture, SearchSpace
 
 
 def build_space_decoder(space: SearchSpace, num_classes: int) -> nn.Module:
@@ -39,7 +27,7 @@ def check_input(x: torch.Tensor) -> None:
 class SegmentationNetwork(nn.Module):
     """Maps a normalized (N, 3, H, W) batch to (N, classes, H, W) logits."""
 
-    def __init__(self, arch: Architecture, num_classes: int = 19):
+    def __init__(self, arch: Architecture, num_classes: int = NUM_CLASSES):
         super().__init__()
         space = arch.search_space
         self.arch = arch
@@ -53,13 +41,7 @@ class SegmentationNetwork(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The stride-16 feature (after the post-encoder conv) and the low-level feature."""
-        x = self.stem(x)  # (N, C0, H/2, W/2)
-        low = x
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if i == self.low_level_index:
-                low = x
-        return self.post_encoder(x), low
+        return encode(x, self.stem, self.blocks, self.post_encoder, self.low_level_index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x)

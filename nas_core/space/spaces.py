@@ -11,6 +11,12 @@ from pathlib import Path
 
 from nas_core.space.candidates import CANDIDATE_NAMES, Candidate
 
+# Every space has output stride 16, and the decoders' exact x2 / x4 / x8 upsampling needs input sides divisible by
+# 16: the networks refuse other sizes, the evaluation pads to it, params.yaml's sizes must be multiples of it.
+INPUT_MULTIPLE = 16
+# The networks' classes: Cityscapes' 19 evaluation classes (nas_core/data/labels.py; COCO is mapped onto them, so a
+# segmentation head carries over between the training stages).
+NUM_CLASSES = 19
 
 @dataclass(frozen=True)
 class BlockSpec:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from nas_core.space.network import SegmentationNetwork
-from nas_core.space.spaces import Architecture
+from nas_core.space.spaces import NUM_CLASSES, Architecture
 
 _S = "skip"
 PUBLISHED: dict[str, Architecture] = {
@@ -52,7 +52,7 @@ def published_architecture(name: str) -> Architecture:
         raise ValueError(f"unknown published network {name!r}; valid names are: {', '.join(PUBLISHED)}") from None
 
 
-def published_network(name: str, num_classes: int = 19) -> SegmentationNetwork:
+def published_network(name: str, num_classes: int = NUM_CLASSES) -> SegmentationNetwork:
     """The published network `name`, randomly initialised; see `load_official_weights`."""
     return SegmentationNetwork(published_architecture(name), num_classes)
 

@@ -21,20 +21,19 @@ from nas_core.data import (
     ImageNetFolder,
     TrainTransform,
 )
+from nas_core.data.labels import IGNORE_INDEX
 from nas_core.engine.checkpoint import fingerprint_key
 from nas_core.engine.distributed import DistInfo
-from nas_core.engine.evaluate import evaluate_classification, evaluate_segmentation
+from nas_core.engine.evaluate import eval_mode, evaluate_classification, evaluate_segmentation
 from nas_core.engine.schedules import build_schedule
 from nas_core.engine.seeding import make_train_loader
 from nas_core.engine.training import TrainConfig, train
 from nas_core.io import atomic_torch_save
 from nas_core.space.classifier import Classifier, load_encoder
 from nas_core.space.network import SegmentationNetwork
-from nas_core.space.spaces import Architecture
+from nas_core.space.spaces import NUM_CLASSES, Architecture
 
-STAGES = ("pretrain_imagenet", "pretrain_coco", "train_coarse", "train_fine")
 MODEL_FORMAT = 1
-NUM_CLASSES = 19  # COCO is mapped onto the 19 Cityscapes classes, so segmentation heads carry over
 
 
 @dataclass(frozen=True)
@@ -51,32 +50,35 @@ STAGE_DATA = {
     "train_coarse": StageData("segmentation", "cityscapes", "coarse_train", "val"),
     "train_fine": StageData("segmentation", "cityscapes", "train", "val"),
 }
+TRAIN_STAGES = tuple(STAGE_DATA)  # section 5.3.2's chain, in order: each stage starts from the one before
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StageSettings:
-    """Everything one stage's training needs, resolved (shared optimiser defaults filled in)."""
+    """Everything one stage's training needs, resolved (shared optimiser settings filled in), built from
+    params.yaml's `train` section by `stage_settings`: that section (nas_core.config.TrainParams) holds their
+    defaults and checks."""
 
     epochs: int
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 1e-5
-    nesterov: bool = False
-    schedule: str = "step"
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
-    power: float = 0.9
-    warmup_epochs: float = 0.0
-    patch: tuple[int, int] = (768, 768)
-    scale: tuple[float, float] = (0.5, 2.0)
-    batch_size: int = 8
-    num_workers: int = 0
-    amp: bool = True
-    grad_clip: float | None = None
-    seed: int = 0
-    eval_every: int = 1
-    checkpoint_every: int = 0
-    log_every: int = 10
+    lr: float
+    momentum: float
+    weight_decay: float
+    nesterov: bool
+    schedule: str  # "step", "poly" or "constant"
+    milestones: tuple[int, ...]
+    gamma: float
+    power: float
+    warmup_epochs: float
+    patch: tuple[int, int]
+    scale: tuple[float, float]
+    batch_size: int
+    num_workers: int
+    amp: bool
+    grad_clip: float | None
+    seed: int
+    eval_every: int
+    checkpoint_every: int
+    log_every: int
 
     @classmethod
     def from_dict(cls, d: dict) -> StageSettings:
@@ -105,14 +107,15 @@ def train_config(settings: StageSettings, stage: str, arch: Architecture, init: 
                  checkpoint_dir: str | Path) -> TrainConfig:
     """The adapter from one stage's settings to the engine's `TrainConfig`; its checkpoint goes into a folder of
     `checkpoint_dir` named by the fingerprint of the settings, the architecture and the starting weights."""
-    fingerprint = settings.fingerprint(stage, json.dumps(arch.to_dict()), state_digest(init and init["state_dict"]))
+    weights = state_fingerprint(init and init["state_dict"])
+    fingerprint = settings.fingerprint(stage, json.dumps(arch.to_dict()), weights)
     # one folder per configuration: a run with other settings never overwrites a killed run's checkpoint
     return TrainConfig(epochs=settings.epochs, checkpoint_dir=Path(checkpoint_dir) / fingerprint,
                        fingerprint=fingerprint, amp=settings.amp, grad_clip=settings.grad_clip,
                        checkpoint_every=settings.checkpoint_every, log_every=settings.log_every, name=stage)
 
 
-def state_digest(state: dict[str, torch.Tensor] | None) -> str:
+def state_fingerprint(state: dict[str, torch.Tensor] | None) -> str:
     """A short hash of a state dict's values (identifies a stage's starting weights)."""
     if state is None:
         return "scratch"
@@ -172,7 +175,7 @@ def run_stage(stage: str, arch: Architecture, settings: StageSettings, data_root
         how the model was initialised, where the run resumed.
     """
     if stage not in STAGE_DATA:
-        raise ValueError(f"unknown stage {stage!r}; valid stages are: {', '.join(STAGES)}")
+        raise ValueError(f"unknown stage {stage!r}; valid stages are: {', '.join(TRAIN_STAGES)}")
     info = dist_info or DistInfo()
     data = STAGE_DATA[stage]
     train_set, val_set = build_datasets(stage, data_root, settings)
@@ -180,12 +183,13 @@ def run_stage(stage: str, arch: Architecture, settings: StageSettings, data_root
     model, init_mode = build_model(stage, arch, init, num_classes, settings.seed)
     loader = make_train_loader(train_set, settings.batch_size, settings.seed, settings.num_workers, info)
     val_loader = DataLoader(val_set, batch_size=1, num_workers=settings.num_workers)
-    loss_fn = nn.CrossEntropyLoss() if data.task == "classification" else nn.CrossEntropyLoss(ignore_index=255)
+    loss_fn = nn.CrossEntropyLoss() if data.task == "classification" else nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
 
     def score(m: nn.Module) -> dict:
-        if data.task == "classification":
-            return evaluate_classification(m, val_loader, info.device)
-        return evaluate_segmentation(m, val_loader, NUM_CLASSES, info.device)
+        with eval_mode(m):
+            if data.task == "classification":
+                return evaluate_classification(m, val_loader, info.device)
+            return evaluate_segmentation(m, val_loader, NUM_CLASSES, info.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay, nesterov=settings.nesterov)
     schedule = build_schedule(settings.schedule, settings.epochs, settings.milestones, settings.gamma,
