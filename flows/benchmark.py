@@ -14,7 +14,7 @@ from nas_core.cost.factory import device_name
 from nas_core.train.stages import TRAIN_STAGES, load_payload, segmentation_network
 from tasks import tracking
 from tasks.benchmark import ONNX_DIR, OURS, benchmark_network_task, references_task, write_report_task
-from tasks.sample import SELECT_METRICS
+from tasks.dvc_files import SELECT_METRICS
 from tasks.train import MODEL
 
 

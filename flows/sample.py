@@ -17,14 +17,13 @@ from nas_core.config import load_params
 from nas_core.io import atomic_write_json
 from nas_core.space.spaces import NUM_CLASSES, Architecture
 from tasks import tracking
+from tasks.dvc_files import CHOSEN_ARCHITECTURE, SELECT_METRICS
 from tasks.sample import (
-    CHOSEN_ARCHITECTURE,
     FRONTS,
     PARTIAL_NAME,
     PLOTS,
     SAMPLE_METRICS,
     SAMPLES,
-    SELECT_METRICS,
     append_partial,
     card_target_task,
     choose_task,

@@ -10,8 +10,7 @@ from prefect import flow
 from nas_core.config import Paths, load_params
 from nas_core.train.stages import STAGE_DATA, TRAIN_STAGES, stage_settings
 from tasks import tracking
-from tasks.dvc_files import METRICS
-from tasks.sample import CHOSEN_ARCHITECTURE
+from tasks.dvc_files import CHOSEN_ARCHITECTURE, METRICS
 from tasks.train import LINEAGE, MODEL, skip_stage_task, train_stage_task
 
 # the chain of section 5.3.2; each stage consumes the model of the one before it

@@ -15,6 +15,8 @@ import yaml
 
 DATA_STAGE = "data"  # its outputs are the datasets, logged as MLflow dataset inputs where they are read
 METRICS = "metrics.json"  # the summary a stage writes into its output folder (a DVC metrics file)
+# what the select stage hands on: the training stages read the architecture, the benchmark how it was chosen
+CHOSEN_ARCHITECTURE, SELECT_METRICS = "chosen_architecture.json", "select_metrics.json"
 
 
 def _interpolate(text: str, params: dict) -> str:

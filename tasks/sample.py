@@ -26,8 +26,7 @@ from tasks.profile import latency_table_path
 
 # the sample stage's outputs, then the select stage's
 PARTIAL_NAME, SAMPLES, SAMPLE_METRICS = "partial_evaluations.jsonl", "samples.parquet", "sample_metrics.json"
-CHOSEN_ARCHITECTURE, SELECT_METRICS = "chosen_architecture.json", "select_metrics.json"
-FRONTS, PLOTS = "fronts", "plots"
+FRONTS, PLOTS = "fronts", "plots"  # and CHOSEN_ARCHITECTURE, SELECT_METRICS (tasks/dvc_files.py)
 EVAL_KEYS = ("bn_recalibration_batches", "batch_size", "val_images", "seed")  # what a path's mIoU depends on
 
 
