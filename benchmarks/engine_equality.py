@@ -24,6 +24,7 @@ from nas_core.cost.macs import build_cost_table, cost_matrix  # noqa: E402
 from nas_core.data import generate_cityscapes  # noqa: E402
 from nas_core.engine.schedules import build_schedule  # noqa: E402
 from nas_core.search.data import search_loader, split_dataset  # noqa: E402
+from nas_core.search.gumbel import TauSchedule  # noqa: E402
 from nas_core.search.loop import SearchConfig, run_search  # noqa: E402
 from nas_core.search.supernet import build_supernet  # noqa: E402
 from nas_core.space.zoo import PUBLISHED  # noqa: E402
@@ -62,7 +63,11 @@ def search_runs(tmp: Path) -> dict:
     """joint: 2 epochs with pruning, killed in epoch 2 after a step checkpoint; fbnet: warm-up then a kill
     in the theta phase."""
     register_tiny()
-    joint = SearchConfig(epochs=2, alpha=2.0, theta_lr=0.2, prune_threshold=0.07, log_every=100, checkpoint_every=1)
+    # every field spelled out (the values of the code this was first checked against): SearchConfig has no defaults
+    joint = SearchConfig(epochs=2, alpha=2.0, cost_reference=None, tau=TauSchedule(kind="linear", start=5.0, end=1.0,
+                         decay=None), hard=False, scheme="joint", warmup_epochs=0, weight_lr=0.05, momentum=0.9,
+                         weight_decay=1e-5, theta_lr=0.2, theta_weight_decay=0.0, prune_threshold=0.07,
+                         checkpoint_every=1, amp=True, seed=0, log_every=100)
     fbnet = replace(joint, epochs=3, scheme="fbnet", warmup_epochs=1)
     out = {}
     for name, config, reads in (("joint", joint, 22), ("fbnet", fbnet, 22)):
@@ -100,8 +105,10 @@ def _engine_train(ckpt: Path, kill_at=None, checkpoint_every: int = 2) -> dict:
 
 
 def _stage(data: Path, ckpt: Path, kill_epoch: int | None = None) -> dict:
-    settings = StageSettings(epochs=2, lr=0.02, patch=(64, 64), batch_size=2, amp=False, log_every=100,
-                             checkpoint_every=1)
+    settings = StageSettings(epochs=2, lr=0.02, momentum=0.9, weight_decay=1e-5, nesterov=False, schedule="step",
+                             milestones=(), gamma=0.1, power=0.9, warmup_epochs=0.0, patch=(64, 64), scale=(0.5, 2.0),
+                             batch_size=2, num_workers=0, amp=False, grad_clip=None, seed=0, eval_every=1,
+                             checkpoint_every=1, log_every=100)
 
     def epoch_end(epoch, metrics):
         if epoch == kill_epoch:
