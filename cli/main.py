@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         signum = processes.signal_of(e)
         if signum is None:
             raise
-        processes.exit_now(128 + signum, f"squeezenas {args.command}: interrupted ({signal.Signals(signum).name}); "
-                           "the work done so far is kept: rerun the same command (or dvc repro) to resume")
+        name = signal.Signals(signum).name
+        processes.exit_now(128 + signum, f"squeezenas {args.command}: interrupted ({name}); {processes.RESUME_HINT}")
 
 
 def check_params(args: argparse.Namespace) -> None:

@@ -33,6 +33,7 @@ class Terminated(BaseException):
 
 
 _stopping: int | None = None  # the signal this process is stopping on, once one came
+RESUME_HINT = "the work done so far is kept: rerun the same command (or dvc repro) to resume"
 
 
 def raise_on_termination(command: str) -> None:
@@ -44,9 +45,9 @@ def raise_on_termination(command: str) -> None:
     def handler(signum, frame):
         global _stopping
         if _stopping is not None:
-            os.write(2, f"\nsqueezenas {command}: interrupted again ({signal.Signals(signum).name}) while stopping: "
-                        "stopped now; the work done so far is kept: rerun the same command (or dvc repro) to resume\n"
-                     .encode())
+            name = signal.Signals(signum).name
+            line = f"squeezenas {command}: interrupted again ({name}) while stopping: stopped now; {RESUME_HINT}"
+            os.write(2, f"\n{line}\n".encode())
             os._exit(128 + signum)
         _stopping = signum
         raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
@@ -55,16 +56,15 @@ def raise_on_termination(command: str) -> None:
             signal.signal(signum, handler)
 
 
-def die_with_parent(expected_parent: int | None = None, signum: int = signal.SIGKILL) -> None:
+def die_with_parent(expected_parent: int, signum: int = signal.SIGKILL) -> None:
     """Have the kernel send this process `signum` when its parent dies (Linux PR_SET_PDEATHSIG; elsewhere
     nothing): for a worker whose parent may be killed outright before it can end the worker. If the
-    parent is not `expected_parent` (default: the parent at the call), it is gone already: `signum` now."""
+    parent is not `expected_parent`, it is gone already: `signum` now."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
 
-    expected = os.getppid() if expected_parent is None else expected_parent
-    if ctypes.CDLL(None, use_errno=True).prctl(1, int(signum), 0, 0, 0) == 0 and os.getppid() != expected:
+    if ctypes.CDLL(None, use_errno=True).prctl(1, int(signum), 0, 0, 0) == 0 and os.getppid() != expected_parent:
         os.kill(os.getpid(), signum)
 
 
