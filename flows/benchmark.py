@@ -15,10 +15,12 @@ from nas_core.train.stages import TRAIN_STAGES, load_payload, segmentation_netwo
 from tasks import tracking
 from tasks.benchmark import ONNX_DIR, OURS, benchmark_network_task, references_task, write_report_task
 from tasks.dvc_files import SELECT_METRICS
+from tasks.flowruns import untagged_task_runs
 from tasks.train import MODEL
 
 
 @flow(name="benchmark")
+@untagged_task_runs
 def benchmark_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (),
                 experiment: str | None = None) -> dict:
     params = load_params(params_file, overrides, experiment)

@@ -11,6 +11,7 @@ from nas_core.config import load_params
 from nas_core.io import atomic_write_json
 from tasks import tracking
 from tasks.cost_tables import build_cost_table_task
+from tasks.flowruns import untagged_task_runs
 
 
 def write_published_cards(networks_dir: str) -> list[Path]:
@@ -26,6 +27,7 @@ def write_published_cards(networks_dir: str) -> list[Path]:
 
 
 @flow(name="cost-tables", task_runner=ThreadRunner())
+@untagged_task_runs
 def cost_tables_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
     params = load_params(params_file, overrides)
     cfg, out_dir = params.cost_tables, params.paths.cost_tables

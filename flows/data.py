@@ -12,6 +12,7 @@ from nas_core.data import DatasetError
 from nas_core.data.generate import ForeignFolderError, check_replaceable
 from tasks import tracking
 from tasks.data import check_datasets_task, generate_cityscapes_task, generate_coco_task, generate_imagenet_task
+from tasks.flowruns import untagged_task_runs
 
 
 def refuse_foreign_folders(params: Params) -> None:
@@ -30,6 +31,7 @@ def refuse_foreign_folders(params: Params) -> None:
 
 
 @flow(name="data", task_runner=ThreadRunner())
+@untagged_task_runs
 def data_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
     params = load_params(params_file, overrides)
     cfg, paths = params.data, params.paths

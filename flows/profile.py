@@ -15,6 +15,7 @@ from nas_core.cost.pool import check_same_hardware, pool_facts, pool_stats
 from nas_core.cost.targets import ProfileError
 from nas_core.io import atomic_write_json
 from tasks import tracking
+from tasks.flowruns import subflow_tags, untagged_task_runs
 from tasks.profile import (
     DEVICE,
     FIDELITY,
@@ -31,12 +32,14 @@ FACT_TAGS = ("hostname", "os", "cpu", "gpu", "jetson_model", "onnxruntime", "ten
 
 
 @flow(name="latency-table")
+@untagged_task_runs
 def profile_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
     params = load_params(params_file, overrides)
     cfg = params.latency
     # one job per device at a time: more workers than devices would only wait on the slots
     runner = make_task_runner(cfg, workers=len(cfg.devices()), section="latency")
-    measured = devices_flow.with_options(task_runner=runner)(cfg, params.paths.latency)
+    with subflow_tags():
+        measured = devices_flow.with_options(task_runner=runner)(cfg, params.paths.latency)
     return _report(params, measured)
 
 
@@ -57,6 +60,7 @@ def _gather(futures: list) -> list[dict]:
 
 
 @flow(name="profile-devices")
+@untagged_task_runs
 def devices_flow(cfg, out_dir: str) -> dict:
     """Every device's facts (a pool must be one kind of device), then each device's share of the
     units no device has measured yet; each job holds its device's slot."""

@@ -12,6 +12,7 @@ from nas_core.config import load_params
 from nas_core.cost.factory import device_name
 from nas_core.report.table1 import compare_spaces, figure, load_paper_figures, table_row, write_table1
 from tasks import tracking
+from tasks.flowruns import untagged_task_runs
 from tasks.report import REFERENCE_NETWORKS, experiment_row_task, reference_row_task, time_networks_task
 
 FIGURE5, FIGURE6 = "figure5_macs_vs_miou.png", "figure6_latency_vs_miou.png"
@@ -48,6 +49,7 @@ def budget_notes(rows: list[dict]) -> list[str]:
 
 
 @flow(name="report")
+@untagged_task_runs
 def report_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
     params = load_params(params_file, overrides)
     if not params.experiments:

@@ -18,6 +18,7 @@ from nas_core.io import atomic_write_json
 from nas_core.space.spaces import NUM_CLASSES, Architecture
 from tasks import tracking
 from tasks.dvc_files import CHOSEN_ARCHITECTURE, SELECT_METRICS
+from tasks.flowruns import subflow_tags, untagged_task_runs
 from tasks.sample import (
     FRONTS,
     PARTIAL_NAME,
@@ -52,6 +53,7 @@ def _devices(device: str) -> list[str]:
 
 
 @flow(name="evaluate-samples")
+@untagged_task_runs
 def evaluate_flow(pending: list[tuple[int, list[str]]], space: str, supernet_path: str, data_root: str,
                   eval_cfg: dict, devices: list[str], threads: int, partial_path: str, fingerprint: str) -> list[dict]:
     """Fan the pending paths out over the task runner; each finished row joins the log at once."""
@@ -81,6 +83,7 @@ def evaluate_flow(pending: list[tuple[int, list[str]]], space: str, supernet_pat
 
 
 @flow(name="sample")
+@untagged_task_runs
 def sample_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (),
                 experiment: str | None = None) -> dict:
     params = load_params(params_file, overrides, experiment)
@@ -107,9 +110,10 @@ def sample_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
     log_rows = list(done.values())
     if pending:
         runner = make_task_runner(cfg)
-        log_rows = evaluate_flow.with_options(task_runner=runner)(
-            pending, space, supernet_path, paths.cityscapes, eval_cfg, devices, threads, str(partial_path),
-            fingerprint)
+        with subflow_tags():
+            log_rows = evaluate_flow.with_options(task_runner=runner)(
+                pending, space, supernet_path, paths.cityscapes, eval_cfg, devices, threads, str(partial_path),
+                fingerprint)
     evaluation_seconds = time.perf_counter() - tic
 
     by_key = {r["choices"]: r for r in log_rows}
@@ -146,6 +150,7 @@ def sample_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
 
 
 @flow(name="select")
+@untagged_task_runs
 def select_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (),
                 experiment: str | None = None) -> dict:
     params = load_params(params_file, overrides, experiment)

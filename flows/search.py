@@ -9,6 +9,7 @@ from prefect import flow
 from nas_core.config import load_params
 from tasks import tracking
 from tasks.dvc_files import METRICS
+from tasks.flowruns import untagged_task_runs
 from tasks.search import CURVES, HISTORY, PLOT, PRUNING, THETA, search_task
 
 NON_METRICS = ("epoch", "space", "cost_table", "cost_metric", "architecture", "resumed_from")
@@ -20,6 +21,7 @@ def _numbers(d: dict) -> dict[str, float]:
 
 
 @flow(name="search")
+@untagged_task_runs
 def search_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (),
                 experiment: str | None = None) -> dict:
     params = load_params(params_file, overrides, experiment)

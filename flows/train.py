@@ -11,6 +11,7 @@ from nas_core.config import Paths, load_params
 from nas_core.train.stages import STAGE_DATA, TRAIN_STAGES, stage_settings
 from tasks import tracking
 from tasks.dvc_files import CHOSEN_ARCHITECTURE, METRICS
+from tasks.flowruns import untagged_task_runs
 from tasks.train import LINEAGE, MODEL, skip_stage_task, train_stage_task
 
 # the chain of section 5.3.2; each stage consumes the model of the one before it
@@ -65,6 +66,7 @@ def run_train_stage(stage: str, params_file: str = "params.yaml", overrides: tup
 
 def _stage_flow(stage: str):
     @flow(name=stage.replace("_", "-"))
+    @untagged_task_runs
     def stage_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (),
                    experiment: str | None = None) -> dict:
         return run_train_stage(stage, params_file, overrides, experiment)
