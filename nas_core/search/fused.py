@@ -43,9 +43,11 @@ for _c in CANDIDATES:
 _FAMILY_OF = {name: key for key, names in FAMILIES.items() for name in names}
 
 # "kernel5": one depthwise convolution with every member's taps in the largest kernel; "slices": one depthwise
-# convolution per member on its channels. Chosen by benchmarks/bench_supernet.py --depthwise (benchmarks/README.md).
+# convolution per member on its channels. Measured by benchmarks/bench_supernet.py (benchmarks/README.md, issue 19):
+# on the CPU kernel5 was the faster on small and large, slices on xlarge; kernel5 is also one kernel where slices
+# are 3-6 and a concatenation (what a launch-bound GPU step pays for), so kernel5 is the default.
 DEPTHWISE_VARIANTS = ("kernel5", "slices")
-DEPTHWISE = "slices"
+DEPTHWISE = "kernel5"
 
 
 def fusion_plan(names: Sequence[str]) -> list[tuple[str, ...]]:

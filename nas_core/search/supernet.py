@@ -232,7 +232,9 @@ class SupernetPath:
 
 
 # search.fused: auto, per device type: what benchmarks/bench_supernet.py measured faster (benchmarks/README.md,
-# issue 19). Unmeasured devices get the plain supernet.
+# issue 19). CPU (2026-12-07, 1 thread, 64x64, batch 4): fused / plain step 1.11 small, 0.91 large, 1.12-1.18
+# xlarge, so plain. CUDA: not measured yet (no GPU was lent), so plain until `bench_supernet.py --device cuda
+# --figures fused` shows the fused step faster; unmeasured devices get the plain supernet.
 FUSED_AUTO: dict[str, bool] = {"cpu": False, "cuda": False}
 
 
