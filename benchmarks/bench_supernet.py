@@ -6,14 +6,19 @@
     (the paper's "cuts search time in half": target <= 0.5);
 (c) memory of a search step per image at the paper's 768x768 patch, and the largest batch in 24 GiB.
     CPU: saved activations counted exactly on the meta device (no compute; fp32), plus parameters,
-    gradients and optimizer state. CUDA: the allocator's peak at batch 1 and 2 with AMP.
+    gradients and optimizer state. CUDA: the allocator's peak at batch 1 and 2 with AMP;
+(d) fused superblock (issue 19): a search step (forward + backward + both optimizers) of the fused supernet /
+    the plain one, same weights, per depthwise variant, interleaved (target on a GPU at 768x768, AMP, batch 8:
+    <= 0.6; on the CPU it decides `search.fused: auto`).
 
     python benchmarks/bench_supernet.py                      # CPU, small space
     python benchmarks/bench_supernet.py --device cuda --spaces small,large,xlarge --size 768
+    python benchmarks/bench_supernet.py --figures fused --spaces small,large,xlarge --size 128 --batch 4 --threads 1
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -22,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from nas_core.cost.macs import build_cost_table, cost_matrix
+from nas_core.search.fused import DEPTHWISE_VARIANTS
 from nas_core.search.loop import resource_loss
 from nas_core.search.supernet import Supernet, build_supernet
 from nas_core.space.candidates import CANDIDATE_NAMES
@@ -132,6 +138,38 @@ def pruning_speedup(space: str, x, y, repeats: int) -> dict:
             "one_live_median_s": statistics.median(times["one_live"]), "ratio": best["one_live"] / best["unpruned"]}
 
 
+def fused_speedup(space: str, x, y, repeats: int, variants=DEPTHWISE_VARIANTS) -> dict:
+    """(d) Search step of the fused supernet (each depthwise variant) / the plain one: copies of one supernet,
+    each with its own optimizers and the same Gumbel seeds, timed in turn every repeat (best and median)."""
+    device = x.device
+    cost = torch.tensor(cost_matrix(build_cost_table(space, tuple(x.shape[-2:])))[0], dtype=torch.float32,
+                        device=device)
+    torch.manual_seed(0)
+    base = build_supernet(space).to(device)
+    steps = {}
+    for name in ("plain", *variants):
+        net = copy.deepcopy(base)
+        if name != "plain":
+            net.set_fused(True, depthwise=name)
+        opt_w = torch.optim.SGD(net.weight_parameters(), lr=0.01, momentum=0.9)
+        opt_t = torch.optim.Adam(net.arch_parameters(), lr=0.01)
+        g = torch.Generator().manual_seed(0)
+        steps[name] = (lambda n=net, a=opt_w, b=opt_t, g=g: search_step(n, x, y, cost, a, b, g))
+    del base
+    for step in steps.values():
+        step()  # warm-up: allocations, optimizer state, cuDNN's algorithm choice
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            times[name] += _timed(step, device, 1, warmup=False)
+    best = {name: min(t) for name, t in times.items()}
+    out = {f"{name}_s": best[name] for name in steps}
+    out.update({f"{name}_median_s": statistics.median(t) for name, t in times.items()})
+    out.update({f"ratio_{name}": best[name] / best["plain"] for name in variants})
+    out.update({f"median_ratio_{name}": out[f"{name}_median_s"] / out["plain_median_s"] for name in variants})
+    return out
+
+
 def saved_bytes(space: str, size: int, device: torch.device) -> int:
     """Bytes of the tensors autograd saves for one image's search step (storages counted once)."""
     with torch.device(device):
@@ -200,8 +238,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--memory-size", type=int, default=768)
     p.add_argument("--budget-gib", type=float, default=24.0)
+    p.add_argument("--figures", default="mixing,pruning,memory,fused",
+                   help="comma-separated: mixing (a), pruning (b), memory (c), fused (d)")
+    p.add_argument("--depthwise", default=",".join(DEPTHWISE_VARIANTS),
+                   help="(d): the fused depthwise variants to time against the plain supernet")
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args()
+    figures = set(a.figures.split(","))
+    if figures - {"mixing", "pruning", "memory", "fused"} or set(a.depthwise.split(",")) - set(DEPTHWISE_VARIANTS):
+        p.error(f"--figures: mixing, pruning, memory, fused; --depthwise: {', '.join(DEPTHWISE_VARIANTS)}")
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
@@ -213,17 +258,26 @@ def main() -> None:
         torch.manual_seed(0)
         x = torch.randn(a.batch, 3, a.size, a.size, device=device)
         y = torch.randint(0, 19, (a.batch, a.size, a.size), device=device)
-        net = build_supernet(space).to(device)
-        r = {"mixing": mixing_overhead(net, x, a.repeats)}
-        del net
-        print(f"(a) {space}: superblocks {r['mixing']['superblocks_s'] * 1e3:.1f} ms / 13 candidates alone "
-              f"{r['mixing']['candidates_s'] * 1e3:.1f} ms = {r['mixing']['ratio']:.3f}", flush=True)
-        r["pruning"] = pruning_speedup(space, x, y, a.repeats)
-        print(f"(b) {space}: step pruned to one live candidate per block {r['pruning']['one_live_s'] * 1e3:.1f} ms "
-              f"/ unpruned {r['pruning']['unpruned_s'] * 1e3:.1f} ms = {r['pruning']['ratio']:.3f}", flush=True)
+        r = {}
+        if "mixing" in figures:
+            net = build_supernet(space).to(device)
+            r["mixing"] = mixing_overhead(net, x, a.repeats)
+            del net
+            print(f"(a) {space}: superblocks {r['mixing']['superblocks_s'] * 1e3:.1f} ms / 13 candidates alone "
+                  f"{r['mixing']['candidates_s'] * 1e3:.1f} ms = {r['mixing']['ratio']:.3f}", flush=True)
+        if "pruning" in figures:
+            r["pruning"] = pruning_speedup(space, x, y, a.repeats)
+            print(f"(b) {space}: step pruned to one live candidate per block {r['pruning']['one_live_s'] * 1e3:.1f} "
+                  f"ms / unpruned {r['pruning']['unpruned_s'] * 1e3:.1f} ms = {r['pruning']['ratio']:.3f}", flush=True)
+        if "fused" in figures:
+            f = r["fused"] = fused_speedup(space, x, y, a.repeats, tuple(a.depthwise.split(",")))
+            for v in a.depthwise.split(","):
+                print(f"(d) {space}: fused ({v}) step {f[v + '_s'] * 1e3:.1f} ms / plain {f['plain_s'] * 1e3:.1f} ms = "
+                      f"{f['ratio_' + v]:.3f} (medians {f[v + '_median_s'] * 1e3:.1f} / "
+                      f"{f['plain_median_s'] * 1e3:.1f} ms = {f['median_ratio_' + v]:.3f})", flush=True)
         results["spaces"][space] = r
     results["memory"] = {}
-    for space in filter(None, a.memory_spaces.split(",")):
+    for space in filter(None, a.memory_spaces.split(",") if "memory" in figures else []):
         m = memory_cuda(space, a.memory_size, a.budget_gib, device) if device.type == "cuda" \
             else memory_cpu(space, a.memory_size, a.budget_gib)
         results["memory"][space] = m

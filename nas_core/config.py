@@ -302,6 +302,9 @@ class SearchParams(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     nproc: Int = Field(1, ge=1)  # > 1: DDP in that many torchrun processes (SyncBatchNorm on GPU)
     amp: Bool = True  # float16 autocast on CUDA; ignored on CPU
+    # the fused superblock (issue 19: same parameters and math, fewer kernels); auto: what benchmarks/README.md
+    # measured faster on the device (nas_core.search.supernet.FUSED_AUTO)
+    fused: Literal["auto"] | Bool = "auto"
     num_workers: Int = Field(0, ge=0)
     threads: Int = Field(0, ge=0)  # torch CPU threads per process (0: torch's default)
     checkpoint_every: Int = Field(0, ge=0)  # steps between mid-epoch checkpoints (0: epoch ends only)

@@ -23,7 +23,7 @@ from nas_core.io import atomic_torch_save, atomic_write_json, atomic_write_parqu
 from nas_core.search.data import search_loader, split_dataset
 from nas_core.search.loop import evaluate_architecture, run_search, search_config
 from nas_core.search.plots import plot_probabilities
-from nas_core.search.supernet import build_supernet
+from nas_core.search.supernet import build_supernet, resolve_fused
 from tasks.dvc_files import METRICS
 from tasks.torchrun import run_torchrun, worker_dies_with_launcher
 
@@ -74,7 +74,7 @@ def search(cfg: SearchParams, data_root: str, out_dir: str,
         torch.set_num_threads(cfg.threads)
     cost, fixed = load_cost(cfg)
     torch.manual_seed(cfg.seed)  # the supernet's initial weights
-    supernet = build_supernet(cfg.space, cfg.num_classes).to(info.device)
+    supernet = build_supernet(cfg.space, cfg.num_classes, resolve_fused(cfg.fused, info.device)).to(info.device)
     train, arch, n_train = _loaders(cfg, data_root, info.rank, info.world_size, info.device)
     out = Path(out_dir)
     result = run_search(supernet, train, cost, search_config(cfg), out / CHECKPOINTS, arch_loader=arch,

@@ -1,6 +1,7 @@
 """Multi-process search: DistributedDataParallel over 2 CPU processes (gloo on 127.0.0.1)."""
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -19,13 +20,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, port: int, out_dir: str, fused: bool) -> None:
     torch.set_num_threads(1)
     register_tiny()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         torch.manual_seed(0)  # DDP broadcasts rank 0's weights anyway; theta starts uniform on both
-        net = build_supernet(TINY, TINY_CLASSES)
+        net = build_supernet(TINY, TINY_CLASSES, fused=fused)
         cost, fixed = cost_matrix(build_cost_table(TINY, (32, 64), TINY_CLASSES))
         loader = search_loader(TinySegmentation(16), 2, seed=0, rank=rank, world_size=world)
         seen = [key for batch in _keys(loader) for key in batch]
@@ -43,8 +44,9 @@ def _keys(loader):
     return list(loader.batch_sampler)
 
 
-def test_two_process_search_ends_with_identical_theta_on_both_ranks(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
+def test_two_process_search_ends_with_identical_theta_on_both_ranks(tmp_path, fused):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), fused), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert not set(r0["seen"]) & set(r1["seen"])  # each rank reads its own share of the images
     assert len(r0["seen"]) == len(r1["seen"]) == 8

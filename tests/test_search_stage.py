@@ -83,11 +83,28 @@ def test_a_missing_cost_metric_is_named_with_the_file_and_field(workdir):
         load_cost(cfg.search)
 
 
+def test_the_task_searches_with_the_fused_supernet_and_writes_the_plain_state(workdir, tmp_path, monkeypatch):
+    from nas_core.search.supernet import build_supernet
+    from nas_core.select.sampling import load_supernet
+    from tasks.search import search
+
+    monkeypatch.chdir(workdir)
+    cfg = load_params("params.yaml", ["search.fused=true", "search.epochs=1", "search.eval_images=1"]).search
+    assert cfg.fused is True
+    summary = search(cfg, "cityscapes", str(tmp_path / "out"))
+    assert summary["epochs"] == 1
+    supernet = load_supernet(tmp_path / "out" / "supernet.pt")  # the sample stage reads it as a plain supernet
+    plain = build_supernet("small")
+    plain.set_live_mask(supernet.live_mask())
+    assert list(supernet.state_dict()) == list(plain.state_dict())
+
+
 @pytest.mark.parametrize("override, message", [
     ("search.prune_threshold=0.1", "search.prune_threshold"),
     ("search.warmup_epochs=2", "warmup_epochs \\(2\\) must be below epochs \\(2\\)"),
     ("search.scheme=darts", "search.scheme"),
     ("search.tau_schedule=cosine", "search.tau_schedule"),
+    ("search.fused=fast", "search.fused"),
 ])
 def test_bad_search_params_name_the_field(workdir, override, message):
     from nas_core.config import ParamsError

@@ -1,6 +1,11 @@
 """The stochastic supernet (paper section 4, Figure 3): the stem, one superblock of 13 candidates per
 block position, the space's decoder. Each superblock owns its architecture logits theta (eq. 2);
-a candidate below the pruning threshold is removed from compute (section 4.2)."""
+a candidate below the pruning threshold is removed from compute (section 4.2).
+
+`fused` (issue 19, beyond the paper: an implementation choice, not a change of the method) runs the live
+candidates of each family as fewer, larger kernels with the same parameters and the same arithmetic up to
+rounding (nas_core.search.fused); `resolve_fused` maps `search.fused: auto` to what benchmarks/README.md
+measured faster on the device."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +14,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from nas_core.search import fused as fusion
 from nas_core.search.gumbel import gumbel_softmax, sample_gumbel
 from nas_core.space.blocks import build_candidate, init_weights
 from nas_core.space.candidates import CANDIDATE_NAMES, CANDIDATES, NUM_CANDIDATES
@@ -25,9 +31,12 @@ class SuperBlock(nn.Module):
     `ops` holds the candidates' modules of `build_candidate`, keyed by candidate name, so their state maps
     onto a static `Block.op`. `skip` under a residual has no module: it contributes zero, the block is
     then the identity. `live` marks the candidates not yet pruned.
+
+    `fused`: the forward runs each family's live candidates fused (nas_core.search.fused), same parameters,
+    same state; `units` is the plan, rebuilt when candidates are pruned. Neither is part of the state.
     """
 
-    def __init__(self, spec: BlockSpec):
+    def __init__(self, spec: BlockSpec, fused: bool = False):
         super().__init__()
         self.spec = spec
         self.residual = spec.residual
@@ -35,6 +44,9 @@ class SuperBlock(nn.Module):
         self.ops = nn.ModuleDict({n: m for n, m in modules.items() if m is not None})
         self.theta = nn.Parameter(torch.zeros(NUM_CANDIDATES))  # uniform p at the start
         self.register_buffer("live", torch.ones(NUM_CANDIDATES, dtype=torch.bool))
+        self.fused = fused
+        self.depthwise_variant = fusion.DEPTHWISE
+        self.units = fusion.fusion_plan(list(self.ops))
 
     def logits(self) -> torch.Tensor:
         """theta with pruned candidates at -inf, so softmax renormalises over the live ones."""
@@ -47,12 +59,32 @@ class SuperBlock(nn.Module):
             x: (N, C_in, H, W).
             weights: (N, 13) per-image mixing weights, zero for pruned candidates.
         """
+        if self.fused:
+            return self._forward_fused(x, weights)
         out = None
         for name, op in self.ops.items():  # pruned candidates are no longer in the dict
             y = op(x)  # (N, C_out, H/s, W/s)
             w = weights[:, _COLUMN[name]].to(y.dtype).view(-1, 1, 1, 1)
             # in place on our own sum: one kernel per candidate, and nothing but y and w is saved
             out = y * w if out is None else out.addcmul_(y, w)
+        if self.residual:
+            return x if out is None else x + out
+        return out
+
+    def _forward_fused(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """`forward` with each family's live candidates as one fused unit; a unit of one runs its own module."""
+        out = None
+        for unit in self.units:
+            ops = [self.ops[name] for name in unit]
+            if len(unit) > 1 and fusion.fusable(ops):
+                columns = [_COLUMN[name] for name in unit]
+                y = fusion.fused_family(x, ops, weights[:, columns], self.depthwise_variant)  # the weighted sum
+                out = y if out is None else out.add_(y)
+                continue
+            for name, op in zip(unit, ops):  # as `forward`
+                y = op(x)
+                w = weights[:, _COLUMN[name]].to(y.dtype).view(-1, 1, 1, 1)
+                out = y * w if out is None else out.addcmul_(y, w)
         if self.residual:
             return x if out is None else x + out
         return out
@@ -86,22 +118,39 @@ class SuperBlock(nn.Module):
         for j in torch.nonzero(~live).flatten().tolist():
             if CANDIDATE_NAMES[j] in self.ops:
                 del self.ops[CANDIDATE_NAMES[j]]
+        self.units = fusion.fusion_plan(list(self.ops))  # pruned candidates leave their family's unit
+
+    def extra_repr(self) -> str:
+        return f"fused={self.fused}, units={self.units}" if self.fused else "fused=False"
 
 
 class Supernet(nn.Module):
     """Maps a normalized (N, 3, H, W) batch to (N, classes, H, W) logits of a sampled mixture."""
 
-    def __init__(self, space: str, num_classes: int = NUM_CLASSES):
+    def __init__(self, space: str, num_classes: int = NUM_CLASSES, fused: bool = False):
         super().__init__()
         self.space = get_space(space)
         self.num_classes = num_classes
         self.low_level_index = self.space.low_level_index
         # the same modules as SegmentationNetwork, so state names line up with a static network
         self.stem = build_stem(self.space)
-        self.blocks = nn.ModuleList(SuperBlock(spec) for spec in self.space.blocks)
+        self.blocks = nn.ModuleList(SuperBlock(spec, fused) for spec in self.space.blocks)
         self.post_encoder = build_post_encoder(self.space)
         self.decoder = build_space_decoder(self.space, num_classes)
         init_weights(self)
+
+    @property
+    def fused(self) -> bool:
+        return all(block.fused for block in self.blocks)
+
+    def set_fused(self, fused: bool, depthwise: str | None = None) -> None:
+        """Run the superblocks fused or plain (same parameters, same state); `depthwise`: the fused variant."""
+        if depthwise is not None and depthwise not in fusion.DEPTHWISE_VARIANTS:
+            raise ValueError(f"unknown depthwise variant {depthwise!r}; valid: {', '.join(fusion.DEPTHWISE_VARIANTS)}")
+        for block in self.blocks:
+            block.fused = bool(fused)
+            if depthwise is not None:
+                block.depthwise_variant = depthwise
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """theta, collected from the superblocks that own it, in block order."""
@@ -182,8 +231,25 @@ class SupernetPath:
         return self.supernet.forward_architecture(x, self.arch)
 
 
-def build_supernet(space: str, num_classes: int = NUM_CLASSES) -> Supernet:
-    return Supernet(space, num_classes)
+# search.fused: auto, per device type: what benchmarks/bench_supernet.py measured faster (benchmarks/README.md,
+# issue 19). CPU (2026-12-07, 1 thread, 64x64, batch 4): fused / plain step 1.11 small, 0.91 large, 1.12-1.18
+# xlarge, so plain. CUDA: not measured yet (no GPU was lent), so plain until `bench_supernet.py --device cuda
+# --figures fused` shows the fused step faster; unmeasured devices get the plain supernet.
+FUSED_AUTO: dict[str, bool] = {"cpu": False, "cuda": False}
+
+
+def resolve_fused(setting: bool | str, device: torch.device | str) -> bool:
+    """`search.fused` (true, false or "auto") for the supernet on `device`."""
+    if setting == "auto":
+        return FUSED_AUTO.get(torch.device(device).type, False)
+    if isinstance(setting, bool):
+        return setting
+    raise ValueError(f"search.fused must be true, false or auto, got {setting!r}")
+
+
+def build_supernet(space: str, num_classes: int = NUM_CLASSES, fused: bool = False) -> Supernet:
+    """The supernet of `space`; `fused` runs the superblocks fused (a bool: see `resolve_fused` for 'auto')."""
+    return Supernet(space, num_classes, fused)
 
 
 def extract_network(supernet: Supernet, arch: Architecture) -> SegmentationNetwork:
