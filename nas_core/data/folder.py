@@ -86,6 +86,7 @@ def parse_classes(data: Any, where: str) -> SegmentationClasses:
     ignore = data.get("ignore_index", IGNORE_INDEX)
     if not isinstance(ignore, int) or isinstance(ignore, bool) or not 0 <= ignore <= 65535:
         problems.append(f"{where}: ignore_index: expected an integer 0..65535, got {ignore!r}")
+        ignore = None  # checked no further
     ignore_color = data.get("ignore_color")
     if ignore_color is not None and _color(ignore_color) is None:
         problems.append(f"{where}: ignore_color: expected [r, g, b] of integers 0..255, got {ignore_color!r}")
@@ -101,7 +102,7 @@ def parse_classes(data: Any, where: str) -> SegmentationClasses:
     problems += (_twice([n for n in names if isinstance(n, str)], "name", where)
                  + _twice([c for c in colors if c is not None], "color", where)
                  + _twice([i for i in ids if isinstance(i, int)], "id", where))
-    if ignore in ids:
+    if ignore is not None and ignore in ids:
         problems.append(f"{where}: ignore_index {ignore} is also the mask value of class {names[ids.index(ignore)]!r}"
                         + ("" if with_id else " (its position): give each class an id, or another ignore_index"))
     if ignore_color is not None and _color(ignore_color) is not None and _color(ignore_color) in colors:
@@ -165,6 +166,8 @@ def decode_mask(mask: np.ndarray, classes: SegmentationClasses, path: Path) -> n
     or colour that names no class is a DatasetError naming the file and what classes.yaml allows."""
     if mask.ndim == 2:
         values = mask.astype(np.int64)
+        if values.size and values.min() < 0:
+            raise DatasetError(f"{path}: negative mask values ({int(values.min())}); expected class indices")
         lut = np.full(max(int(values.max(initial=0)), classes.ignore_index, *classes.ids) + 1, -1, dtype=np.int64)
         lut[list(classes.ids)] = np.arange(len(classes))
         lut[classes.ignore_index] = IGNORE_INDEX

@@ -34,7 +34,7 @@ def check_replaceable(root: str | Path, field: str) -> None:
     """Refuse to generate over `root` unless it is absent, empty, or a dataset generated here.
 
     Args:
-        field: the params key naming `root` (e.g. paths.cityscapes), for the message.
+        field: the params key naming `root` (e.g. paths.dataset), for the message.
     """
     root = Path(root)
     if not (root.exists() or root.is_symlink()):
