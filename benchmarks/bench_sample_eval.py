@@ -37,7 +37,7 @@ from nas_core.search.supernet import build_supernet, extract_network  # noqa: E4
 from nas_core.space.spaces import Architecture  # noqa: E402
 
 PARAMS = """\
-paths: {{cityscapes: cityscapes, search: search, cost_tables: cost_tables, latency: latency, samples: samples}}
+paths: {{dataset: cityscapes, search: search, cost_tables: cost_tables, latency: latency, samples: samples}}
 tracking: {{mlflow_uri: 'sqlite:///mlflow.db', experiment: bench}}
 sample: {{num_samples: {num}, workers: {workers}, batch_size: {batch}, device: cpu}}
 """

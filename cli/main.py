@@ -17,6 +17,7 @@ from tasks.telemetry import quiet_telemetry
 COMMANDS = {
     "describe": "cli.describe",
     "data": "cli.stages",
+    "dataset": "cli.dataset",
     "cost-tables": "cli.stages",
     "profile": "cli.latency",
     "miou": "cli.miou",

@@ -1,6 +1,6 @@
 """Flow for the DVC stage `benchmark` (paper Table 1): our retrained network and the baselines, each
-exported to ONNX, timed on the target at batch 1 and scored on Cityscapes val; a markdown report, DVC
-metrics, and the final model logged to MLflow (PyTorch and ONNX) and registered."""
+exported to ONNX, timed on the target at batch 1 and scored on the target dataset's val split (per class too);
+a markdown report, DVC metrics, and the final model logged to MLflow (PyTorch and ONNX) and registered."""
 from __future__ import annotations
 
 import json
@@ -16,6 +16,7 @@ from tasks import tracking
 from tasks.benchmark import ONNX_DIR, OURS, benchmark_network_task, references_task, write_report_task
 from tasks.dvc_files import SELECT_METRICS
 from tasks.flowruns import untagged_task_runs
+from tasks.tracking import metric_name
 from tasks.train import MODEL
 
 
@@ -28,15 +29,15 @@ def benchmark_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] 
     out_dir, model_path = Path(paths.benchmark), stage_dir(paths, TRAIN_STAGES[-1]) / MODEL
     onnx_dir = out_dir / ONNX_DIR
     common = dict(onnx_dir=str(onnx_dir), input_size=cfg.input_size.hw, target=cfg.target, threads=cfg.threads,
-                  warmup=cfg.warmup, runs=cfg.runs, cityscapes_root=paths.cityscapes, atol=cfg.onnx_atol,
-                  latency_cfg=params.latency)
+                  warmup=cfg.warmup, runs=cfg.runs, dataset_root=paths.dataset, atol=cfg.onnx_atol,
+                  latency_cfg=params.latency, data_format=params.data.format)
     # one network at a time: concurrent latency runs would share the cores and disturb each other
     # an experiment's benchmark measures its own network; the report stage measures the baselines for all
     ours = params.experiment or OURS
     baselines = () if params.experiment else cfg.baselines
     rows = [benchmark_network_task(ours, str(model_path), None, **common)]
     rows += [benchmark_network_task(name, None, cfg.weights.get(name), **common) for name in baselines]
-    references = references_task(str(model_path), paths.cityscapes, params.train.seed)
+    references = references_task(str(model_path), paths.dataset, params.train.seed, params.data.format)
     lat = params.latency
     where = (f"local:{device_name(lat)} (onnxruntime CPU, {cfg.threads} thread(s), {cfg.runs} runs)"
              if cfg.target == "local" else f"{lat.target}:{device_name(lat)} ({lat.backend}, {lat.runs}+ runs)")
@@ -54,6 +55,8 @@ def benchmark_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] 
             metrics = {f"{r['network']}.{k}": r[k] for k in
                        ("latency_ms", "gmacs", "gmacs_per_s", "params_m", "onnx_max_rel_diff", "class_miou")
                        if r.get(k) is not None}
+            metrics.update({f"{r['network']}.iou.{metric_name(c)}": v for c, v in (r.get("class_iou") or {}).items()
+                            if v is not None})
             tracking.log_metrics(metrics, model_id=logged["pytorch_model_id"] if r["network"] == ours else None)
         tracking.log_artifact(written["report"], "benchmark")
         tracking.log_artifact(written["metrics"], "benchmark")

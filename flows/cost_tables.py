@@ -8,6 +8,7 @@ from prefect import flow
 
 from flows.runners import ThreadRunner
 from nas_core.config import load_params
+from nas_core.data.target import target_classes
 from nas_core.io import atomic_write_json
 from tasks import tracking
 from tasks.cost_tables import build_cost_table_task
@@ -31,14 +32,17 @@ def write_published_cards(networks_dir: str) -> list[Path]:
 def cost_tables_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
     params = load_params(params_file, overrides)
     cfg, out_dir = params.cost_tables, params.paths.cost_tables
-    futures = {s: build_cost_table_task.submit(s, cfg.input_size.hw, cfg.num_classes, out_dir) for s in cfg.spaces}
+    # the decoder's last layer has the target dataset's classes (Cityscapes: 19; folder: classes.yaml's)
+    num_classes = len(target_classes(params.data.format, params.paths.dataset))
+    futures = {s: build_cost_table_task.submit(s, cfg.input_size.hw, num_classes, out_dir) for s in cfg.spaces}
     summaries = {s: f.result() for s, f in futures.items()}
     metrics = {f"{space}.{k}": v for space, s in summaries.items() for k, v in s.items() if k not in ("path", "rows")}
     summary_path = Path(params.paths.metrics) / "cost_tables.json"
     atomic_write_json(summary_path, summaries)
     cards = write_published_cards(params.paths.networks)
 
-    with tracking.stage_run(params.tracking, "cost_tables", params=cfg.model_dump(mode="json")):
+    with tracking.stage_run(params.tracking, "cost_tables", params={**cfg.model_dump(mode="json"),
+                                                                    "num_classes": num_classes}):
         tracking.log_metrics(metrics)
         for s in summaries.values():
             tracking.log_artifact(s["path"], "cost_tables")

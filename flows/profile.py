@@ -13,6 +13,7 @@ from nas_core.cost.factory import device_name
 from nas_core.cost.fidelity import placeholder_plot
 from nas_core.cost.pool import check_same_hardware, pool_facts, pool_stats
 from nas_core.cost.targets import ProfileError
+from nas_core.data.target import target_classes
 from nas_core.io import atomic_write_json
 from tasks import tracking
 from tasks.flowruns import subflow_tags, untagged_task_runs
@@ -38,9 +39,11 @@ def profile_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = 
     cfg = params.latency
     # one job per device at a time: more workers than devices would only wait on the slots
     runner = make_task_runner(cfg, workers=len(cfg.devices()), section="latency")
+    # the decoder's last layer has the target dataset's classes
+    num_classes = len(target_classes(params.data.format, params.paths.dataset))
     with subflow_tags():
-        measured = devices_flow.with_options(task_runner=runner)(cfg, params.paths.latency)
-    return _report(params, measured)
+        measured = devices_flow.with_options(task_runner=runner)(cfg, params.paths.latency, num_classes)
+    return _report(params, measured, num_classes)
 
 
 def _gather(futures: list) -> list[dict]:
@@ -61,7 +64,7 @@ def _gather(futures: list) -> list[dict]:
 
 @flow(name="profile-devices")
 @untagged_task_runs
-def devices_flow(cfg, out_dir: str) -> dict:
+def devices_flow(cfg, out_dir: str, num_classes: int) -> dict:
     """Every device's facts (a pool must be one kind of device), then each device's share of the
     units no device has measured yet; each job holds its device's slot."""
     devices = cfg.devices()
@@ -74,9 +77,9 @@ def devices_flow(cfg, out_dir: str) -> dict:
     facts = {j["device"]: j["facts"] for j in facts_jobs}
     check_same_hardware(facts)
     atomic_write_json(Path(out_dir) / DEVICE, pool_facts(facts))
-    plan = deal_task(cfg, out_dir)
+    plan = deal_task(cfg, out_dir, num_classes)
     jobs = _gather([measure_device_task.with_options(**opts(d)).submit(
-        d, out_dir, share, device_name(d) if pooled else "") for d, share in zip(devices, plan["shares"])])
+        d, out_dir, share, num_classes, device_name(d) if pooled else "") for d, share in zip(devices, plan["shares"])])
     stats = {name: pool_stats([j["stats"][name] for j in jobs if name in j["stats"]], units)
              for name, units in plan["units"].items()}
     spans = [{"phase": "facts", **{k: j[k] for k in ("device", "start", "end")}} for j in facts_jobs]
@@ -85,14 +88,14 @@ def devices_flow(cfg, out_dir: str) -> dict:
     return {"facts": pool_facts(facts), "stats": stats, "jobs": spans}
 
 
-def _report(params, measured: dict) -> dict:
+def _report(params, measured: dict, num_classes: int) -> dict:
     """Tables and fidelity from the stored measurements; metrics, MLflow run, summary lines."""
     cfg, out_dir, facts = params.latency, params.paths.latency, measured["facts"]
-    tables = latency_tables_task(cfg, out_dir)
+    tables = latency_tables_task(cfg, out_dir, num_classes)
     for s, t in tables.items():
         t.update({f"profile_{k}": v for k, v in measured["stats"][s].items()})
     if cfg.fidelity.num_networks:
-        fidelity = fidelity_task(cfg, out_dir)
+        fidelity = fidelity_task(cfg, out_dir, num_classes)
     else:
         fidelity = {"skipped": "latency.fidelity.num_networks is 0"}
         atomic_write_json(Path(out_dir) / FIDELITY, fidelity)
@@ -102,7 +105,8 @@ def _report(params, measured: dict) -> dict:
     metrics.update({f"fidelity.{k}": v for k, v in fidelity.items() if isinstance(v, (int, float))})
     atomic_write_json(Path(params.paths.metrics) / "latency_table.json", metrics)
     tags = {f"device.{k}": str(facts[k])[:500] for k in FACT_TAGS if facts.get(k) is not None}
-    with tracking.stage_run(params.tracking, "latency_table", params=cfg.model_dump(mode="json"), tags=tags):
+    with tracking.stage_run(params.tracking, "latency_table", params={**cfg.model_dump(mode="json"),
+                                                                      "num_classes": num_classes}, tags=tags):
         tracking.log_metrics(metrics)
         for t in tables.values():
             tracking.log_artifact(t["path"], "latency")

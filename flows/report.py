@@ -10,6 +10,7 @@ from prefect import flow
 
 from nas_core.config import load_params
 from nas_core.cost.factory import device_name
+from nas_core.data.target import target_classes
 from nas_core.report.table1 import compare_spaces, figure, load_paper_figures, table_row, write_table1
 from tasks import tracking
 from tasks.flowruns import untagged_task_runs
@@ -63,22 +64,28 @@ def report_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
                                         str(Path(paths.networks) / f"{name}.json")))
     for name in REFERENCE_NETWORKS:
         rows.append(reference_row_task(name, cfg.weights.get(name), str(out / "onnx"), cfg.input_size.hw,
-                                       paths.cityscapes, cfg.onnx_atol, cfg.threads))
+                                       paths.dataset, cfg.onnx_atol, cfg.threads, params.data.format))
     target, where = report_target(params)
     timed = time_networks_task({r["network"]: r["onnx"] for r in rows}, cfg.input_size.hw, target)
-    table = [table_row(r["network"], r["kind"], r["space"], r["objective"], r["architecture"], r["weights"],
-                       r["class_miou"], timed[r["network"]]["latency_ms"], timed[r["network"]]["latency_p10_ms"],
-                       timed[r["network"]]["latency_p90_ms"], r["gmacs"], r["params_m"]) for r in rows]
+    table = [{**table_row(r["network"], r["kind"], r["space"], r["objective"], r["architecture"], r["weights"],
+                          r["class_miou"], timed[r["network"]]["latency_ms"], timed[r["network"]]["latency_p10_ms"],
+                          timed[r["network"]]["latency_p90_ms"], r["gmacs"], r["params_m"]),
+              "class_iou": r.get("class_iou")} for r in rows]
+    classes = target_classes(params.data.format, paths.dataset).names
     comparisons = compare_spaces(table)
     h, w = cfg.input_size.hw
+    own = params.data.format == "folder"
     notes = [f"Input 1x3x{h}x{w}, batch 1; every network timed in one interleaved session on {where}.",
-             "class mIoU: Cityscapes-format validation set at full resolution, no test-time augmentation"
+             ("class mIoU: the folder-format dataset's validation set" if own else
+              "class mIoU: Cityscapes-format validation set") + " at full resolution, no test-time augmentation"
              + (" - here the generated default data, so the mIoU values are not comparable with the paper's"
-                if params.data.generate else ""),
+                if params.data.generate and not own else ""),
              "Published networks without released weights have no mIoU (their MACs, parameters and latency are "
-             "measured all the same)."]
+             "measured all the same)."
+             + (f" The released weights predict Cityscapes' 19 classes, not this dataset's {len(classes)}: every "
+                "reference network here has random weights and a head for the dataset's classes." if own else "")]
     notes += budget_notes(rows)
-    written = write_table1(table, comparisons, where, out, load_paper_figures(PAPER_FIGURES), notes)
+    written = write_table1(table, comparisons, where, out, load_paper_figures(PAPER_FIGURES), notes, classes)
     fig5 = figure(table, "gmacs", out / FIGURE5, "Figure 5: GMACs vs class mIoU")
     fig6 = figure(table, "latency_ms", out / FIGURE6, f"Figure 6: latency on {where.split(' (')[0]} vs class mIoU")
 
@@ -86,6 +93,8 @@ def report_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
                             tags={"squeezenas.experiments": ",".join(params.experiments)}):
         tracking.log_metrics({f"{r['network']}.{k}": r[k] for r in table
                               for k in ("class_miou", "latency_ms", "gmacs", "params_m") if r.get(k) is not None})
+        tracking.log_metrics({f"{r['network']}.iou.{tracking.metric_name(c)}": v for r in table
+                              for c, v in (r.get("class_iou") or {}).items() if v is not None})
         tracking.log_metrics({f"{c['kind']}.{c['space']}.faster_pct": c["faster_pct"] for c in comparisons})
         for path in (written["json"], written["md"], fig5, fig6):
             tracking.log_artifact(path, "report")

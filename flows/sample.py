@@ -97,8 +97,8 @@ def sample_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
           f"({drawn['duplicates']} duplicates redrawn, support {drawn['support']:.3g})"
           + (" - stopped early: the distribution is too peaked for more" if drawn["exhausted"] else ""))
 
-    eval_cfg = evaluation_settings(cfg)
-    fingerprint = evaluation_fingerprint(supernet_path, paths.cityscapes, eval_cfg)
+    eval_cfg = evaluation_settings(cfg, params.data.format)
+    fingerprint = evaluation_fingerprint(supernet_path, paths.dataset, eval_cfg)
     partial_path = out / PARTIAL_NAME
     done = read_partial(partial_path, fingerprint)
     pending = [(i, c) for i, c in enumerate(choices) if ",".join(c) not in done]
@@ -112,7 +112,7 @@ def sample_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
         runner = make_task_runner(cfg)
         with subflow_tags():
             log_rows = evaluate_flow.with_options(task_runner=runner)(
-                pending, space, supernet_path, paths.cityscapes, eval_cfg, devices, threads, str(partial_path),
+                pending, space, supernet_path, paths.dataset, eval_cfg, devices, threads, str(partial_path),
                 fingerprint)
     evaluation_seconds = time.perf_counter() - tic
 

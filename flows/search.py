@@ -29,8 +29,9 @@ def search_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
     out = Path(paths.search)
     with tracking.stage_run(params.tracking, params.dvc_stage("search"), params=cfg.model_dump(mode="json"),
                             tags={"squeezenas.space": cfg.space, "squeezenas.cost_metric": cfg.cost_metric}):
-        summary = search_task(cfg, paths.cityscapes, str(out),
-                              on_epoch_end=lambda epoch, m: tracking.log_metrics(_numbers(m), step=epoch))
+        summary = search_task(cfg, paths.dataset, str(out),
+                              on_epoch_end=lambda epoch, m: tracking.log_metrics(_numbers(m), step=epoch),
+                              data_format=params.data.format)
         tracking.log_metrics({f"final_{k}": v for k, v in _numbers(summary).items()})
         for name in (THETA, HISTORY, PRUNING, CURVES, PLOT, METRICS):
             tracking.log_artifact(out / name, "search")

@@ -28,7 +28,7 @@ def architecture_path(paths: Paths) -> Path:
 
 
 def dataset_root(paths: Paths, stage: str) -> str:
-    return {"imagenet": paths.imagenet, "coco": paths.coco, "cityscapes": paths.cityscapes}[STAGE_DATA[stage].dataset]
+    return {"imagenet": paths.imagenet, "coco": paths.coco, "target": paths.dataset}[STAGE_DATA[stage].dataset]
 
 
 def run_train_stage(stage: str, params_file: str = "params.yaml", overrides: tuple[str, ...] = (),
@@ -56,9 +56,12 @@ def run_train_stage(stage: str, params_file: str = "params.yaml", overrides: tup
                 tracking.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
 
             summary = train_stage_task(stage, stage_settings(cfg, stage), str(arch), dataset_root(paths, stage),
-                                       previous, out_dir, cfg.device, cfg.nproc, log_epoch, cfg.threads)
+                                       previous, out_dir, cfg.device, cfg.nproc, log_epoch, cfg.threads,
+                                       params.data.format)
             tracking.log_metrics({f"final_{k}": v for k, v in summary["final"].items()})
             print(f"[{stage}] trained from {summary['starts_from']} ({summary['init']}): {summary['final']}")
+            if summary["init"] == "new_head":
+                print(f"[{stage}] the segmentation head was re-initialised for the dataset's classes (lineage.json)")
         for name in (LINEAGE, METRICS):
             tracking.log_artifact(Path(out_dir) / name, stage)
     return summary

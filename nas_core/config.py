@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from nas_core.params_file import ParamsError, parse_yaml, read_text, yaml_kind
-from nas_core.space.spaces import INPUT_MULTIPLE, NUM_CLASSES, SPACES
+from nas_core.space.spaces import INPUT_MULTIPLE, SPACES
 
 # strict scalars: YAML's `yes` is no epoch count, "3" no integer and 1.0 no index (an int is a valid float)
 Int, Float, Bool = StrictInt, StrictFloat, StrictBool
@@ -70,7 +70,7 @@ class Size(Section):
 class Paths(Section):
     """Every artifact path, once; dvc.yaml refers to them as ${paths.x}."""
 
-    cityscapes: str = "data/cityscapes"
+    dataset: str = "data/cityscapes"  # the target task's dataset, in the format data.format names
     coco: str = "data/coco"
     imagenet: str = "data/imagenet"
     cost_tables: str = "outputs/cost_tables"
@@ -86,6 +86,22 @@ class Paths(Section):
     networks: str = "outputs/networks"
     report: str = "outputs/report"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "cityscapes" in data:
+            raise ValueError("paths.cityscapes: renamed to paths.dataset (the target task's dataset; data.format "
+                             "says whether it is cityscapes or folder): rename the key")
+        return data
+
+
+def _removed_num_classes(section: str, data):
+    """num_classes is no setting any more: the class count is the target dataset's (classes.yaml or Cityscapes')."""
+    if isinstance(data, dict) and "num_classes" in data:
+        raise ValueError(f"{section}.num_classes: removed; the class count comes from the dataset (paths.dataset, "
+                         "data.format): delete the key")
+    return data
+
 
 class Tracking(Section):
     mlflow_uri: str = "sqlite:///mlflow.db"
@@ -94,9 +110,11 @@ class Tracking(Section):
 
 
 class DataParams(Section):
-    """The generated default datasets. With real datasets, set generate: false and point
-    paths.cityscapes / coco / imagenet at them (README: "Real data")."""
+    """The target dataset's format and the generated default datasets. With real datasets, set generate: false
+    and point paths.dataset / coco / imagenet at them (README: "Real data"). A folder-format target is the
+    user's own (README: "Your own dataset"): it is checked, never generated."""
 
+    format: Literal["cityscapes", "folder"] = "cityscapes"
     generate: Bool = True
     seed: Int = 0
     cityscapes_train: Int = Field(32, ge=1)
@@ -115,7 +133,11 @@ class DataParams(Section):
 class CostTablesParams(Section):
     spaces: tuple[SpaceName, ...] = ("small", "large", "xlarge")
     input_size: Size = Size(height=1024, width=2048)
-    num_classes: Int = Field(NUM_CLASSES, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_num_classes(cls, data):
+        return _removed_num_classes("cost_tables", data)
 
     @field_validator("spaces")
     @classmethod
@@ -310,8 +332,12 @@ class SearchParams(Section):
     checkpoint_every: Int = Field(0, ge=0)  # steps between mid-epoch checkpoints (0: epoch ends only)
     log_every: Int = Field(10, ge=1)
     eval_images: Int = Field(0, ge=0)  # val images for the argmax architecture's mIoU (0: all)
-    num_classes: Int = Field(NUM_CLASSES, ge=1)
     seed: Int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_num_classes(cls, data):
+        return _removed_num_classes("search", data)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -365,7 +391,6 @@ class LatencyParams(Section):
     rounds: Int = Field(1, ge=1)  # onnxruntime: > 1 interleaves all models over rounds (busy machines)
     input_size: Size = Size(height=256, width=512)
     spaces: tuple[SpaceName, ...] = ("small",)
-    num_classes: Int = Field(NUM_CLASSES, ge=1)
     timeout_s: Float = Field(600.0, gt=0)  # no result from the device for this long: retry
     keepalive_s: Float = Field(15.0, gt=0)
     retries: Int = Field(3, ge=0)  # reconnects without progress, and Prefect task retries
@@ -375,6 +400,7 @@ class LatencyParams(Section):
     @model_validator(mode="before")
     @classmethod
     def _no_password(cls, data):
+        _removed_num_classes("latency", data)
         secret = [k for k in data if is_secret_key(k)] if isinstance(data, dict) else []
         if secret:  # the message's "got" is redacted by _format: never the secret
             raise ValueError(f"latency.{secret[0]}: passwords are never accepted; use key_file or an ssh-agent")
@@ -498,10 +524,18 @@ class Params(Section):
         return f"{stage}@{self.experiment}" if self.experiment else stage
 
     def datasets(self) -> dict[str, str]:
-        """The datasets the pipeline reads: Cityscapes, COCO and ImageNet (each while a stage trains on it)."""
-        used = {"cityscapes": True, "coco": self.train.pretrain_coco.enabled,
+        """The datasets the pipeline reads, by their paths field: the target (paths.dataset), COCO and ImageNet
+        (each while a stage trains on it)."""
+        used = {"dataset": True, "coco": self.train.pretrain_coco.enabled,
                 "imagenet": self.train.pretrain_imagenet.enabled}
         return {name: getattr(self.paths, name) for name, on in used.items() if on}
+
+    @model_validator(mode="after")
+    def _coarse_needs_cityscapes(self):
+        if self.data.format == "folder" and self.train.train_coarse.enabled:
+            raise ValueError("train.train_coarse.enabled: the folder format has no coarse annotations (Cityscapes' "
+                             "gtCoarse); set it to false (train_fine then starts from pretrain_coco's model)")
+        return self
 
 
 def experiment_search(base: SearchParams, name: str, exp: ExperimentParams) -> SearchParams:
@@ -566,13 +600,22 @@ def _check_experiment(params: Params, name: str, exp: ExperimentParams) -> None:
 
 
 def missing_datasets(params: Params) -> list[str]:
-    """With data.generate false, one message per dataset the pipeline reads whose folder is absent."""
-    if params.data.generate:
-        return []
+    """One message per dataset the pipeline reads whose folder is absent: each one with data.generate false, and
+    a folder-format target always (the pipeline never generates the user's own dataset)."""
     stage = {"coco": "pretrain_coco", "imagenet": "pretrain_imagenet"}
-    return [f"paths.{name}: {path}: no such dataset folder (data.generate is false: point paths.{name} at the real "
-            f"dataset" + (f", or set train.{stage[name]}.enabled: false)" if name in stage else ")")
-            for name, path in params.datasets().items() if not Path(path).is_dir()]
+    own = params.data.format == "folder"
+    messages = []
+    for name, path in params.datasets().items():
+        if Path(path).is_dir() or (params.data.generate and not (own and name == "dataset")):
+            continue
+        if own and name == "dataset":
+            messages.append(f"paths.dataset: {path}: no such dataset folder (data.format is folder: point "
+                            "paths.dataset at your dataset, README 'Your own dataset')")
+        else:
+            messages.append(f"paths.{name}: {path}: no such dataset folder (data.generate is false: point "
+                            f"paths.{name} at the real dataset" +
+                            (f", or set train.{stage[name]}.enabled: false)" if name in stage else ")"))
+    return messages
 
 
 def _keys_at(loc: tuple) -> list[str]:

@@ -9,8 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from torch.utils.data import DataLoader
 
-from nas_core.data import CityscapesSegmentation
-from nas_core.data.labels import TRAIN_ID_NAMES
+from nas_core.data.target import target_classes, target_dataset
 from nas_core.engine.evaluate import evaluate_constant, evaluate_segmentation, majority_class
 from nas_core.io import atomic_write_json, atomic_write_text
 from nas_core.report.benchmark import (
@@ -21,10 +20,11 @@ from nas_core.report.benchmark import (
     local_target,
     report_markdown,
     target_measure,
+    usable_weights,
 )
 from nas_core.space.network import SegmentationNetwork
-from nas_core.space.spaces import NUM_CLASSES, Architecture
-from nas_core.train.stages import load_payload, segmentation_network
+from nas_core.space.spaces import Architecture
+from nas_core.train.stages import load_payload, payload_classes, segmentation_network
 from tasks.dvc_files import METRICS
 
 REPORT, ONNX_DIR = "report.md", "onnx"
@@ -43,42 +43,59 @@ def make_measure(target: str, threads: int, warmup: int, runs: int, latency_cfg=
     raise ValueError(f"benchmark.target: unknown target {target!r}; valid targets are: local, profiling")
 
 
-def val_loader(cityscapes_root: str) -> DataLoader:
-    """Cityscapes fine val at the dataset's full resolution, one image per batch."""
-    return DataLoader(CityscapesSegmentation(cityscapes_root, "val"), batch_size=1)
+def val_loader(dataset_root: str, data_format: str = "cityscapes") -> DataLoader:
+    """The target dataset's val split at its full resolution, one image per batch."""
+    return DataLoader(target_dataset(data_format, dataset_root, "val"), batch_size=1)
+
+
+def trained_network(model_path: str, class_names: tuple[str, ...], dataset_root: str):
+    """The retrained network of `model_path`, refused when its head predicts other classes than the dataset's
+    (a chain whose target stages were all switched off passes COCO's model on)."""
+    payload = load_payload(model_path)
+    have = payload_classes(payload)
+    if have is not None and have != tuple(class_names):
+        raise ValueError(f"{model_path}: its head predicts {len(have)} classes ({', '.join(have[:4])}, ...), the "
+                         f"dataset {dataset_root} has {len(class_names)} ({', '.join(class_names[:4])}, ...): train "
+                         "on the target (train.train_fine.enabled: true)")
+    return segmentation_network(payload, model_path)
 
 
 @task(name="benchmark-network", cache_policy=NO_CACHE)
 def benchmark_network_task(name: str, model_path: str | None, weights: str | None, onnx_dir: str,
                            input_size: tuple[int, int], target: str, threads: int, warmup: int, runs: int,
-                           cityscapes_root: str, atol: float, latency_cfg=None) -> dict:
-    """One row: our trained network (from model_path) or the baseline `name` (with `weights` if given)."""
+                           dataset_root: str, atol: float, latency_cfg=None, data_format: str = "cityscapes") -> dict:
+    """One row: our trained network (from model_path) or the baseline `name` (with `weights` if given and
+    made for the dataset's classes), scored on the target dataset's classes."""
     torch.set_num_threads(threads)  # the evaluation too: the shared CPU punishes extra threads
+    classes = target_classes(data_format, dataset_root).names
     if model_path is not None:
-        model = segmentation_network(load_payload(model_path), model_path)
+        model = trained_network(model_path, classes, dataset_root)
         arch, label = model.arch, "trained here"
     else:
-        if weights and not Path(weights).is_file():
-            raise FileNotFoundError(f"benchmark.weights.{name}: {weights}: no such weights file")
-        model, arch, label = baseline_network(name, weights, NUM_CLASSES)
-    loader = val_loader(cityscapes_root) if label != "random" else None
+        weights = usable_weights(name, weights, classes)
+        model, arch, label = baseline_network(name, weights, len(classes))
+    loader = val_loader(dataset_root, data_format) if label != "random" else None
     row = benchmark_network(name, model, arch, label, Path(onnx_dir) / f"{name}.onnx", input_size,
-                            make_measure(target, threads, warmup, runs, latency_cfg), loader, NUM_CLASSES, atol)
+                            make_measure(target, threads, warmup, runs, latency_cfg), loader, len(classes), atol,
+                            class_names=classes)
     return row.to_dict()
 
 
 @task(name="benchmark-references", cache_policy=NO_CACHE)
-def references_task(model_path: str, cityscapes_root: str, seed: int = 0) -> dict[str, float]:
+def references_task(model_path: str, dataset_root: str, seed: int = 0, data_format: str = "cityscapes"
+                    ) -> dict[str, float]:
     """Class mIoU of the same architecture untrained (fresh seeded init) and of the best constant prediction."""
     arch = Architecture.from_dict(load_payload(model_path)["arch"])
+    classes = target_classes(data_format, dataset_root).names
     torch.manual_seed(seed)
-    untrained = evaluate_segmentation(SegmentationNetwork(arch, NUM_CLASSES).eval(), val_loader(cityscapes_root))
+    untrained = evaluate_segmentation(SegmentationNetwork(arch, len(classes)).eval(),
+                                      val_loader(dataset_root, data_format), len(classes), class_names=classes)
     # the constant's class comes from the training labels (whole images: no crop or flip)
-    train_labels = DataLoader(CityscapesSegmentation(cityscapes_root, "train"), batch_size=1)
-    cls = majority_class(train_labels, NUM_CLASSES)
-    constant = evaluate_constant(val_loader(cityscapes_root), cls, NUM_CLASSES)
+    train_labels = DataLoader(target_dataset(data_format, dataset_root, "train"), batch_size=1)
+    cls = majority_class(train_labels, len(classes))
+    constant = evaluate_constant(val_loader(dataset_root, data_format), cls, len(classes), classes)
     return {"untrained (same architecture, fresh init)": float(untrained["class_miou"]),
-            f"constant prediction (majority class '{TRAIN_ID_NAMES[cls]}')": float(constant["class_miou"])}
+            f"constant prediction (majority class '{classes[cls]}')": float(constant["class_miou"])}
 
 
 @task(name="benchmark-report", cache_policy=NO_CACHE)

@@ -9,14 +9,15 @@ from typing import Callable
 from prefect import task
 
 from nas_core.data import (
-    CityscapesSegmentation,
     CocoSegmentation,
+    DatasetError,
     ImageNetFolder,
     generate_cityscapes,
     generate_coco,
     generate_imagenet,
 )
 from nas_core.data.generate import GENERATED_MARKER, check_replaceable
+from nas_core.data.target import check_dataset
 from nas_core.io import atomic_write_json, temp_dir
 from tasks import processes
 
@@ -43,7 +44,7 @@ def _generate_atomically(root: str, field: str, generate: Callable[[Path], dict]
 def generate_cityscapes_task(root: str, num_train: int, num_val: int, num_extra: int, size: tuple[int, int],
                              seed: int) -> dict:
     """Cityscapes layout: leftImg8bit + gtFine (train, val) + gtCoarse (train, train_extra)."""
-    return _generate_atomically(root, "paths.cityscapes", lambda p: generate_cityscapes(
+    return _generate_atomically(root, "paths.dataset", lambda p: generate_cityscapes(
         p, num_train, num_val, num_extra, size, seed))
 
 
@@ -62,12 +63,19 @@ def generate_imagenet_task(root: str, num_classes: int, train_per_class: int, va
 
 
 @task(name="check-datasets")
-def check_datasets_task(datasets: dict[str, str]) -> dict:
-    """Verify every file of every split of the given (real) datasets, {name: root}; a defect raises, naming the file."""
-    readers = {"cityscapes": (CityscapesSegmentation, ("train", "val", "coarse_train")),
-               "coco": (CocoSegmentation, ("train", "val")), "imagenet": (ImageNetFolder, ("train", "val"))}
+def check_datasets_task(datasets: dict[str, str], target_format: str = "cityscapes") -> dict:
+    """Verify every file of every split of the given (real) datasets, {paths field: root}; a defect raises, naming
+    the file (the target's: every defect, as `squeezenas dataset check` lists them)."""
+    readers = {"coco": (CocoSegmentation, ("train", "val")), "imagenet": (ImageNetFolder, ("train", "val"))}
     counts = {}
     for name, root in datasets.items():
+        if name == "dataset":
+            summary, problems = check_dataset(target_format, root)
+            if problems:
+                raise DatasetError(f"{len(problems)} problem(s) in {root} (squeezenas dataset check {root} "
+                                   f"--format {target_format} lists them): " + "; ".join(problems))
+            counts.update({f"{target_format}.{split}": n for split, n in summary["splits"].items()})
+            continue
         reader, splits = readers[name]
         for split in splits:
             dataset = reader(root, split)

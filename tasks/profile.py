@@ -49,9 +49,9 @@ def _store(out_dir: str | Path, target) -> MeasurementStore:
     return MeasurementStore(store_path(Path(out_dir) / "measurements", target))
 
 
-def _plan(cfg) -> dict:
+def _plan(cfg, num_classes: int) -> dict:
     f = cfg.fidelity
-    return planned_units(cfg.spaces, cfg.input_size.hw, cfg.num_classes, (f.space, f.num_networks, f.seed))
+    return planned_units(cfg.spaces, cfg.input_size.hw, num_classes, (f.space, f.num_networks, f.seed))
 
 
 def pool_store(cfg, out_dir: str | Path) -> PoolStore:
@@ -90,18 +90,18 @@ def device_facts_task(cfg, out_dir: str) -> dict:
 
 
 @task(name="deal-units")
-def deal_task(cfg, out_dir: str) -> dict:
+def deal_task(cfg, out_dir: str, num_classes: int) -> dict:
     """What every device of the pool measures: the units no device has stored yet, dealt out."""
-    plan = _plan(cfg)
+    plan = _plan(cfg, num_classes)
     shares = deal(plan, set(pool_store(cfg, out_dir).records), len(cfg.devices()))
     return {"shares": shares, "units": {name: len(units) for name, units in plan.items()}}
 
 
 @task(name="measure-device", retry_condition_fn=only_transient)
-def measure_device_task(cfg, out_dir: str, share: dict[str, list[str]], tag: str = "") -> dict:
+def measure_device_task(cfg, out_dir: str, share: dict[str, list[str]], num_classes: int, tag: str = "") -> dict:
     """Holding the device's slot, time its share (unit keys by space, and the fidelity networks);
     each result is stored as it arrives, so a retry or a rerun measures only the rest."""
-    plan = {name: {u.key: u for u in units} for name, units in _plan(cfg).items()}
+    plan = {name: {u.key: u for u in units} for name, units in _plan(cfg, num_classes).items()}
     target = build_target(cfg)
     store = _store(out_dir, target)
     log = (lambda m: print(m.replace("[profile]", f"[profile {tag}]"))) if tag else print
@@ -117,7 +117,7 @@ def measure_device_task(cfg, out_dir: str, share: dict[str, list[str]], tag: str
 
 
 @task(name="latency-tables")
-def latency_tables_task(cfg, out_dir: str) -> dict[str, dict]:
+def latency_tables_task(cfg, out_dir: str, num_classes: int) -> dict[str, dict]:
     """Every configured space's table from all devices' measurements; their totals."""
     store = pool_store(cfg, out_dir)
     summaries = {}
@@ -125,7 +125,7 @@ def latency_tables_task(cfg, out_dir: str) -> dict[str, dict]:
     # space no longer configured does not linger in the stage's output
     with atomic_dir(Path(out_dir) / TABLES) as tmp:
         for space in cfg.spaces:
-            base = build_cost_table(space, cfg.input_size.hw, cfg.num_classes)
+            base = build_cost_table(space, cfg.input_size.hw, num_classes)
             table = latency_table(base, store)
             path = latency_table_path(out_dir, space)
             write_cost_table(table, tmp / path.name)
@@ -136,12 +136,12 @@ def latency_tables_task(cfg, out_dir: str) -> dict[str, dict]:
 
 
 @task(name="latency-fidelity")
-def fidelity_task(cfg, out_dir: str) -> dict:
+def fidelity_task(cfg, out_dir: str, num_classes: int) -> dict:
     """The table's predictions against the whole networks the device(s) measured; metrics and scatter plot."""
     f, hw = cfg.fidelity, cfg.input_size.hw
     table = read_cost_table(latency_table_path(out_dir, f.space))
     archs = uniform_architectures(f.space, f.num_networks, f.seed)
-    measured = stored_network_latencies(pool_store(cfg, out_dir), archs, hw, cfg.num_classes)
+    measured = stored_network_latencies(pool_store(cfg, out_dir), archs, hw, num_classes)
     predicted = predicted_latencies(table, archs)
     metrics = fidelity_metrics(predicted, measured)
     label = target_label(cfg)

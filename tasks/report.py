@@ -10,8 +10,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from nas_core.cost.export import Unit
-from nas_core.report.benchmark import baseline_network, describe_architecture, network_facts
-from nas_core.space.spaces import NUM_CLASSES, Architecture
+from nas_core.data.target import target_classes
+from nas_core.report.benchmark import baseline_network, describe_architecture, network_facts, usable_weights
+from nas_core.space.spaces import Architecture
 from tasks.benchmark import ONNX_DIR, val_loader
 from tasks.dvc_files import METRICS
 
@@ -44,27 +45,30 @@ def experiment_row_task(name: str, space: str, objective: str, benchmark_dir: st
     return {"network": name, "kind": "ours", "space": space, "objective": objective,
             "architecture": list(arch.choices), "weights": "trained here", "class_miou": row["class_miou"],
             "gmacs": row["macs"] / 1e9, "params_m": row["params"] / 1e6, "onnx": str(onnx),
-            "choice": metrics.get("choice")}
+            "choice": metrics.get("choice"), "class_iou": row.get("class_iou")}
 
 
 @task(name="reference-row", cache_policy=NO_CACHE)
 def reference_row_task(name: str, weights: str | None, onnx_dir: str, input_size: tuple[int, int],
-                       cityscapes_root: str, atol: float, threads: int) -> dict:
-    """A published network (with the authors' weights when given: then its mIoU on val) or MobileNetV3:
-    exported to ONNX and checked, MACs and parameters as for ours."""
+                       dataset_root: str, atol: float, threads: int, data_format: str = "cityscapes") -> dict:
+    """A published network (with the authors' weights when given and the dataset has their Cityscapes classes:
+    then its mIoU on val) or MobileNetV3, with the dataset's classes: exported to ONNX and checked, MACs and
+    parameters as for ours."""
     torch.set_num_threads(threads)
-    if weights and not Path(weights).is_file():
-        raise FileNotFoundError(f"benchmark.weights.{name}: {weights}: no such weights file")
-    model, arch, label = baseline_network(name, weights, NUM_CLASSES)
+    classes = target_classes(data_format, dataset_root).names
+    weights = usable_weights(name, weights, classes)
+    model, arch, label = baseline_network(name, weights, len(classes))
     onnx = Path(onnx_dir) / f"{name}.onnx"
-    facts = network_facts(name, model, arch, onnx, input_size, val_loader(cityscapes_root) if weights else None,
-                          NUM_CLASSES, atol)  # the authors' weights get their mIoU; random ones none
+    loader = val_loader(dataset_root, data_format) if weights else None
+    # the authors' weights get their mIoU; random ones none
+    facts = network_facts(name, model, arch, onnx, input_size, loader, len(classes), atol, class_names=classes)
     kind = "published" if name.startswith("squeezenas_") else "baseline"
     return {"network": name, "kind": kind, "space": arch.space if arch else None, "objective": _objective(name),
             "architecture": list(arch.choices) if arch else None,
             "weights": label if label != "random" else "none (random init: no mIoU)",
             "class_miou": facts["class_miou"], "gmacs": facts["macs"] / 1e9, "params_m": facts["params"] / 1e6,
-            "onnx": str(onnx), "family": describe_architecture(arch) if arch else f"{name} (LR-ASPP head)"}
+            "onnx": str(onnx), "family": describe_architecture(arch) if arch else f"{name} (LR-ASPP head)",
+            "class_iou": facts["class_iou"]}
 
 
 @task(name="time-networks", cache_policy=NO_CACHE)

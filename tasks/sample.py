@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from torch.utils.data import DataLoader, Subset
 
 from nas_core.cost.macs import architecture_cost, read_cost_table
+from nas_core.data.target import target_classes, target_dataset
 from nas_core.io import atomic_write_parquet, atomic_write_text
 from nas_core.select.pareto import architecture_reference_cost, choose, pareto_front, reference_cost
 from nas_core.select.sampling import evaluate_path, load_supernet, read_probabilities, sample_architectures
@@ -30,10 +31,10 @@ FRONTS, PLOTS = "fronts", "plots"  # and CHOSEN_ARCHITECTURE, SELECT_METRICS (ta
 EVAL_KEYS = ("bn_recalibration_batches", "batch_size", "val_images", "seed")  # what a path's mIoU depends on
 
 
-def evaluation_settings(cfg) -> dict:
+def evaluation_settings(cfg, data_format: str = "cityscapes") -> dict:
     """The adapter from params.yaml's `sample` section (nas_core.config.SampleParams, which holds the defaults
-    and checks) to how every path is evaluated: EVAL_KEYS and the in-memory cache's size."""
-    return {**{k: getattr(cfg, k) for k in EVAL_KEYS}, "val_cache_mb": cfg.val_cache_mb}
+    and checks) to how every path is evaluated: EVAL_KEYS, the in-memory cache's size and the dataset's format."""
+    return {**{k: getattr(cfg, k) for k in EVAL_KEYS}, "val_cache_mb": cfg.val_cache_mb, "format": data_format}
 
 # One supernet and one set of image batches per (process, device), shared by the evaluation
 # threads: tasks receive paths, and loading 200 times would cost more than evaluating.
@@ -57,12 +58,11 @@ def cached_supernet(path: str, device: str = "cpu"):
     return _cached(("supernet", _file_key(path), device), lambda: load_supernet(path, device))
 
 
-def _batches(root: str, split: str, count: int, batch_size: int, seed: int, cache_mb: int, shuffle: bool):
-    """(images, labels) batches of the first `count` images (0: all) of a Cityscapes split, in memory
-    when they fit in `cache_mb`, else re-read on every pass."""
-    from nas_core.data import CityscapesSegmentation
-
-    dataset = CityscapesSegmentation(root, split)
+def _batches(fmt: str, root: str, split: str, count: int, batch_size: int, seed: int, cache_mb: int,
+             shuffle: bool):
+    """(images, labels) batches of the first `count` images (0: all) of a split of the target dataset, in
+    memory when they fit in `cache_mb`, else re-read on every pass."""
+    dataset = target_dataset(fmt, root, split)
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist() if shuffle \
         else list(range(len(dataset)))
     dataset = Subset(dataset, order[:count] if count else order)
@@ -75,9 +75,10 @@ def _batches(root: str, split: str, count: int, batch_size: int, seed: int, cach
     return [(x, y.to(torch.uint8)) for x, y in loader]
 
 
-def cached_batches(root: str, split: str, count: int, batch_size: int, seed: int, cache_mb: int, shuffle: bool):
-    key = ("batches", str(Path(root).resolve()), split, count, batch_size, seed, cache_mb, shuffle)
-    return _cached(key, lambda: _batches(root, split, count, batch_size, seed, cache_mb, shuffle))
+def cached_batches(fmt: str, root: str, split: str, count: int, batch_size: int, seed: int, cache_mb: int,
+                   shuffle: bool):
+    key = ("batches", fmt, str(Path(root).resolve()), split, count, batch_size, seed, cache_mb, shuffle)
+    return _cached(key, lambda: _batches(fmt, root, split, count, batch_size, seed, cache_mb, shuffle))
 
 
 def data_fingerprint(root: str | Path) -> str:
@@ -153,13 +154,17 @@ def evaluate_task(index: int, space: str, choices: list[str], supernet_path: str
         torch.set_num_threads(torch_threads)  # workers x threads <= cores
     tic = time.perf_counter()
     supernet = cached_supernet(supernet_path, device)
-    batch, seed, cache_mb = eval_cfg["batch_size"], eval_cfg["seed"], eval_cfg["val_cache_mb"]
-    val = cached_batches(data_root, "val", eval_cfg["val_images"], batch, seed, cache_mb, False)
+    batch, seed, cache_mb, fmt = eval_cfg["batch_size"], eval_cfg["seed"], eval_cfg["val_cache_mb"], eval_cfg["format"]
+    val = cached_batches(fmt, data_root, "val", eval_cfg["val_images"], batch, seed, cache_mb, False)
     bn = None
     if eval_cfg["bn_recalibration_batches"]:
-        bn = cached_batches(data_root, "train", eval_cfg["bn_recalibration_batches"] * batch, batch, seed,
+        bn = cached_batches(fmt, data_root, "train", eval_cfg["bn_recalibration_batches"] * batch, batch, seed,
                             cache_mb, True)
-    scores = evaluate_path(supernet, Architecture(space, choices), val, supernet.num_classes, bn)
+    names = target_classes(fmt, data_root).names
+    if len(names) != supernet.num_classes:
+        raise ValueError(f"{supernet_path}: a supernet of {supernet.num_classes} classes, but the dataset {data_root} "
+                         f"has {len(names)}: rerun the search on this dataset")
+    scores = evaluate_path(supernet, Architecture(space, choices), val, supernet.num_classes, bn, names)
     return {"sample": index, "choices": ",".join(choices), "class_miou": scores["class_miou"],
             "category_miou": scores.get("category_miou", float("nan")), "class_iou": scores["class_iou"],
             "pixels": scores["pixels"], "images": scores["images"], "bn_images": scores["bn_images"],

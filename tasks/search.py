@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader, Subset
 
 from nas_core.config import SearchParams
 from nas_core.cost.macs import cost_matrix, read_cost_table
-from nas_core.data import CityscapesSegmentation, EvalTransform, TrainTransform
+from nas_core.data import EvalTransform, TrainTransform
+from nas_core.data.target import target_dataset
 from nas_core.engine.distributed import init_distributed
 from nas_core.io import atomic_torch_save, atomic_write_json, atomic_write_parquet, atomic_write_text, remove_checkpoint
 from nas_core.search.data import search_loader, split_dataset
@@ -43,8 +44,7 @@ def load_cost(cfg: SearchParams) -> tuple:
         raise ValueError(f"{cfg.cost_table}: {e} (search.cost_metric)") from None
 
 
-def _loaders(cfg: SearchParams, data_root: str, rank: int, world: int, device):
-    train = CityscapesSegmentation(data_root, "train", TrainTransform(cfg.patch.hw, cfg.scale))
+def _loaders(cfg: SearchParams, train, rank: int, world: int, device):
     make = lambda ds: search_loader(ds, cfg.batch_size, cfg.seed, cfg.num_workers, rank, world, device)  # noqa: E731
     if cfg.scheme == "fbnet":
         weights, theta = split_dataset(train, cfg.fbnet_split, cfg.seed)
@@ -52,14 +52,16 @@ def _loaders(cfg: SearchParams, data_root: str, rank: int, world: int, device):
     return make(train), None, len(train)
 
 
-def write_outputs(out: Path, supernet, result, cfg: SearchParams, summary: dict) -> None:
+def write_outputs(out: Path, supernet, result, cfg: SearchParams, summary: dict, class_names: tuple[str, ...]
+                  ) -> None:
     history = result.history
     atomic_write_parquet(out / THETA, history[history["epoch"] == history["epoch"].max()])
     atomic_write_parquet(out / HISTORY, history)
     atomic_write_text(out / PRUNING, result.pruning_log.to_csv(index=False))
     atomic_write_text(out / CURVES, result.curves.to_csv(index=False))
     atomic_torch_save(out / SUPERNET, {
-        "format": "squeezenas.supernet.v1", "space": cfg.space, "num_classes": cfg.num_classes,
+        "format": "squeezenas.supernet.v1", "space": cfg.space, "num_classes": supernet.num_classes,
+        "class_names": list(class_names),
         "live_mask": supernet.live_mask().cpu(), "supernet": {k: v.cpu() for k, v in supernet.state_dict().items()},
         "config": cfg.model_dump(mode="json"), "epochs": int(history["epoch"].max())})
     plot_probabilities(history, out / PLOT, f"search: {cfg.space} space, {cfg.cost_metric}, alpha {cfg.alpha}")
@@ -67,31 +69,35 @@ def write_outputs(out: Path, supernet, result, cfg: SearchParams, summary: dict)
 
 
 def search(cfg: SearchParams, data_root: str, out_dir: str,
-           on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
-    """Run the search and write the outputs into `out_dir`; returns the summary (rank 0)."""
+           on_epoch_end: Callable[[int, dict], None] | None = None, data_format: str = "cityscapes") -> dict:
+    """Run the search on the target dataset (`data_format` at `data_root`: its classes are the supernet's) and
+    write the outputs into `out_dir`; returns the summary (rank 0)."""
     info = init_distributed(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     cost, fixed = load_cost(cfg)
+    train_set = target_dataset(data_format, data_root, "train", TrainTransform(cfg.patch.hw, cfg.scale))
+    class_names = tuple(train_set.class_names)
     torch.manual_seed(cfg.seed)  # the supernet's initial weights
-    supernet = build_supernet(cfg.space, cfg.num_classes, resolve_fused(cfg.fused, info.device)).to(info.device)
-    train, arch, n_train = _loaders(cfg, data_root, info.rank, info.world_size, info.device)
+    supernet = build_supernet(cfg.space, len(class_names), resolve_fused(cfg.fused, info.device)).to(info.device)
+    train, arch, n_train = _loaders(cfg, train_set, info.rank, info.world_size, info.device)
     out = Path(out_dir)
     result = run_search(supernet, train, cost, search_config(cfg), out / CHECKPOINTS, arch_loader=arch,
                         fixed_cost=fixed, on_epoch_end=on_epoch_end if info.is_main else None)
     if not info.is_main:
         return {}
-    val = CityscapesSegmentation(data_root, "val", EvalTransform())
+    val = target_dataset(data_format, data_root, "val", EvalTransform())
     if cfg.eval_images:
         val = Subset(val, range(min(cfg.eval_images, len(val))))
-    scores = evaluate_architecture(supernet, result.architecture, DataLoader(val, batch_size=1), cfg.num_classes)
+    scores = evaluate_architecture(supernet, result.architecture, DataLoader(val, batch_size=1), class_names)
     final = result.curves.iloc[-1].to_dict()
     summary = {"space": cfg.space, "cost_table": cfg.cost_table, "cost_metric": cfg.cost_metric, "alpha": cfg.alpha,
                "world_size": info.world_size, "train_images": n_train, "val_images": len(val),
                "architecture": list(result.architecture.choices), "resumed_from": result.resumed_from,
-               "argmax_class_miou": scores["class_miou"], "argmax_category_miou": scores["category_miou"],
+               "argmax_class_miou": scores["class_miou"],
+               **({"argmax_category_miou": scores["category_miou"]} if "category_miou" in scores else {}),
                **{k: v for k, v in final.items() if k not in ("epoch", "seconds")}, "epochs": int(final["epoch"])}
-    write_outputs(out, supernet, result, cfg, summary)
+    write_outputs(out, supernet, result, cfg, summary, class_names)
     # the checkpoint only serves an unfinished run; other configurations' checkpoints stay resumable
     remove_checkpoint(result.checkpoint)
     return summary
@@ -99,11 +105,11 @@ def search(cfg: SearchParams, data_root: str, out_dir: str,
 
 @task(name="search", cache_policy=NO_CACHE)
 def search_task(cfg: SearchParams, data_root: str, out_dir: str,
-                on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+                on_epoch_end: Callable[[int, dict], None] | None = None, data_format: str = "cityscapes") -> dict:
     """Search in this process, or with nproc > 1 in torchrun's DDP processes (metrics replayed afterwards)."""
     if cfg.nproc == 1:
-        return search(cfg, data_root, out_dir, on_epoch_end)
-    args = ["--settings", cfg.model_dump_json(), "--data", data_root, "--out", out_dir]
+        return search(cfg, data_root, out_dir, on_epoch_end, data_format)
+    args = ["--settings", cfg.model_dump_json(), "--data", data_root, "--format", data_format, "--out", out_dir]
     if run_torchrun("tasks.search", args, cfg.nproc, "search") != 0:
         raise RuntimeError(f"[search] torchrun failed; {Path(out_dir) / CHECKPOINTS} resumes the search")
     summary = json.loads((Path(out_dir) / METRICS).read_text())
@@ -119,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="torchrun worker of the search stage")
     for name in ("--settings", "--data", "--out"):
         p.add_argument(name, required=True)
+    p.add_argument("--format", default="cityscapes")
     a = p.parse_args(argv)
     worker_dies_with_launcher()  # a torchrun killed outright takes its workers with it
-    search(SearchParams.model_validate_json(a.settings), a.data, a.out)
+    search(SearchParams.model_validate_json(a.settings), a.data, a.out, data_format=a.format)
     return 0
 
 

@@ -4,6 +4,7 @@ and the upstream runs), and the registered model described, tagged and aliased w
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -224,6 +225,12 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v if not isinstance(v, (list, tuple)) else ",".join(map(str, v))
     return out
+
+
+def metric_name(text: str) -> str:
+    """`text` (e.g. a dataset's class name) as part of an MLflow metric key, which allows only letters, digits,
+    '_', '-', '.', ' ' and '/'."""
+    return re.sub(r"[^\w\-. /]", "_", text)
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None, model_id: str | None = None) -> None:

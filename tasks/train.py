@@ -48,7 +48,7 @@ def _scalars(d: dict) -> dict:
 
 def train_stage(stage: str, settings: StageSettings, arch_path: str, data_root: str, previous_path: str | None,
                 out_dir: str, device: str = "auto", on_epoch_end: Callable[[int, dict], None] | None = None,
-                threads: int | None = None) -> dict:
+                threads: int | None = None, data_format: str = "cityscapes") -> dict:
     """Train `stage` and write model.pt, lineage.json and metrics.json into `out_dir` (rank 0)."""
     if threads:
         torch.set_num_threads(threads)
@@ -57,12 +57,13 @@ def train_stage(stage: str, settings: StageSettings, arch_path: str, data_root: 
     previous = load_payload(previous_path) if previous_path else None
     out = Path(out_dir)
     model, result = run_stage(stage, arch, settings, data_root, previous, out / CHECKPOINTS, dist_info=info,
-                              on_epoch_end=on_epoch_end)
+                              on_epoch_end=on_epoch_end, data_format=data_format)
     if not info.is_main:
         return {}
-    lineage = trained_lineage(stage, previous, result["init"])
+    lineage = trained_lineage(stage, previous, result["init"], result["class_names"])
     final = _scalars({k: v for k, v in result["final"].items() if k in ("class_miou", "category_miou", "top1", "top5")})
-    save_payload(out / MODEL, stage_payload(stage, arch, model, result["task"], result["num_classes"], lineage, final))
+    save_payload(out / MODEL, stage_payload(stage, arch, model, result["task"], result["num_classes"], lineage, final,
+                                            result["class_names"]))
     atomic_write_json(out / LINEAGE, lineage)
     summary = {"stage": stage, "status": "trained", "init": result["init"], "starts_from": lineage[-1]["starts_from"],
                "epochs": settings.epochs, "world_size": info.world_size, "train_images": result["train_images"],
@@ -80,13 +81,14 @@ def train_stage(stage: str, settings: StageSettings, arch_path: str, data_root: 
 @task(name="train-stage", cache_policy=NO_CACHE)
 def train_stage_task(stage: str, settings: StageSettings, arch_path: str, data_root: str, previous_path: str | None,
                      out_dir: str, device: str = "auto", nproc: int = 1,
-                     on_epoch_end: Callable[[int, dict], None] | None = None, threads: int | None = None) -> dict:
+                     on_epoch_end: Callable[[int, dict], None] | None = None, threads: int | None = None,
+                     data_format: str = "cityscapes") -> dict:
     """Train one stage; with nproc > 1 in torchrun's DDP processes (per-epoch metrics come afterwards)."""
     if nproc == 1:
         return train_stage(stage, settings, arch_path, data_root, previous_path, out_dir, device, on_epoch_end,
-                           threads)
+                           threads, data_format)
     args = ["--stage", stage, "--settings", json.dumps(asdict(settings)), "--arch", arch_path, "--data", data_root,
-            "--out", out_dir, "--device", device]
+            "--format", data_format, "--out", out_dir, "--device", device]
     if previous_path:
         args += ["--previous", previous_path]
     if threads:
@@ -124,10 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--previous")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int)
+    p.add_argument("--format", default="cityscapes")
     a = p.parse_args(argv)
     worker_dies_with_launcher()  # a torchrun killed outright takes its workers with it
     train_stage(a.stage, StageSettings.from_dict(json.loads(a.settings)), a.arch, a.data, a.previous, a.out, a.device,
-                threads=a.threads)
+                threads=a.threads, data_format=a.format)
     return 0
 
 

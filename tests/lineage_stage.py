@@ -39,8 +39,8 @@ def main(stage: str) -> int:
             raise RuntimeError(f"{stage} broke on purpose\nsecond line")
         if stage == "data":
             for split in ("train", "val"):
-                write(f"{params.paths.cityscapes}/{split}/a.png", f"image {split}")
-            tracking.log_dataset(params.paths.cityscapes, "cityscapes")
+                write(f"{params.paths.dataset}/{split}/a.png", f"image {split}")
+            tracking.log_dataset(params.paths.dataset, "cityscapes")
         elif stage == "cost_tables":
             write(f"{params.paths.cost_tables}/macs_small.parquet", "table")
         elif stage == "search":

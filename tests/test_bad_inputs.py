@@ -53,7 +53,14 @@ CASES = [
     ("params-missing-lineage", ["lineage", "squeezenas", "--params", "nope.yaml"], "nope.yaml: no such params file"),
     # a typo in every section (and a section's own typo): the nearest valid key
     ("typo-section", ["search", S, "serach.alpha=0.5"], "serach: unknown key (did you mean 'search'?"),
-    ("typo-paths", ["data", S, "paths.cityscape=x"], "paths.cityscape: unknown key (did you mean 'cityscapes'?"),
+    ("typo-paths", ["data", S, "paths.datset=x"], "paths.datset: unknown key (did you mean 'dataset'?"),
+    ("paths-cityscapes-renamed", ["data", S, "paths.cityscapes=x"],
+     "paths.cityscapes: renamed to paths.dataset (the target task's dataset; data.format says whether it is "
+     "cityscapes or folder): rename the key"),
+    ("data-format-unknown", ["data", S, "data.format=coco"],
+     "data.format: Input should be 'cityscapes' or 'folder' (got 'coco')"),
+    ("folder-with-coarse-stage", ["data", S, "data.format=folder"],
+     "train.train_coarse.enabled: the folder format has no coarse annotations"),
     ("typo-tracking", ["lineage", "m", S, "tracking.mlflow_url=x"],
      "tracking.mlflow_url: unknown key (did you mean 'mlflow_uri'?"),
     ("typo-data", ["data", S, "data.generat=false"], "data.generat: unknown key (did you mean 'generate'?"),
@@ -90,8 +97,11 @@ CASES = [
      "cost_tables.spaces.0: Input should be 'small', 'large' or 'xlarge'"),
     ("size-not-multiple-of-16", ["cost-tables", S, "cost_tables.input_size.height=100"],
      "cost_tables.input_size.height: Input should be a multiple of 16"),
-    ("num-classes-zero", ["cost-tables", S, "cost_tables.num_classes=0"],
-     "cost_tables.num_classes: Input should be greater than or equal to 1"),
+    ("num-classes-removed", ["cost-tables", S, "cost_tables.num_classes=19"],
+     "cost_tables.num_classes: removed; the class count comes from the dataset (paths.dataset, data.format): "
+     "delete the key"),
+    ("num-classes-removed-latency", ["profile", S, "latency.num_classes=19"], "latency.num_classes: removed"),
+    ("num-classes-removed-search", ["search", S, "search.num_classes=19"], "search.num_classes: removed"),
     ("port-out-of-range", ["profile", S, "latency.port=70000"],
      "latency.port: Input should be less than or equal to 65535"),
     ("device-unknown", ["search", S, "search.device=gpu"],
@@ -138,14 +148,18 @@ CASES = [
     ("describe-not-json", ["describe", "notjson.json"], "notjson.json: architecture is not valid JSON"),
     ("describe-extra-field", ["describe", "extra.json"], "extra.json: architecture has unknown field(s): alpha"),
     # data with generate: false checks every dataset the pipeline reads, not only Cityscapes
-    ("data-real-cityscapes-missing", ["data", S, "data.generate=false", S, "paths.cityscapes=no/cityscapes"],
-     "paths.cityscapes: no/cityscapes: no such dataset folder"),
-    ("data-real-coco-missing", ["data", S, "data.generate=false", S, "paths.cityscapes=afolder",
+    ("data-real-cityscapes-missing", ["data", S, "data.generate=false", S, "paths.dataset=no/cityscapes"],
+     "paths.dataset: no/cityscapes: no such dataset folder"),
+    ("data-real-coco-missing", ["data", S, "data.generate=false", S, "paths.dataset=afolder",
                                 S, "paths.imagenet=afolder", S, "paths.coco=no/coco"],
      "paths.coco: no/coco: no such dataset folder"),
-    ("data-real-imagenet-missing", ["data", S, "data.generate=false", S, "paths.cityscapes=afolder",
+    ("data-real-imagenet-missing", ["data", S, "data.generate=false", S, "paths.dataset=afolder",
                                     S, "paths.coco=afolder", S, "paths.imagenet=no/imagenet"],
      "paths.imagenet: no/imagenet: no such dataset folder"),
+    # a folder-format target is the user's own: never generated, so it must be there whatever data.generate says
+    ("data-folder-missing", ["data", S, "data.format=folder", S, "train.train_coarse.enabled=false",
+                             S, "paths.dataset=no/mine"],
+     "paths.dataset: no/mine: no such dataset folder (data.format is folder: point paths.dataset at your dataset"),
 ]
 
 
@@ -300,7 +314,7 @@ def test_data_with_real_datasets_checks_coco_and_imagenet_too(stage_dir, prefect
     generate_cityscapes(stage_dir / "cs", 2, 1, 1, (32, 64), 0)
     generate_coco(stage_dir / "coco", 1, 1, (32, 48), 0)
     generate_imagenet(stage_dir / "imagenet", 2, 1, 1, 16, 0)
-    real = ["data", S, "data.generate=false", S, "paths.cityscapes=cs", S, "paths.coco=coco",
+    real = ["data", S, "data.generate=false", S, "paths.dataset=cs", S, "paths.coco=coco",
             S, "paths.imagenet=imagenet"]
     proc = run_stage(stage_dir, prefect_api, real)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -308,6 +322,31 @@ def test_data_with_real_datasets_checks_coco_and_imagenet_too(stage_dir, prefect
 
     shutil.rmtree(stage_dir / "imagenet" / "val")
     assert_refused(run_stage(stage_dir, prefect_api, real), "data", "missing split folder imagenet/val")
+
+
+def test_stages_refuse_a_broken_folder_dataset_naming_every_file_and_write_nothing(stage_dir, prefect_api):
+    from PIL import Image
+
+    from nas_core.data import generate_folder
+
+    generate_folder(stage_dir / "mine", "index", num_train=2, num_val=1, size=(32, 64))
+    (stage_dir / "mine" / "images" / "train" / "train_0000.png").unlink()
+    Image.new("L", (64, 32), 3).save(stage_dir / "mine" / "masks" / "val" / "val_0000.png")  # 3: no class id
+    folder = [S, "data.format=folder", S, "train.train_coarse.enabled=false", S, "paths.dataset=mine",
+              S, "paths.coco=coco", S, "paths.imagenet=imagenet"]
+    proc = run_stage(stage_dir, prefect_api, ["data", *folder])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("squeezenas data: error:")]
+    assert "2 problem(s) in mine" in error and "mine/masks/train/train_0000.png: no image" in error
+    assert "mine/masks/val/val_0000.png: mask values 3" in error
+    assert not (stage_dir / "coco").exists() and not (stage_dir / "imagenet").exists()  # checked before generating
+
+    assert run_stage(stage_dir, prefect_api, ["cost-tables", *folder]).returncode == 0  # classes.yaml is sound
+    proc = run_stage(stage_dir, prefect_api, ["search", *folder])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    (error,) = [line for line in proc.stderr.splitlines() if line.startswith("squeezenas search: error:")]
+    assert "mine/masks/train/train_0000.png: no image" in error
+    assert not (stage_dir / "outputs" / "search").exists()
 
 
 def test_a_refused_command_imports_no_heavy_library(workdir):

@@ -31,7 +31,7 @@ def test_benchmark_flow_reports_every_network_and_registers_both_flavours(tmp_pa
                  stage_payload("train_fine", ARCH, ours, "segmentation", 19, [{"stage": "train_fine"}]))
     weights = reference_dir / "weights" / "squeezenas_lat_small.pth"
     (tmp_path / "params.yaml").write_text(
-        "paths: {cityscapes: cityscapes, train: train, benchmark: bench}\n"
+        "paths: {dataset: cityscapes, train: train, benchmark: bench}\n"
         # absolute: MLflow caches its store per URI, and another test may have used the same relative one
         f"tracking: {{mlflow_uri: 'sqlite:///{tmp_path / 'mlflow.db'}', experiment: t, registered_model: tiny}}\n"
         "benchmark: {input_size: {height: 64, width: 128}, warmup: 1, runs: 3, "

@@ -22,7 +22,7 @@ def test_defaults_and_frozen(tmp_path):
     params = load_params(write(tmp_path, "{}"))
     assert params.cost_tables.input_size.hw == (1024, 2048)
     with pytest.raises(Exception):
-        params.cost_tables.num_classes = 3
+        params.cost_tables.input_size = 3
 
 
 @pytest.mark.parametrize("text,message", [
@@ -31,7 +31,6 @@ def test_defaults_and_frozen(tmp_path):
      "cost_tables.spaces.0: Input should be 'small', 'large' or 'xlarge' (got 'medium')"),
     ("cost_tables:\n  input_size: {height: 100, width: 2048}\n",
      "cost_tables.input_size.height: Input should be a multiple of 16"),
-    ("cost_tables:\n  num_classes: 0\n", "cost_tables.num_classes: Input should be greater than or equal to 1"),
     ("mystery: 1\n", "mystery: unknown key"),
     ("cost_tables:\n  spaces: []\n", "cost_tables.spaces: list at least one space"),
 ])
@@ -45,13 +44,13 @@ def test_errors_name_the_field_and_allowed_values(tmp_path, text, message):
 
 def test_overrides(tmp_path):
     p = write(tmp_path, "cost_tables:\n  spaces: [small]\n")
-    params = load_params(p, ["cost_tables.num_classes=7", "cost_tables.spaces=[large, xlarge]"])
-    assert params.cost_tables.num_classes == 7 and params.cost_tables.spaces == ("large", "xlarge")
-    with pytest.raises(ParamsError, match="with --set cost_tables.num_classes: "
-                                          "cost_tables.num_classes: Input should be a valid integer"):
-        load_params(p, ["cost_tables.num_classes=many"])
+    params = load_params(p, ["search.epochs=7", "cost_tables.spaces=[large, xlarge]"])
+    assert params.search.epochs == 7 and params.cost_tables.spaces == ("large", "xlarge")
+    with pytest.raises(ParamsError, match="with --set search.epochs: "
+                                          "search.epochs: Input should be a valid integer"):
+        load_params(p, ["search.epochs=many"])
     with pytest.raises(ParamsError, match="expected key.sub=value"):
-        load_params(p, ["cost_tables.num_classes"])
+        load_params(p, ["search.epochs"])
 
 
 def test_pipeline_dispatch(tmp_path):
@@ -140,12 +139,35 @@ def test_overrides_name_the_key_never_the_value(tmp_path):
 
 def test_real_datasets_the_pipeline_reads(tmp_path):
     (tmp_path / "cs").mkdir()
-    params = load_params(write(tmp_path, f"data: {{generate: false}}\npaths: {{cityscapes: {tmp_path / 'cs'}, "
+    params = load_params(write(tmp_path, f"data: {{generate: false}}\npaths: {{dataset: {tmp_path / 'cs'}, "
                                          f"coco: {tmp_path / 'nope'}, imagenet: {tmp_path / 'nope2'}}}\n"))
     missing = missing_datasets(params)
     assert [m.split(":")[0] for m in missing] == ["paths.coco", "paths.imagenet"]
     assert "or set train.pretrain_coco.enabled: false" in missing[0]
-    off = load_params(write(tmp_path, f"data: {{generate: false}}\npaths: {{cityscapes: {tmp_path / 'cs'}}}\n"
+    off = load_params(write(tmp_path, f"data: {{generate: false}}\npaths: {{dataset: {tmp_path / 'cs'}}}\n"
                                       "train: {pretrain_coco: {enabled: false}, "
                                       "pretrain_imagenet: {enabled: false}}\n"))
-    assert off.datasets() == {"cityscapes": str(tmp_path / "cs")} and missing_datasets(off) == []
+    assert off.datasets() == {"dataset": str(tmp_path / "cs")} and missing_datasets(off) == []
+
+
+def test_a_folder_format_target_must_exist_even_when_generating(tmp_path):
+    """The pipeline never generates the user's own dataset: with data.generate true its folder is still required."""
+    text = (f"data: {{format: folder}}\npaths: {{dataset: {tmp_path / 'mine'}}}\n"
+            "train: {train_coarse: {enabled: false}}\n")
+    missing = missing_datasets(load_params(write(tmp_path, text)))
+    assert missing == [f"paths.dataset: {tmp_path / 'mine'}: no such dataset folder (data.format is folder: point "
+                       "paths.dataset at your dataset, README 'Your own dataset')"]
+    (tmp_path / "mine").mkdir()
+    assert missing_datasets(load_params(write(tmp_path, text))) == []
+
+
+@pytest.mark.parametrize("text,message", [
+    ("paths: {cityscapes: data/cs}\n", "paths.cityscapes: renamed to paths.dataset"),
+    ("cost_tables: {num_classes: 19}\n", "cost_tables.num_classes: removed; the class count comes from the dataset"),
+    ("latency: {num_classes: 19}\n", "latency.num_classes: removed"),
+    ("search: {num_classes: 5}\n", "search.num_classes: removed"),
+    ("data: {format: folder}\n", "train.train_coarse.enabled: the folder format has no coarse annotations"),
+])
+def test_settings_the_dataset_now_decides_are_refused_with_the_fix(tmp_path, text, message):
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        load_params(write(tmp_path, text))

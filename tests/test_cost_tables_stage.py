@@ -12,15 +12,19 @@ def test_flow_writes_tables_and_mlflow_run(tmp_path, monkeypatch, prefect_harnes
     import mlflow
 
     from flows.cost_tables import cost_tables_flow
+    from nas_core.data import generate_folder
 
     monkeypatch.chdir(tmp_path)
+    generate_folder(tmp_path / "mine", "rgb", num_train=1, num_val=1, size=(32, 64))  # 7 classes, not 19
     (tmp_path / "params.yaml").write_text(
         "tracking: {mlflow_uri: 'sqlite:///mlflow.db', experiment: t}\n"
-        "paths: {cost_tables: out, metrics: metrics}\n"
-        "cost_tables: {spaces: [small, xlarge], input_size: {height: 512, width: 1024}, num_classes: 7}\n")
+        "paths: {cost_tables: out, metrics: metrics, dataset: mine}\n"
+        "data: {format: folder}\ntrain: {train_coarse: {enabled: false}}\n"
+        "cost_tables: {spaces: [small, xlarge], input_size: {height: 512, width: 1024}}\n")
     summaries = cost_tables_flow("params.yaml")
     assert set(summaries) == {"small", "xlarge"}
     table = read_cost_table(tmp_path / "out" / "macs_small.parquet")
+    # the decoder's last layers have the dataset's classes: classes.yaml's 7
     assert (table["input_h"] == 512).all() and (table["num_classes"] == 7).all()
     assert json.loads((tmp_path / "metrics" / "cost_tables.json").read_text())["xlarge"]["rows"] == 22 * 13 + 3
 

@@ -17,17 +17,17 @@ from tests.repo_copy import ROOT, run, stage_env
 
 pytestmark = pytest.mark.slow  # three real `dvc repro`s of a 4-stage pipeline, one process per stage: ~2 min
 
-PARAMS = {"paths": {"cityscapes": "data/cityscapes", "cost_tables": "outputs/cost_tables", "search": "outputs/search",
+PARAMS = {"paths": {"dataset": "data/cityscapes", "cost_tables": "outputs/cost_tables", "search": "outputs/search",
                    "benchmark": "outputs/benchmark"},
           "tracking": {"mlflow_uri": "sqlite:///mlflow.db", "experiment": "t", "registered_model": "tiny"}}
 STAGE = "python -m tests.lineage_stage"
 DVC_YAML = {"stages": {
-    "data": {"cmd": f"{STAGE} data", "outs": ["${paths.cityscapes}"]},
+    "data": {"cmd": f"{STAGE} data", "outs": ["${paths.dataset}"]},
     "cost_tables": {"cmd": f"{STAGE} cost_tables", "outs": ["${paths.cost_tables}"]},
-    "search": {"cmd": f"{STAGE} search", "deps": ["${paths.cityscapes}", "${paths.cost_tables}/macs_small.parquet",
+    "search": {"cmd": f"{STAGE} search", "deps": ["${paths.dataset}", "${paths.cost_tables}/macs_small.parquet",
                                                   "search.txt"],
                "outs": ["${paths.search}/supernet.pt"]},
-    "benchmark": {"cmd": f"{STAGE} benchmark", "deps": ["${paths.search}/supernet.pt", "${paths.cityscapes}"],
+    "benchmark": {"cmd": f"{STAGE} benchmark", "deps": ["${paths.search}/supernet.pt", "${paths.dataset}"],
                   "outs": ["${paths.benchmark}/report.md"]},
 }}
 

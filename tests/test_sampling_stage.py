@@ -19,7 +19,7 @@ from nas_core.space.zoo import PUBLISHED
 from tests.test_sampling_fixtures import IMAGE_SIZE, searched_supernet, write_search_outputs
 
 PARAMS = """\
-paths: {{cityscapes: cityscapes, search: search, cost_tables: cost_tables, latency: latency, samples: samples}}
+paths: {{dataset: cityscapes, search: search, cost_tables: cost_tables, latency: latency, samples: samples}}
 tracking: {{mlflow_uri: '{uri}', experiment: {experiment}}}
 sample: {{num_samples: 6, workers: 2, batch_size: 2, device: cpu}}
 """

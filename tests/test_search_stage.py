@@ -30,7 +30,7 @@ def workdir(tmp_path_factory):
     (root / "params.yaml").write_text(
         # absolute: MLflow caches its store per URI, and another test may have used the same relative one
         f"tracking: {{mlflow_uri: 'sqlite:///{root / 'mlflow.db'}', experiment: t}}\n"
-        "paths: {cityscapes: cityscapes, search: out}\n" + SEARCH)
+        "paths: {dataset: cityscapes, search: out}\n" + SEARCH)
     return root
 
 

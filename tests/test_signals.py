@@ -170,7 +170,7 @@ def search_dir(tmp_path_factory):
     generate_cityscapes(root / "cityscapes", num_train=6, num_val=2, num_extra=0, size=(64, 128), seed=0)
     write_cost_table(build_cost_table("small"), root / "costs" / "macs_small.parquet")
     (root / "params.yaml").write_text(f"tracking: {{mlflow_uri: 'sqlite:///{root / 'mlflow.db'}', experiment: t}}\n"
-                                      "paths: {cityscapes: cityscapes, search: out}\n" + SEARCH)
+                                      "paths: {dataset: cityscapes, search: out}\n" + SEARCH)
     return root
 
 

@@ -80,6 +80,50 @@ def test_a_stage_trained_twice_on_cpu_gives_the_same_weights_and_scores(tmp_path
     assert all(torch.equal(v, b["state_dict"][k]) for k, v in a["state_dict"].items())
 
 
+def test_a_target_with_other_classes_starts_from_cocos_body_with_a_new_head(tmp_path, data):
+    """Section 5.3.2's chain on the user's task: COCO keeps its (Cityscapes-class) head; the target stage takes
+    every other weight, re-initialises the head for the dataset's 7 classes, and lineage records it."""
+    from nas_core.data import generate_folder
+    from nas_core.data.generate import CATEGORY_NAMES
+    from nas_core.train.stages import HEAD_PREFIXES, build_model
+
+    arch = str(data / "chosen_architecture.json")
+    generate_folder(tmp_path / "mine", "palette", num_train=4, num_val=2, size=(64, 128))
+    train_stage("pretrain_coco", TINY, arch, str(data / "coco"), None, str(tmp_path / "pretrain_coco"), "cpu")
+    coco = load_payload(tmp_path / "pretrain_coco/model.pt")
+    assert coco["num_classes"] == 19 and coco["class_names"][0] == "road"
+
+    model, init = build_model("train_fine", ARCH, coco, len(CATEGORY_NAMES), 0, class_names=CATEGORY_NAMES)
+    state = model.state_dict()
+    head = [k for k in state if k.startswith(HEAD_PREFIXES)]
+    assert init == "new_head" and head and all(state[k].shape[0] == 7 for k in head if k.endswith("weight"))
+    assert all(torch.equal(state[k], v) for k, v in coco["state_dict"].items() if not k.startswith(HEAD_PREFIXES))
+    torch.manual_seed(0)  # the head as a fresh network of the seed has it
+    fresh = SegmentationNetwork(ARCH, 7).state_dict()
+    assert all(torch.equal(state[k], fresh[k]) for k in head)
+
+    fine = train_stage("train_fine", TINY, arch, str(tmp_path / "mine"), str(tmp_path / "pretrain_coco/model.pt"),
+                       str(tmp_path / "train_fine"), "cpu", data_format="folder")
+    assert (fine["init"], fine["starts_from"]) == ("new_head", "pretrain_coco")
+    payload = load_payload(tmp_path / "train_fine/model.pt")
+    assert payload["num_classes"] == 7 and payload["class_names"] == list(CATEGORY_NAMES)
+    entry = json.loads((tmp_path / "train_fine/lineage.json").read_text())[-1]
+    assert entry["head"] == {"reinitialised": True, "num_classes": 7, "classes": list(CATEGORY_NAMES),
+                             "previous_num_classes": 19, "previous_classes": coco["class_names"]}
+    assert "category_miou" not in fine["final"]  # Cityscapes' categories mean nothing for other classes
+
+
+def test_the_same_classes_carry_the_whole_model_over(tmp_path, data):
+    """The default chain (COCO mapped onto Cityscapes' classes -> Cityscapes): the head is kept, as before."""
+    from nas_core.data.labels import TRAIN_ID_NAMES
+    from nas_core.train.stages import build_model
+
+    coco = {"arch": ARCH.to_dict(), "task": "segmentation", "num_classes": 19, "class_names": list(TRAIN_ID_NAMES),
+            "state_dict": SegmentationNetwork(ARCH, 19).state_dict()}
+    model, init = build_model("train_coarse", ARCH, coco, 19, 1, class_names=TRAIN_ID_NAMES)
+    assert init == "full" and all(torch.equal(model.state_dict()[k], v) for k, v in coco["state_dict"].items())
+
+
 class Killed(Exception):
     pass
 
@@ -130,7 +174,7 @@ def test_flows_skip_switched_off_stages_and_record_the_lineage_in_mlflow(tmp_pat
     (tmp_path / "samples" / "chosen_architecture.json").write_text(ARCH.to_json())
     stage = "{epochs: 1, milestones: [], patch: {height: 64, width: 64}, batch_size: 2}"
     (tmp_path / "params.yaml").write_text(
-        f"paths: {{cityscapes: {data / 'cityscapes'}, coco: {data / 'coco'}, imagenet: {data / 'imagenet'}, "
+        f"paths: {{dataset: {data / 'cityscapes'}, coco: {data / 'coco'}, imagenet: {data / 'imagenet'}, "
         f"samples: samples, train: train}}\n"
         f"tracking: {{mlflow_uri: 'sqlite:///{tmp_path / 'mlflow.db'}', experiment: t}}\n"
         f"train: {{device: cpu, num_workers: 0, lr: 0.02, pretrain_imagenet: {{enabled: false}}, "

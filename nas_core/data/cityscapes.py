@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from nas_core.data.files import DatasetError, read_label_pair
+from nas_core.data.labels import TRAIN_ID_NAMES
 from nas_core.data.transforms import EvalTransform
 
 # split name -> (folders of leftImg8bit it draws from, annotation folder)
@@ -111,6 +112,8 @@ class CityscapesSegmentation(Dataset):
         split: 'train' and 'val' (gtFine) or 'coarse_train' (gtCoarse of train + train_extra).
         transform: called as transform(image (H, W, 3) uint8, train ids (H, W) uint8); defaults to `EvalTransform()`.
     """
+
+    class_names = TRAIN_ID_NAMES
 
     def __init__(self, root: str | Path, split: str, transform: Callable | None = None) -> None:
         self.root = Path(root)

@@ -97,6 +97,8 @@ class CocoSegmentation(Dataset):
         transform: called as transform(image (H, W, 3) uint8, train ids (H, W) uint8); defaults to `EvalTransform()`.
     """
 
+    class_names = TRAIN_ID_NAMES  # COCO's categories mapped onto the Cityscapes classes
+
     def __init__(self, root: str | Path, split: str, transform: Callable | None = None) -> None:
         if split not in SPLITS:
             raise DatasetError(f"unknown COCO split {split!r}; expected one of {SPLITS}")

@@ -10,7 +10,12 @@ from nas_core.data.labels import ID_TO_TRAIN_ID, VALID_LABEL_ID
 
 
 class DatasetError(ValueError):
-    """A dataset on disk is malformed; the message always names the offending file or folder."""
+    """A dataset on disk is malformed; the message always names the offending file or folder. `problems` lists
+    each defect on its own (the message joins them), for a tool that prints them one per line."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems) if problems else [message]
 
 
 def _open(path: Path) -> Image.Image:

@@ -9,11 +9,12 @@ import math
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 
 from nas_core.data.coco import annotation_mask
 from nas_core.data.files import write_png
-from nas_core.data.labels import ID_TO_TRAIN_ID, TRAIN_ID_NAMES
+from nas_core.data.labels import CATEGORY_NAMES, CATEGORY_OF_TRAIN_ID, ID_TO_TRAIN_ID, IGNORE_INDEX, TRAIN_ID_NAMES
 from nas_core.data.synthetic import coarsen, paint_street_scene
 
 CITIES = {"train": ("aachen", "bochum", "bremen"), "val": ("frankfurt", "lindau", "munster"),
@@ -33,7 +34,7 @@ def check_replaceable(root: str | Path, field: str) -> None:
     """Refuse to generate over `root` unless it is absent, empty, or a dataset generated here.
 
     Args:
-        field: the params key naming `root` (e.g. paths.cityscapes), for the message.
+        field: the params key naming `root` (e.g. paths.dataset), for the message.
     """
     root = Path(root)
     if not (root.exists() or root.is_symlink()):
@@ -237,3 +238,70 @@ def generate_imagenet(root: str | Path, num_classes: int = 4, train_per_class: i
                     root / split / wnid / f"{wnid}_{i:05d}.JPEG", format="JPEG", quality=92)
     return {"root": str(root), "classes": dict(zip(wnids, IMAGENET_PATTERNS)), "size": size, "seed": seed,
             "images": {"train": train_per_class * num_classes, "val": val_per_class * num_classes}}
+
+
+# the folder format's example: the street scenes labelled with Cityscapes' 7 categories (not its 19 classes)
+FOLDER_ENCODINGS = ("index", "palette", "rgb")
+CATEGORY_COLORS = {"flat": (128, 64, 128), "construction": (70, 70, 70), "object": (153, 153, 153),
+                   "nature": (107, 142, 35), "sky": (70, 130, 180), "human": (220, 20, 60), "vehicle": (0, 0, 142)}
+_TRAIN_ID_TO_CATEGORY = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+_TRAIN_ID_TO_CATEGORY[: len(TRAIN_ID_NAMES)] = CATEGORY_OF_TRAIN_ID
+
+
+def folder_classes_yaml(encoding: str) -> dict:
+    """classes.yaml of the generated folder dataset. 'index' masks carry each class's own `id` (10, 20, ...) and
+    ignore_index 0; 'palette' masks the class positions and 255; 'rgb' masks the colours and ignore_color black."""
+    classes = [{"name": name, "color": list(CATEGORY_COLORS[name])} for name in CATEGORY_NAMES]
+    if encoding == "index":
+        return {"classes": [{**c, "id": 10 * (k + 1)} for k, c in enumerate(classes)], "ignore_index": 0}
+    if encoding == "palette":
+        return {"classes": classes, "ignore_index": IGNORE_INDEX}
+    return {"classes": classes, "ignore_color": [0, 0, 0]}
+
+
+def _encode_mask(label: np.ndarray, encoding: str) -> Image.Image:
+    """Class indices (IGNORE_INDEX: ignored) as the mask file of `encoding`."""
+    if encoding == "index":
+        ids = np.zeros(256, dtype=np.uint8)
+        ids[: len(CATEGORY_NAMES)] = 10 * np.arange(1, len(CATEGORY_NAMES) + 1)
+        return Image.fromarray(ids[label])
+    colors = np.zeros((256, 3), dtype=np.uint8)
+    colors[: len(CATEGORY_NAMES)] = [CATEGORY_COLORS[name] for name in CATEGORY_NAMES]
+    if encoding == "rgb":
+        return Image.fromarray(colors[label])
+    mask = Image.fromarray(label, mode="L").convert("P")
+    mask.putpalette(colors.ravel().tolist())
+    return mask
+
+
+def generate_folder(root: str | Path, encoding: str = "rgb", num_train: int = 8, num_val: int = 4,
+                    size: tuple[int, int] = (64, 128), seed: int = 0) -> dict:
+    """Write a dataset in the folder format (README "Your own dataset"): street scenes whose classes are the 7
+    Cityscapes categories, masks in `encoding` ('index', 'palette' or 'rgb'; images .png, or .jpg with 'rgb').
+
+    Returns:
+        a summary: counts per split and the pixels of each class (and ignored) per split, as written.
+    """
+    if encoding not in FOLDER_ENCODINGS:
+        raise ValueError(f"encoding must be one of {FOLDER_ENCODINGS}, got {encoding!r}")
+    root = _fresh(root)
+    (root / "classes.yaml").write_text(yaml.safe_dump(folder_classes_yaml(encoding), sort_keys=False))
+    suffix = ".jpg" if encoding == "rgb" else ".png"
+    pixels = {name: {} for name in CATEGORY_NAMES}
+    ignored = {}
+    for split_index, (split, count) in enumerate((("train", num_train), ("val", num_val))):
+        histogram = np.zeros(256, dtype=np.int64)
+        for i in range(count):
+            image, label_ids, _ = paint_street_scene(np.random.default_rng([seed, 7, split_index, i]), size)
+            label = _TRAIN_ID_TO_CATEGORY[ID_TO_TRAIN_ID[label_ids]]
+            histogram += np.bincount(label.ravel(), minlength=256)
+            (root / "images" / split).mkdir(parents=True, exist_ok=True)
+            (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(root / "images" / split / f"{split}_{i:04d}{suffix}", quality=92)
+            _encode_mask(label, encoding).save(root / "masks" / split / f"{split}_{i:04d}.png")
+        for k, name in enumerate(CATEGORY_NAMES):
+            pixels[name][split] = int(histogram[k])
+        ignored[split] = int(histogram[IGNORE_INDEX])
+    return {"root": str(root), "encoding": encoding, "images": {"train": num_train, "val": num_val},
+            "size": list(size), "seed": seed, "classes": list(CATEGORY_NAMES), "class_pixels": pixels,
+            "ignored_pixels": ignored}

@@ -21,6 +21,7 @@ for _label in _DRAWN:
     VALID_LABEL_ID[_label.id] = True
 
 TRAIN_ID_NAMES: tuple[str, ...] = tuple(label.name for label in _EVALUATED)
+TRAIN_ID_COLORS: tuple[tuple[int, int, int], ...] = tuple(tuple(label.color) for label in _EVALUATED)
 
 # Category order follows the label table (flat, construction, object, nature, sky, human, vehicle);
 # 'void' holds only ignored labels, so the official evaluation never scores it.

@@ -48,7 +48,8 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 @torch.no_grad()
 def evaluate_segmentation(forward: Forward, loader: Iterable, num_classes: int = NUM_CLASSES,
-                          device: str | torch.device = "cpu", log_every: int = 0, log=print) -> dict:
+                          device: str | torch.device = "cpu", log_every: int = 0, log=print,
+                          class_names: tuple[str, ...] | None = None) -> dict:
     """Score `forward` on every (image, label) batch of `loader`, whole images, no test-time augmentation.
 
     One set of rules for every caller:
@@ -61,11 +62,12 @@ def evaluate_segmentation(forward: Forward, loader: Iterable, num_classes: int =
         forward: a module (a static network, a copy extracted from the supernet) or a `SupernetPath`;
             anything with a `training` attribute is checked.
     Returns:
-        `ConfusionMatrix.compute()` (class_iou, class_miou, category_miou, ...) plus `images`.
+        `ConfusionMatrix.compute()` (class_iou, class_miou, class_names, category_miou for the Cityscapes
+        classes, ...) plus `images`.
     """
     if getattr(forward, "training", False):
         raise ValueError("evaluate_segmentation: put the model in eval mode first (model.eval() or eval_mode)")
-    matrix = ConfusionMatrix(num_classes, device=device)
+    matrix = ConfusionMatrix(num_classes, device=device, class_names=class_names)
     images_seen = 0
     for i, (images, labels) in enumerate(loader):
         h, w = images.shape[-2:]
@@ -78,9 +80,10 @@ def evaluate_segmentation(forward: Forward, loader: Iterable, num_classes: int =
 
 
 @torch.no_grad()
-def evaluate_constant(loader: Iterable, class_index: int, num_classes: int = NUM_CLASSES) -> dict:
+def evaluate_constant(loader: Iterable, class_index: int, num_classes: int = NUM_CLASSES,
+                      class_names: tuple[str, ...] | None = None) -> dict:
     """The scores of predicting `class_index` at every pixel: the floor a trained network must clear."""
-    matrix = ConfusionMatrix(num_classes)
+    matrix = ConfusionMatrix(num_classes, class_names=class_names)
     for _, labels in loader:
         matrix.update(torch.full_like(labels, class_index), labels)
     return matrix.compute()

@@ -37,11 +37,17 @@ class ConfusionMatrix:
 
     Rows are the `num_classes` ground-truth classes (pixels labelled `ignore_index` are skipped); the
     extra last column counts predictions outside 0..num_classes-1, which can only be false negatives.
-    Category scores use the Cityscapes categories and so need `num_classes == 19`.
+    Category scores use the Cityscapes categories and so need the Cityscapes classes: `class_names` (default:
+    Cityscapes' names for 19 classes, none otherwise) equal to its 19 names.
     """
 
     def __init__(self, num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_INDEX,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, class_names: tuple[str, ...] | None = None) -> None:
+        if class_names is None and num_classes == NUM_CLASSES:
+            class_names = TRAIN_ID_NAMES
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        self.class_names = tuple(class_names) if class_names is not None else None
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.matrix = torch.zeros(num_classes, num_classes + 1, dtype=torch.int64,
@@ -82,11 +88,14 @@ class ConfusionMatrix:
 
         Returns:
             class_iou (list per class), class_miou, category_iou (list per category), category_miou,
-            pixels (number of scored pixels) and, for 19 classes, class_names and category_names.
+            pixels (number of scored pixels), class_names when known and, for the Cityscapes classes,
+            category_names.
         """
         class_iou = _iou(self.matrix)
         result = {"class_iou": class_iou, "class_miou": _nanmean(class_iou), "pixels": int(self.matrix.sum())}
-        if self.num_classes == NUM_CLASSES:
+        if self.class_names is not None:
+            result["class_names"] = list(self.class_names)
+        if self.class_names == TRAIN_ID_NAMES:
             category = torch.as_tensor(CATEGORY_OF_TRAIN_ID, device=self.matrix.device)
             num_categories = len(CATEGORY_NAMES)
             # sum rows, then the class columns, within each category; 'no class' stays the last column
@@ -97,7 +106,7 @@ class ConfusionMatrix:
             by_category[:, -1] = rows[:, -1]
             category_iou = _iou(by_category)
             result.update(category_iou=category_iou, category_miou=_nanmean(category_iou),
-                          class_names=list(TRAIN_ID_NAMES), category_names=list(CATEGORY_NAMES))
+                          category_names=list(CATEGORY_NAMES))
         return result
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from nas_core.cost.export import Unit, export_onnx
 from nas_core.cost.macs import architecture_cost, build_cost_table
+from nas_core.data.labels import TRAIN_ID_NAMES
 from nas_core.engine.evaluate import evaluate_segmentation
 from nas_core.space.mobilenetv3 import VARIANTS, count_conv_macs, count_params, mobilenetv3_lraspp
 from nas_core.space.spaces import NUM_CLASSES, Architecture
@@ -35,6 +36,7 @@ class BenchmarkRow:
     macs: int
     params: int
     onnx_max_rel_diff: float  # max |PyTorch - ONNX| / max(1, max |logit|) (export_checked)
+    class_iou: dict[str, float | None] | None = None  # {class name: IoU} of the dataset's classes (None: NaN)
 
     @property
     def gmacs(self) -> float:
@@ -73,6 +75,16 @@ def baseline_network(name: str, weights: str | Path | None = None, num_classes: 
         raise ValueError(f"unknown baseline {name!r}; valid: {', '.join([*PUBLISHED, *VARIANTS])}")
     label = "random" if not weights else ("authors" if name in PUBLISHED else str(weights))
     return model.eval(), arch, label
+
+
+def usable_weights(name: str, weights: str | None, class_names: tuple[str, ...]) -> str | None:
+    """The released weights of baseline `name` when they fit the dataset: they predict Cityscapes' 19 classes, so
+    on a dataset of other classes the network is measured with random weights (no mIoU) instead."""
+    if not weights or tuple(class_names) != TRAIN_ID_NAMES:
+        return None
+    if not Path(weights).is_file():
+        raise FileNotFoundError(f"benchmark.weights.{name}: {weights}: no such weights file")
+    return weights
 
 
 def network_macs(model: nn.Module, arch: Architecture | None, input_size: tuple[int, int], num_classes: int) -> int:
@@ -120,17 +132,18 @@ def export_checked(model: nn.Module, path: str | Path, input_size: tuple[int, in
 
 def benchmark_network(name: str, model: nn.Module, arch: Architecture | None, weights: str, onnx_path: str | Path,
                       input_size: tuple[int, int], measure: Measure, eval_loader: Iterable | None = None,
-                      num_classes: int = NUM_CLASSES, atol: float = 1e-4, log: Callable[[str], None] = print
-                      ) -> BenchmarkRow:
+                      num_classes: int = NUM_CLASSES, atol: float = 1e-4, log: Callable[[str], None] = print,
+                      class_names: tuple[str, ...] | None = None) -> BenchmarkRow:
     """One row of the report: export + parity, latency on the target, MACs, params and, with
     `eval_loader`, the class mIoU at the loader's (full) resolution."""
     model = model.cpu().eval()
-    facts = network_facts(name, model, arch, onnx_path, input_size, eval_loader, num_classes, atol, log)
+    facts = network_facts(name, model, arch, onnx_path, input_size, eval_loader, num_classes, atol, log, class_names)
     log(f"[benchmark] {name}: latency on the target")
     lat = measure(model_unit(name, model, input_size), Path(onnx_path))
     row = BenchmarkRow(name, describe_architecture(arch) if arch else f"{name} (LR-ASPP head)", weights,
                        facts["class_miou"], float(lat["median_ms"]), float(lat["p10_ms"]), float(lat["p90_ms"]),
-                       int(lat["runs"]), facts["macs"], facts["params"], facts["onnx_max_rel_diff"])
+                       int(lat["runs"]), facts["macs"], facts["params"], facts["onnx_max_rel_diff"],
+                       facts["class_iou"])
     log(f"[benchmark] {name}: {row.latency_ms:.1f} ms, {row.gmacs:.2f} GMACs, {row.params / 1e6:.3f} M params"
         + (f", mIoU {100 * row.class_miou:.2f}%" if row.class_miou is not None else ""))
     return row
@@ -138,18 +151,23 @@ def benchmark_network(name: str, model: nn.Module, arch: Architecture | None, we
 
 def network_facts(name: str, model: nn.Module, arch: Architecture | None, onnx_path: str | Path,
                   input_size: tuple[int, int], eval_loader: Iterable | None = None, num_classes: int = NUM_CLASSES,
-                  atol: float = 1e-4, log: Callable[[str], None] = print) -> dict:
+                  atol: float = 1e-4, log: Callable[[str], None] = print,
+                  class_names: tuple[str, ...] | None = None) -> dict:
     """A Table-1 row but its latency: the ONNX export checked against PyTorch, MACs, parameters and,
-    with `eval_loader`, the class mIoU at the loader's (full) resolution."""
+    with `eval_loader`, the class mIoU at the loader's (full) resolution and the IoU of each of its classes
+    (`class_names`: the dataset's)."""
     model = model.cpu().eval()
     log(f"[benchmark] {name}: export to ONNX at {input_size[0]}x{input_size[1]} and parity check")
     diff = export_checked(model, onnx_path, input_size, atol)
-    miou = None
+    miou = class_iou = None
     if eval_loader is not None:
         log(f"[benchmark] {name}: class mIoU on the validation set")
-        miou = float(evaluate_segmentation(model, eval_loader, num_classes)["class_miou"])
+        scores = evaluate_segmentation(model, eval_loader, num_classes, class_names=class_names)
+        miou = float(scores["class_miou"])
+        names = scores.get("class_names") or [str(k) for k in range(num_classes)]
+        class_iou = {n: None if math.isnan(v) else float(v) for n, v in zip(names, scores["class_iou"])}
     return {"onnx_max_rel_diff": diff, "macs": network_macs(model, arch, input_size, num_classes),
-            "params": count_params(model), "class_miou": miou}
+            "params": count_params(model), "class_miou": miou, "class_iou": class_iou}
 
 
 def target_measure(target) -> Measure:
@@ -198,6 +216,16 @@ def report_markdown(rows: list[BenchmarkRow], target: str, input_size: tuple[int
     if references:
         lines += ["References for the trained network:", ""]
         lines += [f"- {k}: class mIoU {_fmt(100 * v, '.2f')}%" for k, v in references.items()]
+        lines.append("")
+    scored = [r for r in rows if r.class_iou]
+    if scored:
+        names = list(scored[0].class_iou)
+        lines += [f"Class IoU (%) on the validation set's {len(names)} classes:", "",
+                  "| class | " + " | ".join(r.network for r in scored) + " |",
+                  "| --- |" + " ---: |" * len(scored)]
+        lines += [f"| {name} | " + " | ".join(_fmt(None if r.class_iou.get(name) is None else
+                                                   100 * r.class_iou[name], ".2f") for r in scored) + " |"
+                  for name in names]
         lines.append("")
     lines += ["Architectures:", ""] + [f"- {r.network}: {r.architecture}" for r in rows]
     return "\n".join(lines) + "\n"

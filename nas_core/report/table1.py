@@ -234,7 +234,8 @@ def _macs(c: dict) -> str:
 # ---------------------------------------------------------------- Table 1 files
 
 def _json_rows(rows: Sequence[dict], paper: dict | None) -> list[dict]:
-    """Rows with exactly ROW_KEYS plus 'paper'; a row missing a key or a repeated network is refused."""
+    """Rows with exactly ROW_KEYS plus 'paper' (and 'class_iou', {class: IoU}, where a row has it); a row missing
+    a key or a repeated network is refused."""
     out, seen = [], set()
     for row in rows:
         name = row.get("network", "?")
@@ -244,20 +245,33 @@ def _json_rows(rows: Sequence[dict], paper: dict | None) -> list[dict]:
         if name in seen:
             raise ValueError(f"{name}: network listed twice in Table 1")
         seen.add(name)
-        out.append({**{k: row[k] for k in ROW_KEYS}, "paper": paper_row(paper, row)})
+        extra = {"class_iou": row["class_iou"]} if "class_iou" in row else {}
+        out.append({**{k: row[k] for k in ROW_KEYS}, **extra, "paper": paper_row(paper, row)})
     return out
 
 
 def write_table1(rows: Sequence[dict], comparisons: Sequence[dict], target: str, out_dir: str | Path,
-                 paper: dict | None = None, notes: Sequence[str] = ()) -> dict[str, Path]:
-    """Write out_dir/table1.json (target, rows, comparison) and out_dir/table1.md (Table 1, the
-    per-space comparison with its verdicts, the notes, and where we differ from the paper)."""
+                 paper: dict | None = None, notes: Sequence[str] = (), classes: Sequence[str] | None = None
+                 ) -> dict[str, Path]:
+    """Write out_dir/table1.json (target, the dataset's classes, rows, comparison) and out_dir/table1.md (Table 1,
+    the per-class IoU, the per-space comparison with its verdicts, the notes, and where we differ from the paper)."""
     out_dir = Path(out_dir)
     table = _json_rows(rows, paper)
     paths = {"json": out_dir / "table1.json", "md": out_dir / "table1.md"}
-    atomic_write_json(paths["json"], {"target": target, "rows": table, "comparison": list(comparisons)})
-    atomic_write_text(paths["md"], table1_markdown(table, comparisons, target, paper, notes))
+    head = {"target": target, **({"classes": list(classes)} if classes is not None else {})}
+    atomic_write_json(paths["json"], {**head, "rows": table, "comparison": list(comparisons)})
+    atomic_write_text(paths["md"], table1_markdown(table, comparisons, target, paper, notes, classes))
     return paths
+
+
+def _class_iou_lines(table: Sequence[dict], classes: Sequence[str]) -> list[str]:
+    scored = [r for r in table if r.get("class_iou")]
+    if not scored:
+        return []
+    lines = ["| class | " + " | ".join(r["network"] for r in scored) + " |", "| --- |" + " ---: |" * len(scored)]
+    lines += [f"| {c} | " + " | ".join(_fmt(r["class_iou"].get(c), ".2f", 100.0) for r in scored) + " |"
+              for c in classes]
+    return ["", f"## Class IoU (%) on the validation set's {len(classes)} classes", "", *lines]
 
 
 def _fmt(value: float | None, spec: str = ".2f", scale: float = 1.0) -> str:
@@ -354,12 +368,16 @@ def _differs(c: dict) -> str:
 
 
 def table1_markdown(table: Sequence[dict], comparisons: Sequence[dict], target: str, paper: dict | None,
-                    notes: Sequence[str] = ()) -> str:
-    """Table 1 as markdown: rows, per-space comparison and verdicts, notes, and the differences line."""
+                    notes: Sequence[str] = (), classes: Sequence[str] | None = None) -> str:
+    """Table 1 as markdown: rows, per-class IoU, per-space comparison and verdicts, notes, and the differences
+    line."""
     lines = [f"# Table 1: networks on {target}", ""]
+    if classes is not None:
+        lines += [f"Classes ({len(classes)}): {', '.join(classes)}.", ""]
     if paper:
         lines += [f"Paper figures: {paper.get('source', '')} (target: {paper.get('target', '')}).", ""]
     lines += _table_lines(table)
+    lines += _class_iou_lines(table, classes or [])
     lines += ["", "## Latency network vs MAC network per space (paper sections 5.1-5.4)", ""]
     lines += _comparison_lines(comparisons)
     if notes:

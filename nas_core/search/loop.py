@@ -320,8 +320,9 @@ def theta_rows(supernet: Supernet, epoch: int) -> list[dict]:
             for i in range(theta.shape[0]) for j, name in enumerate(CANDIDATE_NAMES)]
 
 
-def evaluate_architecture(supernet: Supernet, arch: Architecture, loader, num_classes: int) -> dict:
-    """mIoU of one architecture's path through the supernet (section 5.3.1) on `loader`."""
+def evaluate_architecture(supernet: Supernet, arch: Architecture, loader, class_names: tuple[str, ...]) -> dict:
+    """mIoU of one architecture's path through the supernet (section 5.3.1) on `loader`, whose classes are
+    `class_names` (the supernet's)."""
     with eval_mode(supernet):
-        return evaluate_segmentation(SupernetPath(supernet, arch), loader, num_classes,
-                                     next(supernet.parameters()).device)
+        return evaluate_segmentation(SupernetPath(supernet, arch), loader, supernet.num_classes,
+                                     next(supernet.parameters()).device, class_names=class_names)

@@ -153,7 +153,8 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch
 
 
 def evaluate_path(supernet: Supernet, arch: Architecture, val_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                  num_classes: int, bn_batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict:
+                  num_classes: int, bn_batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                  class_names: tuple[str, ...] | None = None) -> dict:
     """Class mIoU of `arch`'s path through the supernet (Figure 4) on `val_batches`.
 
     The supernet must be in eval mode and is only read, so threads may evaluate paths at once.
@@ -172,7 +173,8 @@ def evaluate_path(supernet: Supernet, arch: Architecture, val_batches: Iterable[
     if bn_batches is not None:
         forward = extract_network(supernet, arch)
         bn_images = recalibrate_bn(forward, bn_batches, device)
-    return {**evaluate_segmentation(forward, val_batches, num_classes, device), "bn_images": bn_images}
+    return {**evaluate_segmentation(forward, val_batches, num_classes, device, class_names=class_names),
+            "bn_images": bn_images}
 
 
 def load_supernet(path: str | Path, device: torch.device | str = "cpu") -> Supernet:

@@ -1,6 +1,8 @@
 """The four retraining stages of the chosen architecture (paper section 5.3.2): ImageNet classification,
-COCO segmentation, Cityscapes coarse, Cityscapes fine. Weights start fresh (the paper's footnote 2) and
-each stage starts from the previous stage's model, or passes it on unchanged when switched off."""
+COCO segmentation, then the target dataset's coarse and fine stages (Cityscapes coarse, fine; or a folder-format
+dataset's train split). Weights start fresh (the paper's footnote 2) and each stage starts from the previous
+stage's model, or passes it on unchanged when switched off. ImageNet and COCO keep their own heads: a target
+with other classes starts from everything but the segmentation head, which is re-initialised for its classes."""
 from __future__ import annotations
 
 import hashlib
@@ -14,14 +16,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from nas_core.data import (
-    CityscapesSegmentation,
     ClassificationEvalTransform,
     ClassificationTrainTransform,
     CocoSegmentation,
     ImageNetFolder,
     TrainTransform,
 )
-from nas_core.data.labels import IGNORE_INDEX
+from nas_core.data.labels import IGNORE_INDEX, TRAIN_ID_NAMES
+from nas_core.data.target import target_dataset
 from nas_core.engine.checkpoint import fingerprint_key
 from nas_core.engine.distributed import DistInfo
 from nas_core.engine.evaluate import eval_mode, evaluate_classification, evaluate_segmentation
@@ -31,7 +33,7 @@ from nas_core.engine.training import TrainConfig, train
 from nas_core.io import atomic_torch_save
 from nas_core.space.classifier import Classifier, load_encoder
 from nas_core.space.network import SegmentationNetwork
-from nas_core.space.spaces import NUM_CLASSES, Architecture
+from nas_core.space.spaces import Architecture
 
 MODEL_FORMAT = 1
 
@@ -39,7 +41,7 @@ MODEL_FORMAT = 1
 @dataclass(frozen=True)
 class StageData:
     task: str  # "classification" or "segmentation"
-    dataset: str  # "imagenet", "coco" or "cityscapes"
+    dataset: str  # "imagenet", "coco" or "target" (paths.dataset, in data.format)
     train_split: str
     val_split: str
 
@@ -47,9 +49,11 @@ class StageData:
 STAGE_DATA = {
     "pretrain_imagenet": StageData("classification", "imagenet", "train", "val"),
     "pretrain_coco": StageData("segmentation", "coco", "train", "val"),
-    "train_coarse": StageData("segmentation", "cityscapes", "coarse_train", "val"),
-    "train_fine": StageData("segmentation", "cityscapes", "train", "val"),
+    "train_coarse": StageData("segmentation", "target", "coarse_train", "val"),
+    "train_fine": StageData("segmentation", "target", "train", "val"),
 }
+# the segmentation head: the decoder's convolutions that output one map per class (LR-ASPP has two)
+HEAD_PREFIXES = ("decoder.classifier.", "decoder.low_classifier.")
 TRAIN_STAGES = tuple(STAGE_DATA)  # section 5.3.2's chain, in order: each stage starts from the one before
 
 
@@ -126,24 +130,37 @@ def state_fingerprint(state: dict[str, torch.Tensor] | None) -> str:
     return h.hexdigest()[:16]
 
 
-def build_datasets(stage: str, root: str | Path, settings: StageSettings):
-    """(train, val) datasets of `stage` under the dataset root `root`, with the stage's transforms."""
+def build_datasets(stage: str, root: str | Path, settings: StageSettings, data_format: str = "cityscapes"):
+    """(train, val) datasets of `stage` under the dataset root `root` (the target's in `data_format`), with the
+    stage's transforms."""
     data = STAGE_DATA[stage]
     if data.task == "classification":
         size = settings.patch[0]
         train_set = ImageNetFolder(root, data.train_split, ClassificationTrainTransform(size, settings.scale))
         return train_set, ImageNetFolder(root, data.val_split, ClassificationEvalTransform(size, round(size * 8 / 7)))
-    reader = CocoSegmentation if data.dataset == "coco" else CityscapesSegmentation
     transform = TrainTransform(settings.patch, settings.scale, flip=True)
-    return reader(root, data.train_split, transform), reader(root, data.val_split)
+    if data.dataset == "coco":
+        return CocoSegmentation(root, data.train_split, transform), CocoSegmentation(root, data.val_split)
+    return (target_dataset(data_format, root, data.train_split, transform),
+            target_dataset(data_format, root, data.val_split))
+
+
+def payload_classes(payload: dict) -> tuple[str, ...] | None:
+    """The class names a stage model's head predicts (payloads written before they were recorded: the Cityscapes
+    classes when it has 19)."""
+    if payload.get("class_names") is not None:
+        return tuple(payload["class_names"])
+    return TRAIN_ID_NAMES if payload.get("num_classes") == len(TRAIN_ID_NAMES) else None
 
 
 def build_model(stage: str, arch: Architecture, init: dict | None, num_classes: int, seed: int,
-                source: str = "previous stage") -> tuple[nn.Module, str]:
+                source: str = "previous stage", class_names: tuple[str, ...] | None = None) -> tuple[nn.Module, str]:
     """A freshly initialised model for `stage`, then the weights of `init` (a stage payload) copied in.
 
     Returns:
-        the model and how it was initialised: 'scratch', 'encoder' (classifier -> segmentation) or 'full'.
+        the model and how it was initialised: 'scratch', 'encoder' (classifier -> segmentation), 'full', or
+        'new_head' (a segmentation model of other classes than `class_names`: all but the head, which keeps
+        its fresh initialisation for these classes).
     """
     torch.manual_seed(seed)  # the fresh init is reproducible: the chosen architecture's weights are reset
     task = STAGE_DATA[stage].task
@@ -157,6 +174,13 @@ def build_model(stage: str, arch: Architecture, init: dict | None, num_classes: 
         return model, "encoder"
     if init["task"] != task:
         raise ValueError(f"{source}: a {init['task']} model cannot start the {task} stage {stage}")
+    if task == "segmentation" and class_names is not None and payload_classes(init) != tuple(class_names):
+        body = {k: v for k, v in init["state_dict"].items() if not k.startswith(HEAD_PREFIXES)}
+        missing, unexpected = model.load_state_dict(body, strict=False)
+        if unexpected or any(not k.startswith(HEAD_PREFIXES) for k in missing):
+            raise ValueError(f"{source}: its weights do not fit the {stage} model (missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]})")
+        return model, "new_head"
     try:
         model.load_state_dict(init["state_dict"])
     except RuntimeError as e:
@@ -166,9 +190,10 @@ def build_model(stage: str, arch: Architecture, init: dict | None, num_classes: 
 
 def run_stage(stage: str, arch: Architecture, settings: StageSettings, data_root: str | Path,
               init: dict | None, checkpoint_dir: str | Path, *, dist_info: DistInfo | None = None,
-              on_epoch_end: Callable[[int, dict], None] | None = None, log: Callable[[str], None] = print
-              ) -> tuple[nn.Module, dict]:
-    """Train the `stage` model of `arch` on the dataset at `data_root`, starting from `init`.
+              on_epoch_end: Callable[[int, dict], None] | None = None, log: Callable[[str], None] = print,
+              data_format: str = "cityscapes") -> tuple[nn.Module, dict]:
+    """Train the `stage` model of `arch` on the dataset at `data_root` (the target's: in `data_format`),
+    starting from `init`.
 
     Returns:
         the trained model (unwrapped, on the CPU) and a summary: history, final validation scores,
@@ -178,9 +203,10 @@ def run_stage(stage: str, arch: Architecture, settings: StageSettings, data_root
         raise ValueError(f"unknown stage {stage!r}; valid stages are: {', '.join(TRAIN_STAGES)}")
     info = dist_info or DistInfo()
     data = STAGE_DATA[stage]
-    train_set, val_set = build_datasets(stage, data_root, settings)
-    num_classes = len(train_set.classes) if data.task == "classification" else NUM_CLASSES
-    model, init_mode = build_model(stage, arch, init, num_classes, settings.seed)
+    train_set, val_set = build_datasets(stage, data_root, settings, data_format)
+    class_names = tuple(train_set.classes if data.task == "classification" else train_set.class_names)
+    num_classes = len(class_names)
+    model, init_mode = build_model(stage, arch, init, num_classes, settings.seed, class_names=class_names)
     loader = make_train_loader(train_set, settings.batch_size, settings.seed, settings.num_workers, info)
     val_loader = DataLoader(val_set, batch_size=1, num_workers=settings.num_workers)
     loss_fn = nn.CrossEntropyLoss() if data.task == "classification" else nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
@@ -189,7 +215,7 @@ def run_stage(stage: str, arch: Architecture, settings: StageSettings, data_root
         with eval_mode(m):
             if data.task == "classification":
                 return evaluate_classification(m, val_loader, info.device)
-            return evaluate_segmentation(m, val_loader, NUM_CLASSES, info.device)
+            return evaluate_segmentation(m, val_loader, num_classes, info.device, class_names=class_names)
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay, nesterov=settings.nesterov)
     schedule = build_schedule(settings.schedule, settings.epochs, settings.milestones, settings.gamma,
@@ -201,7 +227,7 @@ def run_stage(stage: str, arch: Architecture, settings: StageSettings, data_root
         if epoch + 1 == settings.epochs or (settings.eval_every and (epoch + 1) % settings.eval_every == 0):
             result = score(m)
             keys = ("top1", "top5") if data.task == "classification" else ("class_miou", "category_miou")
-            scores = {f"val_{k}": float(result[k]) for k in keys}
+            scores = {f"val_{k}": float(result[k]) for k in keys if k in result}
             final.update(result)
         if on_epoch_end is not None:
             on_epoch_end(epoch, {**metrics, **scores})
@@ -213,18 +239,20 @@ def run_stage(stage: str, arch: Architecture, settings: StageSettings, data_root
     if not final and info.is_main:  # resumed after the last epoch had finished: score once more
         final.update(score(model.to(info.device)))
         model = model.cpu()
-    return model, {"stage": stage, "task": data.task, "num_classes": num_classes, "init": init_mode,
+    return model, {"stage": stage, "task": data.task, "num_classes": num_classes, "class_names": list(class_names),
+                   "init": init_mode,
                    "history": result.history, "final": final, "resumed_from": result.resumed_from,
                    "train_images": len(train_set), "val_images": len(val_set), "fingerprint": config.fingerprint,
                    "checkpoint": str(result.checkpoint)}
 
 
 def stage_payload(stage: str, arch: Architecture, model: nn.Module | None, task: str | None, num_classes: int,
-                  lineage: list[dict], metrics: dict | None = None) -> dict:
-    """What a stage hands to the next one (written as model.pt)."""
+                  lineage: list[dict], metrics: dict | None = None, class_names: list[str] | None = None) -> dict:
+    """What a stage hands to the next one (written as model.pt), with the names of the classes its head
+    predicts (ImageNet: the wnids)."""
     return {"format": MODEL_FORMAT, "stage": stage, "arch": arch.to_dict(), "task": task,
-            "num_classes": num_classes, "state_dict": None if model is None else model.state_dict(),
-            "lineage": lineage, "metrics": metrics or {}}
+            "num_classes": num_classes, "class_names": class_names,
+            "state_dict": None if model is None else model.state_dict(), "lineage": lineage, "metrics": metrics or {}}
 
 
 def skip_payload(stage: str, arch: Architecture, previous: dict | None) -> dict:
@@ -243,8 +271,15 @@ def _trained_source(payload: dict | None) -> str:
     return next(e["stage"] for e in reversed(payload["lineage"]) if e["status"] == "trained")
 
 
-def trained_lineage(stage: str, previous: dict | None, init_mode: str) -> list[dict]:
+def trained_lineage(stage: str, previous: dict | None, init_mode: str,
+                    class_names: list[str] | None = None) -> list[dict]:
+    """The lineage of a trained stage; a head re-initialised for other classes is recorded with both class sets."""
     entry = {"stage": stage, "status": "trained", "starts_from": _trained_source(previous), "init": init_mode}
+    if init_mode == "new_head":
+        was = payload_classes(previous)
+        entry["head"] = {"reinitialised": True, "num_classes": len(class_names or ()),
+                         "classes": list(class_names or ()), "previous_num_classes": previous.get("num_classes"),
+                         "previous_classes": list(was) if was else None}
     return [*(previous["lineage"] if previous else []), entry]
 
 
