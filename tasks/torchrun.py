@@ -30,6 +30,7 @@ GRACE_S = 20.0  # torchrun gives its workers SIGTERM, then waits for them before
 LAUNCHER_PID = "SQUEEZENAS_TORCHRUN_PID"  # torchrun's pid, in its workers' environment
 NODE_REPORT = "SQUEEZENAS_NODE_REPORT"  # a folder of this node's command, in its workers' environment
 MAIN, ERROR = "main", "error-rank"  # the report files: rank 0 finished here; a worker's error
+SHARED_STORE_OFF = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 
 
 @dataclass(frozen=True)
@@ -93,10 +94,13 @@ def run_torchrun_node(module: str, args: list[str], nproc: int, label: str, node
     command says in one line what happened. Its other output and the workers' pass through."""
     with tempfile.TemporaryDirectory(prefix="squeezenas-node-") as report:
         processes.reaper().remove_at_exit(Path(report))  # also after a kill -9 of this command
-        code = _run(module, args, nproc, label, nodes, report)
-        errors = tuple((Path(report) / name).read_text().strip() for name in sorted(os.listdir(report))
-                       if name.startswith(ERROR))
-        return NodeOutcome(code, (Path(report) / MAIN).is_file(), tuple(dict.fromkeys(errors)))
+        try:
+            code = _run(module, args, nproc, label, nodes, report)
+            errors = tuple((Path(report) / name).read_text().strip() for name in sorted(os.listdir(report))
+                           if name.startswith(ERROR))
+            return NodeOutcome(code, (Path(report) / MAIN).is_file(), tuple(dict.fromkeys(errors)))
+        finally:
+            processes.reaper().forget(Path(report))
 
 
 def _run(module: str, args: list[str], nproc: int, label: str, nodes: Nodes, report: str) -> int:
@@ -105,7 +109,13 @@ def _run(module: str, args: list[str], nproc: int, label: str, nodes: Nodes, rep
                                           f"{nodes.rdzv_endpoint}, job {nodes.job})")
     print(f"[{label}] launching {nproc} DDP processes{where}: python -m torch.distributed.run "
           f"{' '.join(launch_options(nproc, nodes))} -m {module} ...", flush=True)
-    proc = processes.spawn(cmd, first=signal.SIGTERM, stderr=subprocess.PIPE, env={**os.environ, NODE_REPORT: report})
+    env = {**os.environ, NODE_REPORT: report}
+    if nodes.nnodes > 1:
+        # each rendezvous round publishes a fresh MASTER_ADDR/PORT: with torchrun's shared TCP store (its default),
+        # after a node was lost and came back the surviving rank-0 agent kept the old round's store and never
+        # published it in the new round, so the returning node's worker waited forever (torch 2.13; tested)
+        env[SHARED_STORE_OFF] = "1"
+    proc = processes.spawn(cmd, first=signal.SIGTERM, stderr=subprocess.PIPE, env=env)
     stopping = threading.Event()
 
     def relay() -> None:

@@ -23,8 +23,7 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["experiments"] = {"mac_small": EXPERIMENT, "mac_small_b": {**EXPERIMENT, "alpha": 0.1}}
-    params["search"].update(nnodes=4, nproc=8)
-    params["train"].update(nnodes=2, nproc=4)
+    params["cluster"].update(nnodes=4, nproc=8)
     params["cluster"]["kubernetes"].update(image="registry.example.com/squeezenas:1.0", volume_claim="squeezenas-data",
                                            gpus_per_node=8)
     params["cluster"]["slurm"].update(partition="gpu", gpus_per_node=8)
@@ -63,7 +62,8 @@ def test_sbatch_script_runs_the_stage_command_on_every_node_with_the_rendezvous_
 
 
 def test_sbatch_of_a_training_stage_of_another_experiment_to_stdout(project):
-    proc = squeezenas(project, "cluster", "sbatch", "--stage", "train_fine", "--experiment", "mac_small_b")
+    proc = squeezenas(project, "cluster", "sbatch", "--stage", "train_fine", "--experiment", "mac_small_b",
+                      "--set", "cluster.nnodes=2", "--set", "cluster.nproc=4")
     assert proc.returncode == 0, proc.stderr
     exec_line = next(line for line in proc.stdout.splitlines() if line.strip().startswith("exec "))
     assert node_command(exec_line)[:9] == ["squeezenas", "train", "train_fine", "--experiment", "mac_small_b",
@@ -90,7 +90,8 @@ def test_trainjob_manifest_carries_nodes_image_command_and_rendezvous(project):
 
 
 def test_indexed_job_manifest_without_an_operator(project):
-    proc = squeezenas(project, "cluster", "k8s", "--kind", "indexed-job", "--stage", "pretrain_coco")
+    proc = squeezenas(project, "cluster", "k8s", "--kind", "indexed-job", "--stage", "pretrain_coco",
+                      "--set", "cluster.nnodes=2", "--set", "cluster.nproc=4")
     assert proc.returncode == 0, proc.stderr
     service, job = yaml.safe_load_all(proc.stdout)
     name = "squeezenas-pretrain-coco-mac-small"

@@ -221,5 +221,5 @@ def test_torchrun_runs_standalone_on_one_node_and_c10d_across_nodes():
     assert launch_options(1, Nodes(2, "node1:29400", 3, "search-out")) == [
         "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d", "--rdzv-endpoint=node1:29400",
         "--rdzv-id=search-out", "--max-restarts=3"]
-    params = load_params(ROOT / "params.yaml", ["search.nnodes=4", "search.rdzv_endpoint=[::1]:29400"])
+    params = load_params(ROOT / "params.yaml", ["search.nnodes=4", "search.rdzv_endpoint=node1:29400"])
     assert Nodes.of(params.search, "search-outputs/x").job == "search-outputs_x"
