@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -113,28 +113,14 @@ class DataParams(Section):
     imagenet_size: Int = Field(64, ge=16)
 
 
-class Distributed(Section):
-    """How a stage's torchrun job spans machines (search and training share it). nnodes 1: one machine
-    (`torchrun --standalone`); nnodes > 1: every node runs the same command and the nodes meet at a c10d
-    rendezvous (`rdzv_endpoint`, host:port on one of them); torchrun restarts the workers up to
-    `max_restarts` times after a failure or a node's return, each time from the last checkpoint."""
-
-    nproc: Int = Field(1, ge=1)  # > 1: DDP in that many torchrun processes per node (SyncBatchNorm on GPU)
-    nnodes: Int = Field(1, ge=1)  # machines; > 1 needs rdzv_endpoint and storage every node sees
-    rdzv_endpoint: str | None = None  # host:port of the c10d rendezvous store (on one of the nodes)
-    max_restarts: Int = Field(0, ge=0)  # torchrun --max-restarts: worker restarts after a failure
-    _section: ClassVar[str] = "distributed"  # the params section, in error messages
-
-    @model_validator(mode="after")
-    def _rendezvous(self):
-        check_rendezvous(self, type(self)._section)
-        return self
-
+# Across machines (search and training): nnodes > 1 runs the same command on every node, the nodes meet at a
+# c10d rendezvous (`rdzv_endpoint`, host:port on one of them), torchrun restarts the workers up to `max_restarts`
+# times after a failure or a node's return, each time from the last checkpoint (tasks/torchrun.py).
 
 _ENDPOINT = re.compile(r"^(?P<host>[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})$")
 
 
-def check_rendezvous(section: Distributed, name: str) -> None:
+def check_rendezvous(section, name: str) -> None:
     """nnodes > 1 needs a host:port rendezvous; errors name `name`'s field."""
     endpoint = section.rdzv_endpoint
     if endpoint is not None:
@@ -201,13 +187,15 @@ TRAIN_STAGE_DEFAULTS: dict[str, dict] = {
 }
 
 
-class TrainParams(Distributed):
+class TrainParams(Section):
     """Shared optimiser defaults (the paper's: SGD momentum, lr 0.05, wd 1e-5, AMP) and the four stages.
-    The schema defaults are the paper's regime; params.yaml holds the small default run. nproc, nnodes,
-    rdzv_endpoint, max_restarts: `Distributed`."""
+    The schema defaults are the paper's regime; params.yaml holds the small default run."""
 
-    _section: ClassVar[str] = "train"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    nproc: Int = Field(1, ge=1)  # > 1: DDP (SyncBatchNorm on GPU) in that many torchrun processes (per node)
+    nnodes: Int = Field(1, ge=1)  # machines; > 1 needs rdzv_endpoint and storage every node sees
+    rdzv_endpoint: str | None = None  # host:port of the c10d rendezvous store (on one of the nodes)
+    max_restarts: Int = Field(0, ge=0)  # torchrun --max-restarts: worker restarts after a failure
     threads: Int | None = Field(None, ge=1)  # torch CPU threads per process (None: torch's default)
     lr: Float = Field(0.05, gt=0)
     momentum: Float = Field(0.9, ge=0, lt=1)
@@ -235,6 +223,7 @@ class TrainParams(Distributed):
 
     @model_validator(mode="after")
     def _square_imagenet_crop(self):
+        check_rendezvous(self, "train")
         patch = self.pretrain_imagenet.patch
         if patch.height != patch.width:
             raise ValueError(f"pretrain_imagenet.patch must be square, got {patch.height}x{patch.width}")
@@ -306,13 +295,11 @@ class SampleParams(Section):
     choice: ChoiceParams = ChoiceParams()
 
 
-class SearchParams(Distributed):
+class SearchParams(Section):
     """The supernet search (paper sections 4.1-4.3). Schema defaults: the paper's stated choices
     (768x768 patches, tau 5 -> 1, pruning under 0.5%, joint co-optimisation) and FBNet's where the
-    paper is silent (90 epochs, Adam on theta at 0.01); params.yaml holds the small CPU run. nproc,
-    nnodes, rdzv_endpoint, max_restarts: `Distributed`."""
+    paper is silent (90 epochs, Adam on theta at 0.01); params.yaml holds the small CPU run."""
 
-    _section: ClassVar[str] = "search"
     space: SpaceName = "small"
     # C(i, j): a MAC table of the cost_tables stage or a latency table of the profiling stage
     cost_table: str = "outputs/cost_tables/macs_small.parquet"
@@ -338,6 +325,10 @@ class SearchParams(Distributed):
     theta_weight_decay: Float = Field(0.0, ge=0)
     prune_threshold: Float = Field(0.005, ge=0, lt=1 / 13)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    nproc: Int = Field(1, ge=1)  # > 1: DDP in that many torchrun processes per node (SyncBatchNorm on GPU)
+    nnodes: Int = Field(1, ge=1)  # machines; > 1 needs rdzv_endpoint and storage every node sees
+    rdzv_endpoint: str | None = None  # host:port of the c10d rendezvous store (on one of the nodes)
+    max_restarts: Int = Field(0, ge=0)  # torchrun --max-restarts: worker restarts after a failure
     amp: Bool = True  # float16 autocast on CUDA; ignored on CPU
     num_workers: Int = Field(0, ge=0)
     threads: Int = Field(0, ge=0)  # torch CPU threads per process (0: torch's default)
@@ -349,6 +340,7 @@ class SearchParams(Distributed):
 
     @model_validator(mode="after")
     def _consistent(self):
+        check_rendezvous(self, "search")
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
         if not 0 < self.scale[0] <= self.scale[1]:

@@ -45,7 +45,7 @@ class Nodes:
 
     @classmethod
     def of(cls, section, job: str) -> Nodes:
-        """From a params section with nnodes, rdzv_endpoint and max_restarts (nas_core.config.Distributed)."""
+        """From a params section with nnodes, rdzv_endpoint and max_restarts (search or train of nas_core.config)."""
         return cls(section.nnodes, section.rdzv_endpoint, section.max_restarts,
                    re.sub(r"[^A-Za-z0-9_.-]", "_", job))
 
