@@ -29,6 +29,7 @@ COMMANDS = {
     "benchmark": "cli.stages",
     "search": "cli.stages",
     "report": "cli.stages",
+    "cluster": "cli.cluster",
 }
 
 
@@ -83,6 +84,9 @@ def check_params(args: argparse.Namespace) -> None:
     from nas_core.config import load_params
 
     params = load_params(args.params, tuple(getattr(args, "overrides", ())), getattr(args, "experiment", None))
+    if getattr(args, "experiment", "") is None and getattr(args, "default_experiment", None):
+        args.experiment = args.default_experiment(params)  # e.g. `search` alone: the first configured experiment
+        params = params.for_experiment(args.experiment) if args.experiment else params
     if getattr(args, "preflight", None):
         args.preflight(params)
 

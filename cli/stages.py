@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import importlib
+import sys
+from pathlib import Path
 
 from cli.args import add_params_args, quiet_user_tracebacks
 
@@ -69,7 +71,30 @@ def check_datasets(params) -> None:
         raise FileNotFoundError("; ".join(missing))
 
 
-PREFLIGHT = {"data": check_datasets}  # cheap checks of a stage's inputs, after its params
+def first_experiment(params) -> str | None:
+    """`squeezenas search` without --experiment searches the first experiment of params.yaml (the call every
+    node of a multi-node search runs); with no experiments configured, the search section as it is."""
+    name = next(iter(params.experiments), None)
+    if name is not None:  # on stderr: `squeezenas cluster sbatch` writes its script to stdout
+        print(f"[squeezenas] no --experiment: experiment {name}, the first of params.yaml's "
+              f"({', '.join(params.experiments)})", file=sys.stderr, flush=True)
+    return name
+
+
+def check_search_inputs(params) -> None:
+    """`search` across machines (search.nnodes > 1), before any server starts: this node must see the dataset
+    and the cost table (storage shared by every node; the workers check the output folder once they meet)."""
+    cfg = params.search
+    if cfg.nnodes == 1:
+        return
+    for field, path in (("paths.dataset", params.paths.dataset), ("search.cost_table", cfg.cost_table)):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{field}: {path}: not found on this node; with search.nnodes {cfg.nnodes} every "
+                                    f"node reads it from storage shared by all nodes")
+
+
+PREFLIGHT = {"data": check_datasets, "search": check_search_inputs}  # cheap checks of a stage's inputs
+DEFAULT_EXPERIMENT = {"search": first_experiment}
 
 
 def add_parser(sub) -> None:
@@ -78,4 +103,5 @@ def add_parser(sub) -> None:
         add_params_args(p)
         if command in EXPERIMENT_COMMANDS:
             add_experiment_arg(p)
-        p.set_defaults(func=lambda args, target=target: run_flow(target, args), preflight=PREFLIGHT.get(command))
+        p.set_defaults(func=lambda args, target=target: run_flow(target, args), preflight=PREFLIGHT.get(command),
+                       default_experiment=DEFAULT_EXPERIMENT.get(command))

@@ -12,6 +12,7 @@ from nas_core.train.stages import STAGE_DATA, TRAIN_STAGES, stage_settings
 from tasks import tracking
 from tasks.dvc_files import CHOSEN_ARCHITECTURE, METRICS
 from tasks.flowruns import untagged_task_runs
+from tasks.torchrun import Nodes
 from tasks.train import LINEAGE, MODEL, skip_stage_task, train_stage_task
 
 # the chain of section 5.3.2; each stage consumes the model of the one before it
@@ -46,25 +47,54 @@ def run_train_stage(stage: str, params_file: str = "params.yaml", overrides: tup
     out_dir = str(stage_dir(paths, stage))
     logged = {"stage": stage_cfg.model_dump(mode="json"),
               "shared": cfg.model_dump(mode="json", exclude=set(PREVIOUS))}
-    with tracking.stage_run(params.tracking, params.dvc_stage(stage), params=logged,
-                            tags={"squeezenas.enabled": str(stage_cfg.enabled).lower()}):
+    run = lambda: tracking.stage_run(  # noqa: E731
+        params.tracking, params.dvc_stage(stage), params=logged,
+        tags={"squeezenas.enabled": str(stage_cfg.enabled).lower()})
+
+    def log_epoch(epoch: int, metrics: dict) -> None:
+        tracking.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+
+    def train(on_epoch_end) -> dict | None:
+        return train_stage_task(stage, stage_settings(cfg, stage), str(arch), dataset_root(paths, stage), previous,
+                                out_dir, cfg.device, cfg.nproc, on_epoch_end, cfg.threads, params.data.format,
+                                Nodes.of(cfg, f"{params.dvc_stage(stage)}-{out_dir}"))
+
+    if stage_cfg.enabled and cfg.nnodes > 1:
+        # across machines: the rendezvous decides which node holds rank 0; that node's command alone opens
+        # the MLflow run, after the training, and replays the per-epoch metrics
+        summary = train(None)
+        if summary is None:
+            print(f"[{stage}] this node's workers are done; rank 0 ran on another node of {cfg.nnodes}: its "
+                  f"command wrote {out_dir} and logs the MLflow run")
+            return {"main_node": False, "nnodes": cfg.nnodes}
+        with run():
+            for epoch, metrics in enumerate(summary["history"]):
+                log_epoch(epoch, metrics)
+            _log_trained(stage, summary, out_dir)
+        return summary
+    with run():
         if not stage_cfg.enabled:
             summary = skip_stage_task(stage, str(arch), previous, out_dir)
             print(f"[{stage}] switched off: passes on {summary['passes_on']}")
         else:
-            def log_epoch(epoch: int, metrics: dict) -> None:
-                tracking.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
-
-            summary = train_stage_task(stage, stage_settings(cfg, stage), str(arch), dataset_root(paths, stage),
-                                       previous, out_dir, cfg.device, cfg.nproc, log_epoch, cfg.threads,
-                                       params.data.format)
-            tracking.log_metrics({f"final_{k}": v for k, v in summary["final"].items()})
+            summary = train(log_epoch)
+            tracking.log_metrics({"world_size": summary["world_size"],
+                                  **{f"final_{k}": v for k, v in summary["final"].items()}})
             print(f"[{stage}] trained from {summary['starts_from']} ({summary['init']}): {summary['final']}")
             if summary["init"] == "new_head":
                 print(f"[{stage}] the segmentation head was re-initialised for the dataset's classes (lineage.json)")
         for name in (LINEAGE, METRICS):
             tracking.log_artifact(Path(out_dir) / name, stage)
     return summary
+
+
+def _log_trained(stage: str, summary: dict, out_dir: str) -> None:
+    tracking.log_metrics({"world_size": summary["world_size"],
+                          **{f"final_{k}": v for k, v in summary["final"].items()}})
+    print(f"[{stage}] trained from {summary['starts_from']} ({summary['init']}) on {summary['world_size']} processes: "
+          f"{summary['final']}")
+    for name in (LINEAGE, METRICS):
+        tracking.log_artifact(Path(out_dir) / name, stage)
 
 
 def _stage_flow(stage: str):

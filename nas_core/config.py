@@ -85,6 +85,7 @@ class Paths(Section):
     experiments: str = "outputs/experiments"
     networks: str = "outputs/networks"
     report: str = "outputs/report"
+    cluster: str = "outputs/cluster"  # launchers written by `squeezenas cluster submit` (sbatch scripts, manifests)
 
     @model_validator(mode="before")
     @classmethod
@@ -128,6 +129,26 @@ class DataParams(Section):
     imagenet_train_per_class: Int = Field(32, ge=1)
     imagenet_val_per_class: Int = Field(8, ge=1)
     imagenet_size: Int = Field(64, ge=16)
+
+
+# Across machines (search and training): nnodes > 1 runs the same command on every node, the nodes meet at a
+# c10d rendezvous (`rdzv_endpoint`, host:port on one of them), torchrun restarts the workers up to `max_restarts`
+# times after a failure or a node's return, each time from the last checkpoint (tasks/torchrun.py).
+
+_ENDPOINT = re.compile(r"^(?P<host>[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})$")
+
+
+def check_rendezvous(section, name: str) -> None:
+    """nnodes > 1 needs a host:port rendezvous; errors name `name`'s field."""
+    endpoint = section.rdzv_endpoint
+    if endpoint is not None:
+        m = _ENDPOINT.match(endpoint)
+        if not m or not 1 <= int(m.group("port")) <= 65535:
+            raise ValueError(f"{name}.rdzv_endpoint: expected host:port (a port 1-65535, e.g. node1:29400), "
+                             f"got {endpoint!r}")
+    if section.nnodes > 1 and endpoint is None:
+        raise ValueError(f"{name}.rdzv_endpoint: nnodes {section.nnodes} needs a c10d rendezvous endpoint "
+                         f"host:port on one of the nodes (e.g. --set {name}.rdzv_endpoint=node1:29400)")
 
 
 class CostTablesParams(Section):
@@ -193,7 +214,10 @@ class TrainParams(Section):
     The schema defaults are the paper's regime; params.yaml holds the small default run."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    nproc: Int = Field(1, ge=1)  # > 1: DDP (SyncBatchNorm on GPU) in that many torchrun processes
+    nproc: Int = Field(1, ge=1)  # > 1: DDP (SyncBatchNorm on GPU) in that many torchrun processes (per node)
+    nnodes: Int = Field(1, ge=1)  # machines; > 1 needs rdzv_endpoint and storage every node sees
+    rdzv_endpoint: str | None = None  # host:port of the c10d rendezvous store (on one of the nodes)
+    max_restarts: Int = Field(0, ge=0)  # torchrun --max-restarts: worker restarts after a failure
     threads: Int | None = Field(None, ge=1)  # torch CPU threads per process (None: torch's default)
     lr: Float = Field(0.05, gt=0)
     momentum: Float = Field(0.9, ge=0, lt=1)
@@ -221,6 +245,7 @@ class TrainParams(Section):
 
     @model_validator(mode="after")
     def _square_imagenet_crop(self):
+        check_rendezvous(self, "train")
         patch = self.pretrain_imagenet.patch
         if patch.height != patch.width:
             raise ValueError(f"pretrain_imagenet.patch must be square, got {patch.height}x{patch.width}")
@@ -322,7 +347,10 @@ class SearchParams(Section):
     theta_weight_decay: Float = Field(0.0, ge=0)
     prune_threshold: Float = Field(0.005, ge=0, lt=1 / 13)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    nproc: Int = Field(1, ge=1)  # > 1: DDP in that many torchrun processes (SyncBatchNorm on GPU)
+    nproc: Int = Field(1, ge=1)  # > 1: DDP in that many torchrun processes per node (SyncBatchNorm on GPU)
+    nnodes: Int = Field(1, ge=1)  # machines; > 1 needs rdzv_endpoint and storage every node sees
+    rdzv_endpoint: str | None = None  # host:port of the c10d rendezvous store (on one of the nodes)
+    max_restarts: Int = Field(0, ge=0)  # torchrun --max-restarts: worker restarts after a failure
     amp: Bool = True  # float16 autocast on CUDA; ignored on CPU
     # the fused superblock (issue 19: same parameters and math, fewer kernels); auto: what benchmarks/README.md
     # measured faster on the device (nas_core.search.supernet.FUSED_AUTO)
@@ -341,6 +369,7 @@ class SearchParams(Section):
 
     @model_validator(mode="after")
     def _consistent(self):
+        check_rendezvous(self, "search")
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
         if not 0 < self.scale[0] <= self.scale[1]:
@@ -443,6 +472,52 @@ class PipelineParams(Section):
     dispatch: Literal["subflows", "deployments"] = "subflows"
 
 
+DnsLabel = Annotated[str, StringConstraints(pattern=r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")]
+
+
+class SlurmParams(Section):
+    """The sbatch script of `squeezenas cluster sbatch`: one task per node, each running the stage command."""
+
+    partition: str | None = None
+    account: str | None = None
+    time: str = Field("2-00:00:00", pattern=r"^([0-9]+-)?[0-9]{1,2}:[0-9]{2}:[0-9]{2}$")  # --time
+    gpus_per_node: Int = Field(0, ge=0)
+    cpus_per_task: Int = Field(8, ge=1)
+    # shell lines run on every node before the command (the job starts in the submit folder, which must be on
+    # storage every node sees): the project's environment
+    setup: str = "source .venv/bin/activate"
+
+
+class KubernetesParams(Section):
+    """The manifest of `squeezenas cluster k8s`: a Kubeflow Trainer v2 TrainJob (runtime `runtime`), or where
+    that operator is absent an indexed Job with a headless Service (plain Kubernetes, no operator)."""
+
+    kind: Literal["trainjob", "indexed-job"] = "trainjob"
+    namespace: DnsLabel = "default"
+    image: str = "squeezenas:latest"  # the project installed, `squeezenas` on PATH
+    runtime: str = "torch-distributed"  # TrainJob: the (Cluster)TrainingRuntime
+    # the project folder (params.yaml, data, outputs, mlflow.db), the command's working directory: storage
+    # every pod sees; indexed-job mounts the PersistentVolumeClaim `volume_claim` there (TrainJob: the runtime's)
+    workdir: str = "/workspace"
+    volume_claim: DnsLabel | None = None
+    gpus_per_node: Int = Field(0, ge=0)
+
+
+class ClusterParams(Section):
+    """Launchers of the gang-scheduled stages (search, training) on the engines clusters run: SLURM and
+    Kubernetes, generated by `squeezenas cluster sbatch|k8s` from this section: a job of `nnodes` nodes x
+    `nproc` processes, whose command sets the stage's nnodes, nproc and rdzv_endpoint (the first node's
+    address is known only in the job, so the stage section itself keeps nnodes 1 and no endpoint)."""
+
+    nnodes: Int = Field(2, ge=1)
+    nproc: Int = Field(1, ge=1)  # per node, e.g. its GPUs
+    job_name: DnsLabel = "squeezenas"
+    rdzv_port: Int = Field(29400, ge=1, le=65535)
+    poll_s: Float = Field(30.0, gt=0)  # how often a submitted job's state is read while it is watched
+    slurm: SlurmParams = SlurmParams()
+    kubernetes: KubernetesParams = KubernetesParams()
+
+
 PUBLISHED_NAMES = ("squeezenas_mac_small", "squeezenas_lat_small", "squeezenas_mac_large", "squeezenas_lat_large",
                    "squeezenas_mac_xlarge", "squeezenas_lat_xlarge")
 ExperimentName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
@@ -487,6 +562,7 @@ class Params(Section):
     sample: SampleParams = SampleParams()
     search: SearchParams = SearchParams()
     pipeline: PipelineParams = PipelineParams()
+    cluster: ClusterParams = ClusterParams()
     # the paper's six searches by default (params.yaml); each stage of a chain runs with --experiment NAME
     experiments: dict[ExperimentName, ExperimentParams] = {}
     experiment: str | None = None  # set by for_experiment (the --experiment option), never in the file

@@ -1,10 +1,12 @@
 """Task of the search stage: supernet, data and cost matrix from paths and settings, then
 `nas_core.search.loop.run_search`, then the stage's outputs, written atomically (rank 0).
 
-Run as `python -m tasks.search ...` it is the torchrun worker: the same search, no Prefect, no MLflow."""
+Run as `python -m tasks.search ...` it is the torchrun worker: the same search, no Prefect, no MLflow. Across
+machines (search.nnodes > 1) only the node whose worker held rank 0 gets the summary back (`search_task`)."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -19,14 +21,14 @@ from nas_core.config import SearchParams
 from nas_core.cost.macs import cost_matrix, read_cost_table
 from nas_core.data import EvalTransform, TrainTransform
 from nas_core.data.target import target_dataset
-from nas_core.engine.distributed import init_distributed
+from nas_core.engine.distributed import check_shared_storage, gather_objects, init_distributed
 from nas_core.io import atomic_torch_save, atomic_write_json, atomic_write_parquet, atomic_write_text, remove_checkpoint
 from nas_core.search.data import search_loader, split_dataset
 from nas_core.search.loop import evaluate_architecture, run_search, search_config
 from nas_core.search.plots import plot_probabilities
 from nas_core.search.supernet import build_supernet, resolve_fused
 from tasks.dvc_files import METRICS
-from tasks.torchrun import run_torchrun, worker_dies_with_launcher
+from tasks.torchrun import Nodes, report_main, reporting_errors, run_torchrun_node, worker_dies_with_launcher
 
 SUPERNET, THETA, HISTORY, PRUNING = "supernet.pt", "theta.parquet", "theta_history.parquet", "pruning_log.csv"
 CURVES, PLOT, CHECKPOINTS = "search_curves.csv", "probabilities.png", "checkpoints"
@@ -68,6 +70,13 @@ def write_outputs(out: Path, supernet, result, cfg: SearchParams, summary: dict,
     atomic_write_json(out / METRICS, summary)
 
 
+def theta_digest(supernet) -> str:
+    """sha256 of theta (float32 logits, blocks x candidates) and the live mask: equal on every rank of a
+    healthy data-parallel search."""
+    theta = torch.stack([p.detach().float().cpu() for p in supernet.arch_parameters()]).contiguous()
+    return hashlib.sha256(theta.numpy().tobytes() + supernet.live_mask().cpu().numpy().tobytes()).hexdigest()
+
+
 def search(cfg: SearchParams, data_root: str, out_dir: str,
            on_epoch_end: Callable[[int, dict], None] | None = None, data_format: str = "cityscapes") -> dict:
     """Run the search on the target dataset (`data_format` at `data_root`: its classes are the supernet's) and
@@ -75,6 +84,10 @@ def search(cfg: SearchParams, data_root: str, out_dir: str,
     info = init_distributed(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    # every process reads the data and the cost table and resumes from rank 0's checkpoints: across
+    # machines, a node without the shared storage fails here, naming the path
+    check_shared_storage(info, {"paths.dataset": data_root, "search.cost_table": cfg.cost_table},
+                         {"paths.search": out_dir})
     cost, fixed = load_cost(cfg)
     train_set = target_dataset(data_format, data_root, "train", TrainTransform(cfg.patch.hw, cfg.scale))
     class_names = tuple(train_set.class_names)
@@ -84,6 +97,10 @@ def search(cfg: SearchParams, data_root: str, out_dir: str,
     out = Path(out_dir)
     result = run_search(supernet, train, cost, search_config(cfg), out / CHECKPOINTS, arch_loader=arch,
                         fixed_cost=fixed, on_epoch_end=on_epoch_end if info.is_main else None)
+    digests = gather_objects(theta_digest(supernet), info)  # every rank's theta, checked before anything is written
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"[search] the ranks ended with different theta ({', '.join(d[:12] for d in digests)}); "
+                           f"nothing written, {out / CHECKPOINTS} resumes the search")
     if not info.is_main:
         return {}
     val = target_dataset(data_format, data_root, "val", EvalTransform())
@@ -92,7 +109,8 @@ def search(cfg: SearchParams, data_root: str, out_dir: str,
     scores = evaluate_architecture(supernet, result.architecture, DataLoader(val, batch_size=1), class_names)
     final = result.curves.iloc[-1].to_dict()
     summary = {"space": cfg.space, "cost_table": cfg.cost_table, "cost_metric": cfg.cost_metric, "alpha": cfg.alpha,
-               "world_size": info.world_size, "train_images": n_train, "val_images": len(val),
+               "world_size": info.world_size, "nnodes": cfg.nnodes, "theta_sha256_per_rank": digests,
+               "train_images": n_train, "val_images": len(val),
                "architecture": list(result.architecture.choices), "resumed_from": result.resumed_from,
                "argmax_class_miou": scores["class_miou"],
                **({"argmax_category_miou": scores["category_miou"]} if "category_miou" in scores else {}),
@@ -105,20 +123,33 @@ def search(cfg: SearchParams, data_root: str, out_dir: str,
 
 @task(name="search", cache_policy=NO_CACHE)
 def search_task(cfg: SearchParams, data_root: str, out_dir: str,
-                on_epoch_end: Callable[[int, dict], None] | None = None, data_format: str = "cityscapes") -> dict:
-    """Search in this process, or with nproc > 1 in torchrun's DDP processes (metrics replayed afterwards)."""
-    if cfg.nproc == 1:
+                on_epoch_end: Callable[[int, dict], None] | None = None, data_format: str = "cityscapes"
+                ) -> dict | None:
+    """Search in this process, or with nproc > 1 or nnodes > 1 in torchrun's DDP processes (metrics replayed
+    afterwards). Across machines this is one node's share: None where rank 0 ran on another node (that
+    node's command has the summary, the outputs are written once, by rank 0)."""
+    if cfg.nproc == 1 and cfg.nnodes == 1:
         return search(cfg, data_root, out_dir, on_epoch_end, data_format)
     args = ["--settings", cfg.model_dump_json(), "--data", data_root, "--format", data_format, "--out", out_dir]
-    if run_torchrun("tasks.search", args, cfg.nproc, "search") != 0:
+    outcome = run_torchrun_node("tasks.search", args, cfg.nproc, "search", Nodes.of(cfg, f"search-{out_dir}"))
+    if outcome.code != 0:
+        if outcome.errors:  # the workers' own one line (a path this node cannot see, a bad table)
+            raise ValueError(outcome.errors[0])
         raise RuntimeError(f"[search] torchrun failed; {Path(out_dir) / CHECKPOINTS} resumes the search")
+    if not outcome.main:
+        return None
     summary = json.loads((Path(out_dir) / METRICS).read_text())
     if on_epoch_end is not None:
-        import pandas as pd
-
-        for row in pd.read_csv(Path(out_dir) / CURVES).to_dict("records"):
-            on_epoch_end(int(row["epoch"]), row)
+        replay_curves(out_dir, on_epoch_end)
     return summary
+
+
+def replay_curves(out_dir: str, on_epoch_end: Callable[[int, dict], None]) -> None:
+    """The per-epoch metrics of a search that ran in torchrun's processes, from its curves file."""
+    import pandas as pd
+
+    for row in pd.read_csv(Path(out_dir) / CURVES).to_dict("records"):
+        on_epoch_end(int(row["epoch"]), row)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", default="cityscapes")
     a = p.parse_args(argv)
     worker_dies_with_launcher()  # a torchrun killed outright takes its workers with it
-    search(SearchParams.model_validate_json(a.settings), a.data, a.out, data_format=a.format)
+    with reporting_errors():
+        summary = search(SearchParams.model_validate_json(a.settings), a.data, a.out, data_format=a.format)
+    if summary:
+        report_main()  # rank 0 wrote the outputs: its node's command logs them
     return 0
 
 

@@ -15,7 +15,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from nas_core.engine.distributed import init_distributed
+from nas_core.engine.distributed import check_shared_storage, init_distributed
 from nas_core.io import atomic_write_json, atomic_write_text, remove_checkpoint
 from nas_core.space.spaces import Architecture
 from nas_core.train.stages import (
@@ -28,7 +28,7 @@ from nas_core.train.stages import (
     trained_lineage,
 )
 from tasks.dvc_files import METRICS
-from tasks.torchrun import run_torchrun, worker_dies_with_launcher
+from tasks.torchrun import Nodes, report_main, reporting_errors, run_torchrun_node, worker_dies_with_launcher
 
 MODEL, LINEAGE, CHECKPOINTS = "model.pt", "lineage.json", "checkpoints"
 CURVES = "curves.csv"  # per-epoch loss, lr and validation scores: the stage's DVC plot
@@ -53,6 +53,10 @@ def train_stage(stage: str, settings: StageSettings, arch_path: str, data_root: 
     if threads:
         torch.set_num_threads(threads)
     info = init_distributed(device)
+    # across machines every process reads these and resumes from rank 0's checkpoints: shared storage
+    inputs = {"dataset": data_root, "chosen architecture": arch_path, **({"previous model": previous_path}
+                                                                        if previous_path else {})}
+    check_shared_storage(info, inputs, {"paths.train": out_dir})
     arch = Architecture.load(arch_path)
     previous = load_payload(previous_path) if previous_path else None
     out = Path(out_dir)
@@ -82,9 +86,10 @@ def train_stage(stage: str, settings: StageSettings, arch_path: str, data_root: 
 def train_stage_task(stage: str, settings: StageSettings, arch_path: str, data_root: str, previous_path: str | None,
                      out_dir: str, device: str = "auto", nproc: int = 1,
                      on_epoch_end: Callable[[int, dict], None] | None = None, threads: int | None = None,
-                     data_format: str = "cityscapes") -> dict:
-    """Train one stage; with nproc > 1 in torchrun's DDP processes (per-epoch metrics come afterwards)."""
-    if nproc == 1:
+                     data_format: str = "cityscapes", nodes: Nodes = Nodes()) -> dict | None:
+    """Train one stage; with nproc > 1 or several `nodes` in torchrun's DDP processes (per-epoch metrics
+    come afterwards). Across machines: None where rank 0 ran on another node (that node has the summary)."""
+    if nproc == 1 and nodes.nnodes == 1:
         return train_stage(stage, settings, arch_path, data_root, previous_path, out_dir, device, on_epoch_end,
                            threads, data_format)
     args = ["--stage", stage, "--settings", json.dumps(asdict(settings)), "--arch", arch_path, "--data", data_root,
@@ -93,10 +98,14 @@ def train_stage_task(stage: str, settings: StageSettings, arch_path: str, data_r
         args += ["--previous", previous_path]
     if threads:
         args += ["--threads", str(threads)]
-    code = run_torchrun("tasks.train", args, nproc, stage)
-    if code != 0:
-        raise RuntimeError(f"[{stage}] torchrun exited with status {code}; the checkpoint in "
+    outcome = run_torchrun_node("tasks.train", args, nproc, stage, nodes)
+    if outcome.code != 0:
+        if outcome.errors:  # the workers' own one line (a path this node cannot see)
+            raise ValueError(outcome.errors[0])
+        raise RuntimeError(f"[{stage}] torchrun exited with status {outcome.code}; the checkpoint in "
                            f"{Path(out_dir) / CHECKPOINTS} resumes the run")
+    if not outcome.main:
+        return None
     summary = json.loads((Path(out_dir) / METRICS).read_text())
     if on_epoch_end is not None:
         for epoch, metrics in enumerate(summary["history"]):
@@ -129,8 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", default="cityscapes")
     a = p.parse_args(argv)
     worker_dies_with_launcher()  # a torchrun killed outright takes its workers with it
-    train_stage(a.stage, StageSettings.from_dict(json.loads(a.settings)), a.arch, a.data, a.previous, a.out, a.device,
-                threads=a.threads, data_format=a.format)
+    with reporting_errors():
+        summary = train_stage(a.stage, StageSettings.from_dict(json.loads(a.settings)), a.arch, a.data, a.previous,
+                              a.out, a.device, threads=a.threads,
+                              data_format=a.format)
+    if summary:
+        report_main()  # rank 0 wrote the outputs: its node's command logs them
     return 0
 
 

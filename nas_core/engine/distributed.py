@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -85,3 +86,55 @@ def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def barrier(info: DistInfo) -> None:
     if info.world_size > 1:
         dist.barrier()
+
+
+def gather_objects(obj, info: DistInfo) -> list:
+    """`obj` of every process, in rank order (picklable objects; [obj] with one process)."""
+    if info.world_size == 1:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def check_shared_storage(info: DistInfo, readable: dict[str, str], writable: dict[str, str]) -> None:
+    """Across machines every process must see the same files: the inputs it reads (`readable`: params
+    field -> path) and the folders rank 0 writes and every rank resumes from (`writable`). Rank 0 writes
+    a token file into each of `writable`; a process that cannot see an input, or finds no token (its node
+    has a folder of its own there, not the shared one), makes every process fail at once with an error
+    naming the field, the path and the processes' hosts."""
+    if info.world_size == 1:
+        return
+    import secrets
+    import socket
+
+    token = [secrets.token_hex(8) if info.is_main else None]
+    dist.broadcast_object_list(token)
+    probes = {}
+    if info.is_main:
+        for field, folder in writable.items():
+            probe = Path(folder) / f".shared-{token[0]}"
+            probe.parent.mkdir(parents=True, exist_ok=True)
+            probe.write_text(token[0])
+            probes[field] = probe
+    barrier(info)
+    missing = [f"{field}: {path}: no such file or folder" for field, path in readable.items()
+               if not Path(path).exists()]
+    for field, folder in writable.items():
+        probe = Path(folder) / f".shared-{token[0]}"
+        try:
+            seen = probe.read_text() == token[0]
+        except OSError:
+            seen = False
+        if not seen:
+            missing.append(f"{field}: {folder}: not the folder rank 0 writes (its file {probe.name} is not there)")
+    reports = gather_objects((info.rank, socket.gethostname(), missing), info)
+    barrier(info)
+    for probe in probes.values():
+        probe.unlink(missing_ok=True)
+    blind = [(rank, host, problems) for rank, host, problems in reports if problems]
+    if blind:
+        rank, host, problems = blind[0]
+        ranks = ", ".join(f"{r} ({h})" for r, h, _ in blind)
+        raise FileNotFoundError(f"{problems[0]}: seen from rank {rank} on {host}; every node must see the data and "
+                                f"output folders on shared storage (ranks that cannot: {ranks})")
