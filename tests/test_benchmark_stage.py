@@ -45,7 +45,11 @@ def test_benchmark_flow_reports_every_network_and_registers_both_flavours(tmp_pa
     assert metrics["networks"]["mobilenetv3_small"]["class_miou"] is None
     assert all(r["onnx_max_rel_diff"] <= 1e-4 and r["latency_ms"] > 0 for r in metrics["networks"].values())
     report = (tmp_path / "bench/report.md").read_text()
-    assert report.count("\n| ") == 5 and "constant prediction" in report
+    tables = [block.splitlines() for block in report.split("\n\n") if block.startswith("| ")]
+    assert len(tables[0]) == 2 + 3 and "constant prediction" in report  # header, rule, our network and two baselines
+    # the per-class table: the dataset's 19 classes, one column per network with an mIoU (ours, the authors')
+    assert len(tables[1]) == 2 + 19 and tables[1][0] == "| class | ours | squeezenas_lat_small |"
+    assert tables[1][2].startswith("| road | ") and tables[1][-1].startswith("| bicycle | ")
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = mlflow.MlflowClient()
