@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Callable, Iterator, TypeVar
 
 from prefect import tags
@@ -25,14 +25,24 @@ def untagged_task_runs(fn: F) -> F:
     its task runs carry none; the tags its flow run was created with are kept for `subflow_tags()`."""
     @functools.wraps(fn)
     def body(*args, **kwargs):
-        token = _FLOW_RUN_TAGS.set(_FLOW_RUN_TAGS.get() | frozenset(TagsContext.get().current_tags))
+        # the ContextVar only through module functions: Prefect's Dask runner pickles a flow's function by value
+        # (cloudpickle), and a ContextVar cannot be pickled
+        token = _remember(TagsContext.get().current_tags)
         try:
             with TagsContext(current_tags=set()):
                 return fn(*args, **kwargs)
         finally:
-            _FLOW_RUN_TAGS.reset(token)
+            _forget(token)
     body.task_runs_untagged = True
     return body  # type: ignore[return-value]
+
+
+def _remember(tags) -> Token:
+    return _FLOW_RUN_TAGS.set(_FLOW_RUN_TAGS.get() | frozenset(tags))
+
+
+def _forget(token: Token) -> None:
+    _FLOW_RUN_TAGS.reset(token)
 
 
 @contextmanager
