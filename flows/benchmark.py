@@ -16,7 +16,6 @@ from tasks import tracking
 from tasks.benchmark import ONNX_DIR, OURS, benchmark_network_task, references_task, write_report_task
 from tasks.dvc_files import SELECT_METRICS
 from tasks.flowruns import untagged_task_runs
-from tasks.tracking import metric_name
 from tasks.train import MODEL
 
 
@@ -55,8 +54,7 @@ def benchmark_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] 
             metrics = {f"{r['network']}.{k}": r[k] for k in
                        ("latency_ms", "gmacs", "gmacs_per_s", "params_m", "onnx_max_rel_diff", "class_miou")
                        if r.get(k) is not None}
-            metrics.update({f"{r['network']}.iou.{metric_name(c)}": v for c, v in (r.get("class_iou") or {}).items()
-                            if v is not None})
+            metrics.update(tracking.class_iou_metrics(r))
             tracking.log_metrics(metrics, model_id=logged["pytorch_model_id"] if r["network"] == ours else None)
         tracking.log_artifact(written["report"], "benchmark")
         tracking.log_artifact(written["metrics"], "benchmark")

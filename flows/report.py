@@ -93,8 +93,7 @@ def report_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
                             tags={"squeezenas.experiments": ",".join(params.experiments)}):
         tracking.log_metrics({f"{r['network']}.{k}": r[k] for r in table
                               for k in ("class_miou", "latency_ms", "gmacs", "params_m") if r.get(k) is not None})
-        tracking.log_metrics({f"{r['network']}.iou.{tracking.metric_name(c)}": v for r in table
-                              for c, v in (r.get("class_iou") or {}).items() if v is not None})
+        tracking.log_metrics({k: v for r in table for k, v in tracking.class_iou_metrics(r).items()})
         tracking.log_metrics({f"{c['kind']}.{c['space']}.faster_pct": c["faster_pct"] for c in comparisons})
         for path in (written["json"], written["md"], fig5, fig6):
             tracking.log_artifact(path, "report")

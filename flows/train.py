@@ -76,23 +76,25 @@ def run_train_stage(stage: str, params_file: str = "params.yaml", overrides: tup
         if not stage_cfg.enabled:
             summary = skip_stage_task(stage, str(arch), previous, out_dir)
             print(f"[{stage}] switched off: passes on {summary['passes_on']}")
+            _log_artifacts(stage, out_dir)
         else:
             summary = train(log_epoch)
-            tracking.log_metrics({"world_size": summary["world_size"],
-                                  **{f"final_{k}": v for k, v in summary["final"].items()}})
-            print(f"[{stage}] trained from {summary['starts_from']} ({summary['init']}): {summary['final']}")
-            if summary["init"] == "new_head":
-                print(f"[{stage}] the segmentation head was re-initialised for the dataset's classes (lineage.json)")
-        for name in (LINEAGE, METRICS):
-            tracking.log_artifact(Path(out_dir) / name, stage)
+            _log_trained(stage, summary, out_dir)
     return summary
 
 
 def _log_trained(stage: str, summary: dict, out_dir: str) -> None:
+    """A trained stage's final metrics, its line, its artifacts (into the open MLflow run)."""
     tracking.log_metrics({"world_size": summary["world_size"],
                           **{f"final_{k}": v for k, v in summary["final"].items()}})
     print(f"[{stage}] trained from {summary['starts_from']} ({summary['init']}) on {summary['world_size']} processes: "
           f"{summary['final']}")
+    if summary["init"] == "new_head":
+        print(f"[{stage}] the segmentation head was re-initialised for the dataset's classes (lineage.json)")
+    _log_artifacts(stage, out_dir)
+
+
+def _log_artifacts(stage: str, out_dir: str) -> None:
     for name in (LINEAGE, METRICS):
         tracking.log_artifact(Path(out_dir) / name, stage)
 

@@ -6,7 +6,6 @@ machines (search.nnodes > 1) only the node whose worker held rank 0 gets the sum
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -70,13 +69,6 @@ def write_outputs(out: Path, supernet, result, cfg: SearchParams, summary: dict,
     atomic_write_json(out / METRICS, summary)
 
 
-def theta_digest(supernet) -> str:
-    """sha256 of theta (float32 logits, blocks x candidates) and the live mask: equal on every rank of a
-    healthy data-parallel search."""
-    theta = torch.stack([p.detach().float().cpu() for p in supernet.arch_parameters()]).contiguous()
-    return hashlib.sha256(theta.numpy().tobytes() + supernet.live_mask().cpu().numpy().tobytes()).hexdigest()
-
-
 def search(cfg: SearchParams, data_root: str, out_dir: str,
            on_epoch_end: Callable[[int, dict], None] | None = None, data_format: str = "cityscapes") -> dict:
     """Run the search on the target dataset (`data_format` at `data_root`: its classes are the supernet's) and
@@ -97,7 +89,8 @@ def search(cfg: SearchParams, data_root: str, out_dir: str,
     out = Path(out_dir)
     result = run_search(supernet, train, cost, search_config(cfg), out / CHECKPOINTS, arch_loader=arch,
                         fixed_cost=fixed, on_epoch_end=on_epoch_end if info.is_main else None)
-    digests = gather_objects(theta_digest(supernet), info)  # every rank's theta, checked before anything is written
+    # every rank's theta, checked before anything is written
+    digests = gather_objects(supernet.theta_fingerprint(), info)
     if len(set(digests)) > 1:
         raise RuntimeError(f"[search] the ranks ended with different theta ({', '.join(d[:12] for d in digests)}); "
                            f"nothing written, {out / CHECKPOINTS} resumes the search")
@@ -132,9 +125,7 @@ def search_task(cfg: SearchParams, data_root: str, out_dir: str,
         return search(cfg, data_root, out_dir, on_epoch_end, data_format)
     args = ["--settings", cfg.model_dump_json(), "--data", data_root, "--format", data_format, "--out", out_dir]
     outcome = run_torchrun_node("tasks.search", args, cfg.nproc, "search", Nodes.of(cfg, f"search-{out_dir}"))
-    if outcome.code != 0:
-        if outcome.errors:  # the workers' own one line (a path this node cannot see, a bad table)
-            raise ValueError(outcome.errors[0])
+    if outcome.code != 0:  # a worker's own error was raised by run_torchrun_node, naming the path
         raise RuntimeError(f"[search] torchrun failed; {Path(out_dir) / CHECKPOINTS} resumes the search")
     if not outcome.main:
         return None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from nas_core.io import temp_dir
 from tasks import processes
 
 GRACE_S = 20.0  # torchrun gives its workers SIGTERM, then waits for them before it exits
@@ -66,12 +68,10 @@ def launch_options(nproc: int, nodes: Nodes) -> list[str]:
 
 @dataclass(frozen=True)
 class NodeOutcome:
-    """What torchrun on this node ended with: its status, whether rank 0 ran (and finished) here, and the
-    errors its workers reported (one line each)."""
+    """What torchrun on this node ended with: its status, and whether rank 0 ran (and finished) here."""
 
     code: int
     main: bool
-    errors: tuple[str, ...] = ()
 
 
 def torchrun_command(module: str, args: list[str], nproc: int, nodes: Nodes = Nodes()) -> list[str]:
@@ -91,16 +91,19 @@ def run_torchrun_node(module: str, args: list[str], nproc: int, label: str, node
     """Run `python -m module args` in `nproc` torchrun processes on this node of `nodes`.
     An interrupt (Ctrl-C, SIGTERM) of this command stops torchrun and its workers before it goes on;
     torchrun's own report of that stop (a traceback of its SignalException) is not shown, as the
-    command says in one line what happened. Its other output and the workers' pass through."""
-    with tempfile.TemporaryDirectory(prefix="squeezenas-node-") as report:
-        processes.reaper().remove_at_exit(Path(report))  # also after a kill -9 of this command
-        try:
-            code = _run(module, args, nproc, label, nodes, report)
-            errors = tuple((Path(report) / name).read_text().strip() for name in sorted(os.listdir(report))
-                           if name.startswith(ERROR))
-            return NodeOutcome(code, (Path(report) / MAIN).is_file(), tuple(dict.fromkeys(errors)))
-        finally:
-            processes.reaper().forget(Path(report))
+    command says in one line what happened. Its other output and the workers' pass through.
+    A worker's error (one line naming the path or field, `reporting_errors`) fails this command with that line.
+    """
+    report = temp_dir(tempfile.gettempdir(), "squeezenas-node-", registry=processes.reaper())  # also after a kill -9
+    try:
+        code = _run(module, args, nproc, label, nodes, str(report))
+        errors = [(report / name).read_text().strip() for name in sorted(os.listdir(report)) if name.startswith(ERROR)]
+        if code != 0 and errors:
+            raise ValueError(errors[0])
+        return NodeOutcome(code, (report / MAIN).is_file())
+    finally:
+        shutil.rmtree(report, ignore_errors=True)
+        processes.reaper().forget(report)
 
 
 def _run(module: str, args: list[str], nproc: int, label: str, nodes: Nodes, report: str) -> int:

@@ -233,6 +233,12 @@ def metric_name(text: str) -> str:
     return re.sub(r"[^\w\-. /]", "_", text)
 
 
+def class_iou_metrics(row: dict) -> dict[str, float]:
+    """A benchmark or Table 1 row's per-class IoUs as metrics `<network>.iou.<class>` (classes without one left out)."""
+    return {f"{row['network']}.iou.{metric_name(c)}": v for c, v in (row.get("class_iou") or {}).items()
+            if v is not None}
+
+
 def log_metrics(metrics: dict[str, float], step: int | None = None, model_id: str | None = None) -> None:
     """Metrics of the active run, linked to the logged model `model_id` only when given (MLflow's
     fluent API would link them to every model the run has logged, the baselines' included)."""

@@ -99,9 +99,7 @@ def train_stage_task(stage: str, settings: StageSettings, arch_path: str, data_r
     if threads:
         args += ["--threads", str(threads)]
     outcome = run_torchrun_node("tasks.train", args, nproc, stage, nodes)
-    if outcome.code != 0:
-        if outcome.errors:  # the workers' own one line (a path this node cannot see)
-            raise ValueError(outcome.errors[0])
+    if outcome.code != 0:  # a worker's own error was raised by run_torchrun_node, naming the path
         raise RuntimeError(f"[{stage}] torchrun exited with status {outcome.code}; the checkpoint in "
                            f"{Path(out_dir) / CHECKPOINTS} resumes the run")
     if not outcome.main:

@@ -37,8 +37,10 @@ def executed(tmp_path_factory):
     base = tmp_path_factory.mktemp("parent")
     repo = make_repo_copy(base / "repo")
     write_tiny_params(repo)
-    # its own Prefect home: the temporary server's database holds this execution's flow runs only
-    proc = run(["python", "-c", SCRIPT], repo, stage_env(PREFECT_HOME=str(base / "prefect")), timeout=1800)
+    # its own Prefect home: the temporary server's database holds this execution's flow runs only. Prefect's
+    # ephemeral server creates that database before it answers: more than its default 20 s on a busy machine
+    env = stage_env(PREFECT_HOME=str(base / "prefect"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
+    proc = run(["python", "-c", SCRIPT], repo, env, timeout=1800)
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
     return repo, json.loads(line.removeprefix("RESULT "))
 

@@ -8,6 +8,7 @@ rounding (nas_core.search.fused); `resolve_fused` maps `search.fused: auto` to w
 measured faster on the device."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import partial
 
@@ -23,6 +24,13 @@ from nas_core.space.network import SegmentationNetwork, build_space_decoder, che
 from nas_core.space.spaces import NUM_CLASSES, Architecture, BlockSpec, get_space
 
 _COLUMN = {name: j for j, name in enumerate(CANDIDATE_NAMES)}
+
+
+def _mix(out: torch.Tensor | None, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """out + w[n] * y[n] for one candidate's output y (N, C_out, H', W') and its per-image weights w (N,): in
+    place on our own sum, one kernel per candidate, and nothing but y and w is saved for the backward."""
+    w = w.to(y.dtype).view(-1, 1, 1, 1)
+    return y * w if out is None else out.addcmul_(y, w)
 
 
 class SuperBlock(nn.Module):
@@ -63,10 +71,7 @@ class SuperBlock(nn.Module):
             return self._forward_fused(x, weights)
         out = None
         for name, op in self.ops.items():  # pruned candidates are no longer in the dict
-            y = op(x)  # (N, C_out, H/s, W/s)
-            w = weights[:, _COLUMN[name]].to(y.dtype).view(-1, 1, 1, 1)
-            # in place on our own sum: one kernel per candidate, and nothing but y and w is saved
-            out = y * w if out is None else out.addcmul_(y, w)
+            out = _mix(out, op(x), weights[:, _COLUMN[name]])
         if self.residual:
             return x if out is None else x + out
         return out
@@ -82,9 +87,7 @@ class SuperBlock(nn.Module):
                 out = y if out is None else out.add_(y)
                 continue
             for name, op in zip(unit, ops):  # as `forward`
-                y = op(x)
-                w = weights[:, _COLUMN[name]].to(y.dtype).view(-1, 1, 1, 1)
-                out = y * w if out is None else out.addcmul_(y, w)
+                out = _mix(out, op(x), weights[:, _COLUMN[name]])
         if self.residual:
             return x if out is None else x + out
         return out
@@ -151,6 +154,12 @@ class Supernet(nn.Module):
             block.fused = bool(fused)
             if depthwise is not None:
                 block.depthwise_variant = depthwise
+
+    def theta_fingerprint(self) -> str:
+        """sha256 of theta (float32, blocks x candidates) and the live mask: equal on every rank of a healthy
+        data-parallel search."""
+        theta = torch.stack([p.detach().float().cpu() for p in self.arch_parameters()]).contiguous()
+        return hashlib.sha256(theta.numpy().tobytes() + self.live_mask().cpu().numpy().tobytes()).hexdigest()
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """theta, collected from the superblocks that own it, in block order."""
