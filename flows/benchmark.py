@@ -11,9 +11,17 @@ from prefect import flow
 from flows.train import stage_dir
 from nas_core.config import load_params
 from nas_core.cost.factory import device_name
+from nas_core.data.target import target_classes
 from nas_core.train.stages import TRAIN_STAGES, load_payload, segmentation_network
 from tasks import tracking
-from tasks.benchmark import ONNX_DIR, OURS, benchmark_network_task, references_task, write_report_task
+from tasks.benchmark import (
+    ONNX_DIR,
+    OURS,
+    benchmark_network_task,
+    prediction_task,
+    references_task,
+    write_report_task,
+)
 from tasks.dvc_files import SELECT_METRICS
 from tasks.flowruns import untagged_task_runs
 from tasks.train import MODEL
@@ -29,7 +37,7 @@ def benchmark_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] 
     onnx_dir = out_dir / ONNX_DIR
     common = dict(onnx_dir=str(onnx_dir), input_size=cfg.input_size.hw, target=cfg.target, threads=cfg.threads,
                   warmup=cfg.warmup, runs=cfg.runs, dataset_root=paths.dataset, atol=cfg.onnx_atol,
-                  latency_cfg=params.latency, data_format=params.data.format)
+                  latency_cfg=params.latency, data_format=params.data.format, optimization=cfg.optimization)
     # one network at a time: concurrent latency runs would share the cores and disturb each other
     # an experiment's benchmark measures its own network; the report stage measures the baselines for all
     ours = params.experiment or OURS
@@ -38,12 +46,15 @@ def benchmark_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] 
     rows += [benchmark_network_task(name, None, cfg.weights.get(name), **common) for name in baselines]
     references = references_task(str(model_path), paths.dataset, params.train.seed, params.data.format)
     lat = params.latency
-    where = (f"local:{device_name(lat)} (onnxruntime CPU, {cfg.threads} thread(s), {cfg.runs} runs)"
+    where = (f"local:{device_name(lat)} (onnxruntime CPU, optimization {cfg.optimization}, {cfg.threads} thread(s), "
+             f"{cfg.runs} runs)"
              if cfg.target == "local" else f"{lat.target}:{device_name(lat)} ({lat.backend}, {lat.runs}+ runs)")
     # an experiment's row carries how its network was chosen (rule, reference, budget, whether it was met)
     choice_path = Path(paths.samples) / SELECT_METRICS
     choice = json.loads(choice_path.read_text()) if params.experiment and choice_path.is_file() else None
-    written = write_report_task(rows, references, str(out_dir), where, cfg.input_size.hw, choice)
+    prediction = prediction_task(str(model_path), choice, params.latency, str(out_dir),
+                                 len(target_classes(params.data.format, paths.dataset))) if choice else None
+    written = write_report_task(rows, references, str(out_dir), where, cfg.input_size.hw, choice, prediction)
 
     with tracking.stage_run(params.tracking, params.dvc_stage("benchmark"), params=cfg.model_dump(mode="json")):
         model = segmentation_network(load_payload(model_path), str(model_path))
@@ -56,6 +67,8 @@ def benchmark_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] 
                        if r.get(k) is not None}
             metrics.update(tracking.class_iou_metrics(r))
             tracking.log_metrics(metrics, model_id=logged["pytorch_model_id"] if r["network"] == ours else None)
+        if prediction:
+            tracking.log_metrics({f"prediction.{k}": v for k, v in prediction.items() if isinstance(v, float)})
         tracking.log_artifact(written["report"], "benchmark")
         tracking.log_artifact(written["metrics"], "benchmark")
     print(Path(written["report"]).read_text())

@@ -103,6 +103,8 @@ def _report(params, measured: dict, num_classes: int) -> dict:
 
     metrics = {f"{s}.{k}": v for s, t in tables.items() for k, v in t.items() if isinstance(v, (int, float))}
     metrics.update({f"fidelity.{k}": v for k, v in fidelity.items() if isinstance(v, (int, float))})
+    metrics.update({f"fidelity.{who}.{k}": v for who in ("table", "model") for k, v in fidelity.get(who, {}).items()
+                    if isinstance(v, (int, float))})
     atomic_write_json(Path(params.paths.metrics) / "latency_table.json", metrics)
     tags = {f"device.{k}": str(facts[k])[:500] for k in FACT_TAGS if facts.get(k) is not None}
     with tracking.stage_run(params.tracking, "latency_table", params={**cfg.model_dump(mode="json"),
@@ -110,6 +112,7 @@ def _report(params, measured: dict, num_classes: int) -> dict:
         tracking.log_metrics(metrics)
         for t in tables.values():
             tracking.log_artifact(t["path"], "latency")
+            tracking.log_artifact(t["model"], "latency")
         for name in (DEVICE, FIDELITY, FIDELITY_PLOT):
             if (Path(out_dir) / name).is_file():
                 tracking.log_artifact(Path(out_dir) / name, "latency")
@@ -118,9 +121,13 @@ def _report(params, measured: dict, num_classes: int) -> dict:
             if j["phase"] == "measure":
                 print(f"[latency_table] {j['device']}: {j['measured']} unit(s) in {j['end'] - j['start']:.1f} s")
     for s, t in tables.items():
+        fitted = (f"; model fitted on {t['model_networks']} networks (fit MAPE {100 * t['model_fit_mape']:.1f}%)"
+                  if "model_networks" in t else "")
         print(f"[latency_table] {s}: {t['rows']} rows, networks {t['min_ms']:.2f}-{t['max_ms']:.2f} ms on "
-              f"{facts.get('target')} -> {t['path']}")
-    if "kendall_tau" in fidelity:
-        print(f"[latency_table] fidelity over {fidelity['n']} networks: Kendall tau {fidelity['kendall_tau']:.3f}, "
-              f"{100 * fidelity['within_10pct']:.0f}% within +-10%, MAPE {100 * fidelity['mape']:.1f}%")
+              f"{facts.get('target')} -> {t['path']}{fitted}")
+    if "held_out" in fidelity:
+        for who in ("table", "model"):
+            m = fidelity[who]
+            print(f"[latency_table] fidelity, {who}, over {fidelity['held_out']} held-out networks: Kendall tau "
+                  f"{m['kendall_tau']:.3f}, {100 * m['within_10pct']:.0f}% within +-10%, MAPE {100 * m['mape']:.1f}%")
     return {"facts": facts, "tables": tables, "fidelity": fidelity, "jobs": measured["jobs"]}

@@ -28,9 +28,9 @@ def report_target(params):
 
     cfg = params.benchmark
     if cfg.target == "local":
-        return local_target(cfg.threads, cfg.warmup, cfg.runs, cfg.rounds), \
-            f"local:{device_name(params.latency)} (onnxruntime CPU, {cfg.threads} thread(s), {cfg.rounds} rounds " \
-            f"of {cfg.runs} runs, interleaved)"
+        return local_target(cfg.threads, cfg.warmup, cfg.runs, cfg.rounds, cfg.optimization), \
+            f"local:{device_name(params.latency)} (onnxruntime CPU, optimization {cfg.optimization}, {cfg.threads} " \
+            f"thread(s), {cfg.rounds} rounds of {cfg.runs} runs, interleaved)"
     lat = params.latency
     return build_target(lat), f"{lat.target}:{device_name(lat)} ({lat.backend}, {lat.runs}+ runs)"
 

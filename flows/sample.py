@@ -175,7 +175,7 @@ def select_flow(params_file: str = "params.yaml", overrides: tuple[str, ...] = (
         Architecture(chosen["space"], chosen["choices"]).save(Path(paths.networks) / f"{params.experiment}.json")
     plots = plots_task(samples_path, chosen["sample"], choice.metric, target, label, str(out / PLOTS))
     metrics = {"chosen_sample": chosen["sample"], "chosen_class_miou": chosen["class_miou"], "target": target,
-               **{f"chosen_{k}": chosen[k] for k in ("macs", "params", "latency_ms") if k in chosen},
+               **{f"chosen_{k}": chosen[k] for k in ("macs", "params", "latency_ms", "latency_model") if k in chosen},
                **{f"front_size_{k}": len(v) for k, v in fronts.items()}}
     metrics_path = out / SELECT_METRICS
     atomic_write_json(metrics_path, {**metrics, "rule": choice.rule, "metric": choice.metric, "target_label": label,

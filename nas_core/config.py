@@ -263,6 +263,8 @@ class BenchmarkParams(Section):
     # 'profiling' = the latency profiling stage's target and protocol (its params section)
     target: Literal["local", "profiling"] = "local"
     threads: Int = Field(1, ge=1)  # onnxruntime (and torch evaluation) threads (1: the profiling protocol)
+    # local: onnxruntime's graph optimisation as deployed ('all': onnxruntime's default; 'extended' before issue 16)
+    optimization: Literal["basic", "extended", "all"] = "all"
     warmup: Int = Field(3, ge=0)
     runs: Int = Field(20, ge=1)
     baselines: tuple[Baseline, ...] = ("squeezenas_lat_small", "mobilenetv3_small", "mobilenetv3_large")
@@ -277,7 +279,8 @@ class BenchmarkParams(Section):
 
 
 
-CostKind = Literal["macs", "params", "latency_ms"]
+# latency_ms: the latency table alone (the paper's eq. 3); latency_model: the latency_table stage's model over it
+CostKind = Literal["macs", "params", "latency_ms", "latency_model"]
 # published networks ('{space}' stands for the searched space) and MobileNetV3 (macs/params only)
 _REFERENCE = r"^(squeezenas_(mac|lat)_(small|large|xlarge|\{space\})|mobilenetv3_(small|large))$"
 
@@ -307,7 +310,8 @@ class SampleParams(Section):
     bn_recalibration_batches: Int = Field(0, ge=0)  # train batches to re-estimate BN per path (paper: 0)
     batch_size: Int = Field(2, ge=1)
     val_images: Int = Field(0, ge=0)  # the first n val images (0: all, as the paper)
-    costs: tuple[CostKind, ...] = ("macs", "params", "latency_ms")  # recorded when their table exists
+    # recorded when their table (latency_model: its model) exists
+    costs: tuple[CostKind, ...] = ("macs", "params", "latency_ms", "latency_model")
     workers: Int = Field(2, ge=1)  # parallel evaluations
     threads_per_worker: Int = Field(0, ge=0)  # torch threads of each (0: cores // workers)
     runner: Literal["threads", "dask"] = "threads"  # dask: prefect-dask, a local cluster or dask_address
@@ -378,11 +382,35 @@ class SearchParams(Section):
 
 
 class FidelityParams(Section):
-    """Does the table predict real latency: K sampled networks measured end to end, same target."""
+    """Does the table (and the model) predict real latency: networks measured end to end on the same
+    target, none of them among the model's fitted ones (held out)."""
 
     num_networks: Int = Field(30, ge=0)  # 0 skips the check
     seed: Int = 0
     space: SpaceName = "small"  # one of latency.spaces
+
+
+MIN_FIT_NETWORKS = 8  # the latency model has 5 coefficients: it is fitted on at least this many networks
+
+
+class LatencyModelParams(Section):
+    """The latency model over each table (nas_core/cost/model.py, issue 16): fitted per space on
+    `fit_networks` whole networks measured on the target. kind `table`: the paper's additive table
+    alone (eq. 3), nothing fitted; `pairwise`: intercept, the table's scale and neighbour-coupled
+    junction terms. Latency experiments search with `search.cost_metric: latency_model` and price
+    samples and the choice with it."""
+
+    kind: Literal["table", "pairwise"] = "pairwise"
+    fit_networks: Int = Field(16, ge=0)
+    seed: Int = 1  # the fitted networks' draw (the fidelity check's is fidelity.seed)
+    ridge: Float = Field(1e-2, ge=0)
+
+    @model_validator(mode="after")
+    def _enough(self):
+        if self.kind == "pairwise" and self.fit_networks < MIN_FIT_NETWORKS:
+            raise ValueError(f"latency.model.fit_networks: the pairwise model needs at least {MIN_FIT_NETWORKS} "
+                             f"measured networks, got {self.fit_networks} (or kind: table)")
+        return self
 
 
 class LatencyParams(Section):
@@ -401,7 +429,12 @@ class LatencyParams(Section):
     key_file: str | None = None
     known_hosts: str = "~/.ssh/known_hosts"  # the only file host keys are checked against
     backend: Literal["onnxruntime", "trtexec", "torch_cuda"] = "onnxruntime"
-    fp16: Bool = False  # trtexec --fp16, or half precision for torch_cuda
+    # what is deployed (issue 16): trtexec fp32 | fp16 | int8 | best (torch_cuda: fp32 | fp16); INT8 is often
+    # no faster than FP16 on a Jetson, so measure both
+    precision: Literal["fp32", "fp16", "int8", "best"] = "fp32"
+    cuda_graph: Bool = False  # trtexec --useCudaGraph; torch_cuda: each model timed inside a CUDA graph
+    no_data_transfers: Bool = True  # trtexec --noDataTransfers (the input stays on the GPU, as deployed)
+    spin_wait: Bool = True  # trtexec --useSpinWait (steadier synchronisation)
     threads: Int = Field(1, ge=1)  # onnxruntime intra-op threads (pinned)
     # onnxruntime graph optimisation level; 'all' adds NCHWc layout changes whose placement depends on
     # the neighbouring blocks, which breaks the additive table (benchmarks/README.md)
@@ -425,11 +458,15 @@ class LatencyParams(Section):
     retries: Int = Field(3, ge=0)  # reconnects without progress, and Prefect task retries
     backoff_s: Float = Field(2.0, ge=0)  # first retry delay, doubled each time
     fidelity: FidelityParams = FidelityParams()
+    model: LatencyModelParams = LatencyModelParams()
 
     @model_validator(mode="before")
     @classmethod
     def _no_password(cls, data):
         _removed_num_classes("latency", data)
+        if isinstance(data, dict) and "fp16" in data:
+            raise ValueError("latency.fp16: replaced by latency.precision (fp32 | fp16 | int8 | best): "
+                             "write precision: fp16 for fp16: true")
         secret = [k for k in data if is_secret_key(k)] if isinstance(data, dict) else []
         if secret:  # the message's "got" is redacted by _format: never the secret
             raise ValueError(f"latency.{secret[0]}: passwords are never accepted; use key_file or an ssh-agent")
@@ -450,6 +487,9 @@ class LatencyParams(Section):
             raise ValueError(f"latency.hosts: {', '.join(twice)} listed more than once")
         if self.target == "ssh" and self.backend == "torch_cuda":
             raise ValueError("latency.backend: torch_cuda times PyTorch on this machine; use target 'local'")
+        if self.backend == "torch_cuda" and self.precision in ("int8", "best"):
+            raise ValueError(f"latency.precision: {self.precision} is TensorRT's (backend trtexec); torch_cuda "
+                             "times fp32 or fp16")
         if self.clock == "thread" and (self.threads != 1 or self.backend != "onnxruntime"):
             raise ValueError("latency.clock: 'thread' measures one CPU thread: needs backend onnxruntime, threads 1")
         if self.fidelity.num_networks and self.fidelity.space not in self.spaces:
@@ -521,7 +561,7 @@ class ClusterParams(Section):
 PUBLISHED_NAMES = ("squeezenas_mac_small", "squeezenas_lat_small", "squeezenas_mac_large", "squeezenas_lat_large",
                    "squeezenas_mac_xlarge", "squeezenas_lat_xlarge")
 ExperimentName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
-OBJECTIVE_METRIC = {"macs": "macs", "latency": "latency_ms"}
+OBJECTIVE_METRIC = {"macs": "macs", "latency": "latency_model"}  # latency.model.kind table: the table alone
 
 
 class ExperimentChoice(Section):
@@ -592,7 +632,8 @@ class Params(Section):
         paths = self.paths.model_copy(update={**{k: str(root / k) for k in ("search", "samples", "train")},
                                               "benchmark": str(Path(self.paths.benchmark) / name)})
         tracking = self.tracking.model_copy(update={"registered_model": f"{self.tracking.registered_model}-{name}"})
-        return self.model_copy(update={"search": experiment_search(self.search, name, exp), "paths": paths,
+        search = experiment_search(self.search, name, exp, self.latency.model.kind)
+        return self.model_copy(update={"search": search, "paths": paths,
                                        "tracking": tracking, "experiment": name})
 
     def dvc_stage(self, stage: str) -> str:
@@ -614,11 +655,15 @@ class Params(Section):
         return self
 
 
-def experiment_search(base: SearchParams, name: str, exp: ExperimentParams) -> SearchParams:
+def experiment_search(base: SearchParams, name: str, exp: ExperimentParams,
+                      latency_model: str = "pairwise") -> SearchParams:
     """The search section of experiment `name`: the shared one with its own space, table, objective,
-    alpha and `search` overrides."""
-    fixed = {"space": exp.space, "cost_table": exp.cost_table, "cost_metric": OBJECTIVE_METRIC[exp.objective],
-             "alpha": exp.alpha}
+    alpha and `search` overrides. A latency objective searches with the latency model over the table
+    (`latency_model`), or the table alone where `latency.model.kind` is `table` (the paper's eq. 3)."""
+    metric = OBJECTIVE_METRIC[exp.objective]
+    if metric == "latency_model" and latency_model == "table":
+        metric = "latency_ms"
+    fixed = {"space": exp.space, "cost_table": exp.cost_table, "cost_metric": metric, "alpha": exp.alpha}
     clash = sorted(set(exp.search) & set(fixed))
     if clash:
         raise ValueError(f"experiments.{name}.search.{clash[0]}: set it on the experiment itself, not under search")
@@ -669,10 +714,10 @@ def _check_experiment(params: Params, name: str, exp: ExperimentParams) -> None:
         raise ValueError(f"{where}.choice.reference: {ref!r} is neither a published network nor an experiment "
                          f"{_nearest(ref, [*PUBLISHED_NAMES, *params.experiments])}(published: "
                          f"{', '.join(PUBLISHED_NAMES)}; experiments: {', '.join(params.experiments)})")
-    if exp.choice.metric == "latency_ms" and exp.objective == "macs" and exp.space not in params.latency.spaces:
-        raise ValueError(f"{where}.choice.metric: latency_ms needs the latency table of space {exp.space!r}: add "
-                         f"it to latency.spaces")
-    experiment_search(params.search, name, exp)
+    if exp.choice.metric.startswith("latency") and exp.objective == "macs" and exp.space not in params.latency.spaces:
+        raise ValueError(f"{where}.choice.metric: {exp.choice.metric} needs the latency table of space "
+                         f"{exp.space!r}: add it to latency.spaces")
+    experiment_search(params.search, name, exp, params.latency.model.kind)
 
 
 def missing_datasets(params: Params) -> list[str]:

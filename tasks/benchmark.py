@@ -31,11 +31,12 @@ REPORT, ONNX_DIR = "report.md", "onnx"
 OURS = "ours"
 
 
-def make_measure(target: str, threads: int, warmup: int, runs: int, latency_cfg=None) -> Measure:
+def make_measure(target: str, threads: int, warmup: int, runs: int, latency_cfg=None,
+                 optimization: str = "all") -> Measure:
     """'local': onnxruntime on this machine (the profiling runner, threads/warmup/runs from benchmark);
     'profiling': the target and protocol of the latency profiling stage (params.yaml's `latency`)."""
     if target == "local":
-        return target_measure(local_target(threads, warmup, runs))
+        return target_measure(local_target(threads, warmup, runs, optimization=optimization))
     if target == "profiling":
         from nas_core.cost.factory import build_target
 
@@ -63,7 +64,8 @@ def trained_network(model_path: str, class_names: tuple[str, ...], dataset_root:
 @task(name="benchmark-network", cache_policy=NO_CACHE)
 def benchmark_network_task(name: str, model_path: str | None, weights: str | None, onnx_dir: str,
                            input_size: tuple[int, int], target: str, threads: int, warmup: int, runs: int,
-                           dataset_root: str, atol: float, latency_cfg=None, data_format: str = "cityscapes") -> dict:
+                           dataset_root: str, atol: float, latency_cfg=None, data_format: str = "cityscapes",
+                           optimization: str = "all") -> dict:
     """One row: our trained network (from model_path) or the baseline `name` (with `weights` if given and
     made for the dataset's classes), scored on the target dataset's classes."""
     torch.set_num_threads(threads)  # the evaluation too: the shared CPU punishes extra threads
@@ -76,7 +78,8 @@ def benchmark_network_task(name: str, model_path: str | None, weights: str | Non
         model, arch, label = baseline_network(name, weights, len(classes))
     loader = val_loader(dataset_root, data_format) if label != "random" else None
     row = benchmark_network(name, model, arch, label, Path(onnx_dir) / f"{name}.onnx", input_size,
-                            make_measure(target, threads, warmup, runs, latency_cfg), loader, len(classes), atol,
+                            make_measure(target, threads, warmup, runs, latency_cfg, optimization), loader,
+                            len(classes), atol,
                             class_names=classes)
     return row.to_dict()
 
@@ -98,15 +101,44 @@ def references_task(model_path: str, dataset_root: str, seed: int = 0, data_form
             f"constant prediction (majority class '{classes[cls]}')": float(constant["class_miou"])}
 
 
+LATENCY_CHECK = "latency_check"  # the chosen network's measurement at the latency table's input (not an output)
+
+
+@task(name="latency-prediction", cache_policy=NO_CACHE)
+def prediction_task(model_path: str, choice: dict, latency_cfg, out_dir: str, num_classes: int) -> dict | None:
+    """The chosen network timed whole at the latency table's input on the latency stage's target and
+    protocol, beside what the select stage predicted for it: the table alone and the latency model
+    (issue 16). None when the choice carries no latency prediction (no latency table for its space)."""
+    from nas_core.cost.factory import build_target
+    from nas_core.cost.latency import MeasurementStore, measure_networks, store_path
+
+    predicted = {k: float(choice[f"chosen_{k}"]) for k in ("latency_ms", "latency_model")
+                 if choice.get(f"chosen_{k}") is not None}
+    if not predicted:
+        return None
+    arch = Architecture.from_dict(load_payload(model_path)["arch"])
+    target, folder = build_target(latency_cfg), Path(out_dir) / LATENCY_CHECK
+    store = MeasurementStore(store_path(folder / "measurements", target))
+    hw = latency_cfg.input_size.hw
+    (measured,) = measure_networks([arch], hw, num_classes, target, store, folder / "onnx", log=lambda s: None)
+    out = {"input_size": list(hw), "target": target.name, "measured_ms": measured}
+    for key, name in (("latency_ms", "table"), ("latency_model", "model")):
+        if key in predicted:
+            out[f"{name}_ms"] = predicted[key]
+            out[f"{name}_error"] = (predicted[key] - measured) / measured
+    return out
+
+
 @task(name="benchmark-report", cache_policy=NO_CACHE)
 def write_report_task(rows: list[dict], references: dict[str, float], out_dir: str, target: str,
-                      input_size: tuple[int, int], choice: dict | None = None) -> dict:
+                      input_size: tuple[int, int], choice: dict | None = None, prediction: dict | None = None) -> dict:
     """report.md (Table-1 style) and metrics.json (DVC metrics: one entry per network)."""
     fields = set(BenchmarkRow.__dataclass_fields__)
     table = [BenchmarkRow(**{k: v for k, v in r.items() if k in fields}) for r in rows]
     out = Path(out_dir)
-    atomic_write_text(out / REPORT, report_markdown(table, target, input_size, references))
+    atomic_write_text(out / REPORT, report_markdown(table, target, input_size, references, prediction))
     metrics = {"target": target, "input_size": list(input_size), "networks": {r["network"]: r for r in rows},
-               "references": references, **({"choice": choice} if choice else {})}
+               "references": references, **({"choice": choice} if choice else {}),
+               **({"prediction": prediction} if prediction else {})}
     atomic_write_json(out / METRICS, metrics)
     return {"report": str(out / REPORT), "metrics": str(out / METRICS)}

@@ -12,7 +12,7 @@ from prefect import get_client, task
 from prefect.concurrency.sync import concurrency
 
 from nas_core.cost.factory import build_target, device_name
-from nas_core.cost.fidelity import fidelity_metrics, predicted_latencies, scatter_plot, uniform_architectures
+from nas_core.cost.fidelity import fidelity_metrics, predicted_latencies, scatter_plot
 from nas_core.cost.latency import (
     MeasurementStore,
     latency_table,
@@ -21,7 +21,8 @@ from nas_core.cost.latency import (
     stored_network_latencies,
 )
 from nas_core.cost.macs import build_cost_table, cost_matrix, read_cost_table, write_cost_table
-from nas_core.cost.pool import PoolStore, deal, planned_units
+from nas_core.cost.model import CostModel, fit_latency_model, model_path, read_model, table_model, write_model
+from nas_core.cost.pool import PoolStore, deal, fit_networks, held_out_networks, planned_units
 from nas_core.cost.targets import TransientError
 from nas_core.io import atomic_dir, atomic_write_json
 
@@ -49,9 +50,14 @@ def _store(out_dir: str | Path, target) -> MeasurementStore:
     return MeasurementStore(store_path(Path(out_dir) / "measurements", target))
 
 
+def _fit(cfg) -> tuple[int, int] | None:
+    """(count, seed) of each space's model networks; None where the model is the table alone."""
+    return (cfg.model.fit_networks, cfg.model.seed) if cfg.model.kind == "pairwise" else None
+
+
 def _plan(cfg, num_classes: int) -> dict:
     f = cfg.fidelity
-    return planned_units(cfg.spaces, cfg.input_size.hw, num_classes, (f.space, f.num_networks, f.seed))
+    return planned_units(cfg.spaces, cfg.input_size.hw, num_classes, (f.space, f.num_networks, f.seed), _fit(cfg))
 
 
 def pool_store(cfg, out_dir: str | Path) -> PoolStore:
@@ -129,26 +135,44 @@ def latency_tables_task(cfg, out_dir: str, num_classes: int) -> dict[str, dict]:
             table = latency_table(base, store)
             path = latency_table_path(out_dir, space)
             write_cost_table(table, tmp / path.name)
+            model = _model(cfg, table, store, space, num_classes)
+            write_model(model, tmp / model_path(path).name)
             matrix, fixed = cost_matrix(table, "latency_ms")
-            summaries[space] = {"path": str(path), "rows": len(table), "fixed_ms": fixed,
-                                "min_ms": fixed + matrix.min(axis=1).sum(), "max_ms": fixed + matrix.max(axis=1).sum()}
+            summaries[space] = {"path": str(path), "model": str(model_path(path)), "rows": len(table),
+                                "fixed_ms": fixed, "min_ms": fixed + matrix.min(axis=1).sum(),
+                                "max_ms": fixed + matrix.max(axis=1).sum(),
+                                **{f"model_{k}": v for k, v in model.info.items() if isinstance(v, (int, float))}}
     return summaries
+
+
+def _model(cfg, table, store, space: str, num_classes: int) -> CostModel:
+    """`space`'s latency model: fitted on its measured model networks, or the table alone (kind table)."""
+    archs = fit_networks(space, _fit(cfg))
+    if not archs:
+        return table_model(table, "latency_ms")
+    measured = stored_network_latencies(store, archs, cfg.input_size.hw, num_classes)
+    return fit_latency_model(table, archs, measured, ridge=cfg.model.ridge)
 
 
 @task(name="latency-fidelity")
 def fidelity_task(cfg, out_dir: str, num_classes: int) -> dict:
-    """The table's predictions against the whole networks the device(s) measured; metrics and scatter plot."""
+    """The table's and the model's predictions against held-out whole networks the device(s)
+    measured (none of them fitted); metrics side by side and a scatter plot of both."""
     f, hw = cfg.fidelity, cfg.input_size.hw
-    table = read_cost_table(latency_table_path(out_dir, f.space))
-    archs = uniform_architectures(f.space, f.num_networks, f.seed)
+    path = latency_table_path(out_dir, f.space)
+    table, model = read_cost_table(path), read_model(model_path(path))
+    archs = held_out_networks((f.space, f.num_networks, f.seed), _fit(cfg))
     measured = stored_network_latencies(pool_store(cfg, out_dir), archs, hw, num_classes)
-    predicted = predicted_latencies(table, archs)
-    metrics = fidelity_metrics(predicted, measured)
-    label = target_label(cfg)
-    scatter_plot(predicted, measured, Path(out_dir) / FIDELITY_PLOT, f"{f.space} {hw[0]}x{hw[1]} on {label}")
-    atomic_write_json(Path(out_dir) / FIDELITY, {
-        **metrics, "space": f.space, "seed": f.seed, "target": label,
-        "networks": [{"choices": list(a.choices), "predicted_ms": p, "measured_ms": m}
-                     for a, p, m in zip(archs, predicted, measured)]})
-    return metrics
+    by_table = predicted_latencies(table, archs)
+    by_model = [model.predict(a) for a in archs]
+    result = {"held_out": len(archs), "fitted": model.info.get("networks", 0), "space": f.space, "seed": f.seed,
+              "target": target_label(cfg), "model_kind": model.info.get("kind", "table"),
+              "table": fidelity_metrics(by_table, measured), "model": fidelity_metrics(by_model, measured),
+              "networks": [{"choices": list(a.choices), "table_ms": t, "model_ms": p, "measured_ms": m}
+                           for a, t, p, m in zip(archs, by_table, by_model, measured)]}
+    scatter_plot({"table": by_table, f"model ({result['model_kind']})": by_model}, measured,
+                 Path(out_dir) / FIDELITY_PLOT,
+                 f"{f.space} {hw[0]}x{hw[1]} on {result['target']}: {len(archs)} held-out networks")
+    atomic_write_json(Path(out_dir) / FIDELITY, result)
+    return result
 

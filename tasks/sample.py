@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from torch.utils.data import DataLoader, Subset
 
 from nas_core.cost.macs import architecture_cost, read_cost_table
+from nas_core.cost.model import model_path, read_model
 from nas_core.data.target import target_classes, target_dataset
 from nas_core.io import atomic_write_parquet, atomic_write_text
 from nas_core.select.pareto import architecture_reference_cost, choose, pareto_front, reference_cost
@@ -173,8 +174,8 @@ def evaluate_task(index: int, space: str, choices: list[str], supernet_path: str
 
 def cost_table_paths(cost_tables_dir: str, latency_dir: str, space: str) -> dict[str, Path]:
     """Where each cost kind's table lives (macs and params share the MAC table)."""
-    macs = Path(cost_tables_dir) / f"macs_{space}.parquet"
-    return {"macs": macs, "params": macs, "latency_ms": latency_table_path(latency_dir, space)}
+    macs, latency = Path(cost_tables_dir) / f"macs_{space}.parquet", latency_table_path(latency_dir, space)
+    return {"macs": macs, "params": macs, "latency_ms": latency, "latency_model": latency}
 
 
 @task(name="write-samples")
@@ -185,12 +186,17 @@ def write_samples_task(rows: list[dict], space: str, table_paths: dict[str, str]
     archs = [Architecture(space, c.split(",")) for c in df["choices"]]
     tables, found = {}, {}
     for kind, table_path in table_paths.items():
-        if not Path(table_path).is_file():
+        source = model_path(table_path) if kind == "latency_model" else Path(table_path)
+        if not source.is_file():
             continue
         if table_path not in tables:
             tables[table_path] = read_cost_table(table_path)
-        df[kind] = [architecture_cost(tables[table_path], a, kind) for a in archs]
-        found[kind] = str(table_path)
+        if kind == "latency_model":  # the latency_table stage's model over the table
+            model = read_model(source)
+            df[kind] = [model.predict(a) for a in archs]
+        else:
+            df[kind] = [architecture_cost(tables[table_path], a, kind) for a in archs]
+        found[kind] = str(source)
     macs_table = tables.get(table_paths.get("macs"))
     if macs_table is not None:  # what the select stage needs to cost a reference network the same way
         metadata = {**metadata, "input_h": int(macs_table["input_h"].iloc[0]),
@@ -282,7 +288,7 @@ def choose_task(samples_path: str, rule: str, metric: str, target: float, out_pa
     arch.save(out_path)
     return {"sample": int(row["sample"]), "class_miou": float(row["class_miou"]), "space": arch.space,
             "choices": list(arch.choices), "budget_met": budget_met,
-            **{k: float(row[k]) for k in ("macs", "params", "latency_ms") if k in df}}
+            **{k: float(row[k]) for k in ("macs", "params", "latency_ms", "latency_model") if k in df}}
 
 
 @task(name="plot-samples")

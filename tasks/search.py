@@ -17,7 +17,8 @@ from prefect.cache_policies import NO_CACHE
 from torch.utils.data import DataLoader, Subset
 
 from nas_core.config import SearchParams
-from nas_core.cost.macs import cost_matrix, read_cost_table
+from nas_core.cost.macs import read_cost_table
+from nas_core.cost.model import CostModel, load_cost_model, model_path
 from nas_core.data import EvalTransform, TrainTransform
 from nas_core.data.target import target_dataset
 from nas_core.engine.distributed import check_shared_storage, gather_objects, init_distributed
@@ -33,16 +34,24 @@ SUPERNET, THETA, HISTORY, PRUNING = "supernet.pt", "theta.parquet", "theta_histo
 CURVES, PLOT, CHECKPOINTS = "search_curves.csv", "probabilities.png", "checkpoints"
 
 
-def load_cost(cfg: SearchParams) -> tuple:
-    """C (num_blocks, 13) and the fixed parts' cost from the configured table; errors name the file."""
+def load_cost(cfg: SearchParams) -> CostModel:
+    """What prices the search's architectures: the configured table's column, or (cost_metric
+    latency_model) the latency model fitted over it; errors name the file."""
     table = read_cost_table(cfg.cost_table)
     if table["space"].iloc[0] != cfg.space:
         raise ValueError(f"{cfg.cost_table}: a table of the {table['space'].iloc[0]} space, but search.space is "
                          f"{cfg.space}")
+    if cfg.cost_metric == "latency_model" and "latency_ms" not in table.columns:
+        raise ValueError(f"{cfg.cost_table}: cost_metric latency_model needs a latency table (the latency_table "
+                         "stage's), not a MAC table (search.cost_metric)")
     try:
-        return cost_matrix(table, cfg.cost_metric)
+        model = load_cost_model(cfg.cost_table, cfg.cost_metric)
     except ValueError as e:
-        raise ValueError(f"{cfg.cost_table}: {e} (search.cost_metric)") from None
+        raise ValueError(f"{e} (search.cost_metric)") from None
+    if model.space != cfg.space:
+        raise ValueError(f"{model_path(cfg.cost_table)}: a model of the {model.space} space, but search.space is "
+                         f"{cfg.space}")
+    return model
 
 
 def _loaders(cfg: SearchParams, train, rank: int, world: int, device):
@@ -80,15 +89,16 @@ def search(cfg: SearchParams, data_root: str, out_dir: str,
     # machines, a node without the shared storage fails here, naming the path
     check_shared_storage(info, {"paths.dataset": data_root, "search.cost_table": cfg.cost_table},
                          {"paths.search": out_dir})
-    cost, fixed = load_cost(cfg)
+    cost = load_cost(cfg)
     train_set = target_dataset(data_format, data_root, "train", TrainTransform(cfg.patch.hw, cfg.scale))
     class_names = tuple(train_set.class_names)
     torch.manual_seed(cfg.seed)  # the supernet's initial weights
     supernet = build_supernet(cfg.space, len(class_names), resolve_fused(cfg.fused, info.device)).to(info.device)
     train, arch, n_train = _loaders(cfg, train_set, info.rank, info.world_size, info.device)
     out = Path(out_dir)
-    result = run_search(supernet, train, cost, search_config(cfg), out / CHECKPOINTS, arch_loader=arch,
-                        fixed_cost=fixed, on_epoch_end=on_epoch_end if info.is_main else None)
+    result = run_search(supernet, train, cost.unary, search_config(cfg), out / CHECKPOINTS, arch_loader=arch,
+                        fixed_cost=cost.fixed, pairwise=cost.pairwise,
+                        on_epoch_end=on_epoch_end if info.is_main else None)
     # every rank's theta, checked before anything is written
     digests = gather_objects(supernet.theta_fingerprint(), info)
     if len(set(digests)) > 1:

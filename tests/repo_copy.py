@@ -59,7 +59,8 @@ TINY = {
              "imagenet_val_per_class": 2, "imagenet_size": 32},
     "cost_tables": {"spaces": ["small"]},
     "latency": {"input_size": {"height": 64, "width": 128}, "warmup": 1, "runs": 3, "min_time_s": 0.0, "rounds": 1,
-                "spaces": ["small"], "fidelity": {"num_networks": 3, "seed": 0, "space": "small"}},
+                "spaces": ["small"], "fidelity": {"num_networks": 3, "seed": 0, "space": "small"},
+                "model": {"fit_networks": 8}},
     "search": {"epochs": 1, "patch": {"height": 64, "width": 128}, "batch_size": 2, "log_every": 1},
     "sample": {"num_samples": 4, "workers": 1, "batch_size": 2},
     "train": {"pretrain_imagenet": {"epochs": 1, "patch": {"height": 32, "width": 32}, "batch_size": 4,
@@ -77,7 +78,7 @@ TINY_EXPERIMENTS = {
                                            "reference": "squeezenas_mac_small"}},
     "lat_small": {"space": "small", "objective": "latency",
                   "cost_table": "outputs/latency/tables/latency_small.parquet", "alpha": 0.5,
-                  "choice": {"rule": "best_under_budget", "metric": "latency_ms", "reference": "mac_small"}},
+                  "choice": {"rule": "best_under_budget", "metric": "latency_model", "reference": "mac_small"}},
 }
 
 

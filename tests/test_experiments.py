@@ -38,7 +38,7 @@ def test_the_default_is_the_papers_six_searches_with_its_choice_rules():
             assert exp.cost_table == f"outputs/cost_tables/macs_{space}.parquet"
         else:  # the best mIoU at a latency no higher than the MAC experiment's network of the space
             assert (exp.choice.rule, exp.choice.metric, exp.choice.reference) == \
-                ("best_under_budget", "latency_ms", f"mac_{space}")
+                ("best_under_budget", "latency_model", f"mac_{space}")
             assert exp.cost_table == f"outputs/latency/tables/latency_{space}.parquet"
             assert space in params.latency.spaces  # one latency table per space, measured once
 
@@ -47,7 +47,11 @@ def test_an_experiments_chain_sees_its_own_search_folders_and_model():
     params = load_params(ROOT / "params.yaml", experiment="lat_large")
     assert params.experiment == "lat_large" and params.dvc_stage("search") == "search@lat_large"
     s = params.search
-    assert (s.space, s.cost_metric, s.alpha) == ("large", "latency_ms", 0.5)
+    assert (s.space, s.cost_metric, s.alpha) == ("large", "latency_model", 0.5)  # the latency model over the table
+    # the paper's setting: the table alone (eq. 3)
+    paper = load_params(ROOT / "params.paper.yaml", experiment="lat_large")
+    assert (paper.latency.model.kind, paper.search.cost_metric) == ("table", "latency_ms")
+    assert paper.experiments["lat_large"].choice.metric == "latency_ms"
     assert s.cost_table == "outputs/latency/tables/latency_large.parquet"
     assert s.epochs == load_params(ROOT / "params.yaml").search.epochs  # the shared settings
     assert params.paths.search == "outputs/experiments/lat_large/search"

@@ -175,10 +175,27 @@ def test_a_silent_runner_times_out(tiny, tmp_path):
 def test_interleaved_rounds_time_every_model_in_each_round(tiny, tmp_path):
     units = _tiny_units()[:5]
     target = LocalTarget(MeasurementProtocol(warmup=1, runs=6, rounds=3, min_time_s=0.0))
-    store = MeasurementStore(tmp_path / "s.jsonl")
-    measure_units(target, units, store, tmp_path / "onnx", log=quiet)
+    store, lines = MeasurementStore(tmp_path / "s.jsonl"), []
+    measure_units(target, units, store, tmp_path / "onnx", log=lines.append)
     assert [store.records[u.key]["runs"] for u in units] == [6] * 5
     assert all(store.records[u.key]["warmup_s"] > 0 for u in units)  # one warm-up run per round
+    # the rounds hold every result back to the end: their progress is said meanwhile (the results then
+    # come at once, with no time left to estimate)
+    rounds = [ln for ln in lines if "interleaved rounds" in ln]
+    assert rounds and rounds[-1].startswith("[profile] interleaved rounds 100% of 20 model steps")
+    results = [ln for ln in lines if ln.startswith("[profile] ") and "/5 " in ln]
+    assert len(results) == 5 and not any("left" in ln for ln in results)
+    assert lines.index(rounds[-1]) < lines.index(results[0])
+
+
+def test_streamed_results_say_the_time_left(tiny, tmp_path):
+    units = _tiny_units()[:4]
+    lines = []
+    measure_units(LocalTarget(FAST), units, MeasurementStore(tmp_path / "s.jsonl"), tmp_path / "onnx",
+                  log=lines.append)
+    results = [ln for ln in lines if "/4 " in ln]
+    assert len(results) == 4 and all(" s left" in ln or " min left" in ln for ln in results[:-1])
+    assert "left" not in results[-1]
 
 
 def test_a_power_mode_the_device_cannot_set_is_fatal():

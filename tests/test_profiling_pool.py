@@ -45,7 +45,7 @@ def write_params(tmp_path, sshd, known_hosts, **latency) -> str:
                "known_hosts": str(known_hosts), "remote_python": sys.executable,
                "remote_workdir": str(tmp_path / "remote"), "input_size": SIZE, "warmup": 0, "runs": 2,
                "min_time_s": 0.0, "clock": "thread", "retries": 1, "backoff_s": 0.1,
-               "fidelity": {"num_networks": 0, "seed": 1, "space": "small"}, **latency}
+               "fidelity": {"num_networks": 0, "seed": 1, "space": "small"}, "model": {"kind": "table"}, **latency}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
         "tracking": {"mlflow_uri": "sqlite:///mlflow.db", "experiment": "pool"},
         "paths": {"latency": "lat", "metrics": "m"}, "latency": section}))
@@ -126,7 +126,7 @@ def test_a_pool_profiles_through_dask_one_job_per_device_at_a_time_and_resumes(
     assert_shared_without_overlap(stores, SMALL_UNITS + 4)
     assert_complete_table(tmp_path, stores)
     assert out["tables"]["small"]["profile_measured"] == out["tables"]["small"]["profile_units"] == SMALL_UNITS
-    assert out["fidelity"]["n"] == 4
+    assert out["fidelity"]["held_out"] == 4 and out["fidelity"]["table"]["n"] == 4
     device = json.loads(device_json.read_text())
     assert sorted(device["devices"]) == HOSTS and all(h in device["target"] for h in HOSTS)
     assert all(s.path.with_suffix(".facts.json").is_file() for s in stores.values())

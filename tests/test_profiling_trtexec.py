@@ -133,7 +133,8 @@ def test_runner_drives_trtexec_and_the_target_parses_it(tmp_path, fixture):
 
     fake = _fake_trtexec(tmp_path, fixture)
     units = table_units(build_cost_table("small", (64, 128), 19), "small")[:2]
-    target = LocalTarget(MeasurementProtocol(backend="trtexec", trtexec=str(fake), runs=200, min_time_s=2.5, fp16=True))
+    target = LocalTarget(MeasurementProtocol(backend="trtexec", trtexec=str(fake), runs=200, min_time_s=2.5,
+                                             precision="fp16", cuda_graph=True))
     store = MeasurementStore(tmp_path / "s.jsonl")
     measure_units(target, units, store, tmp_path / "onnx", log=lambda s: None)
     expected = parse_trtexec(_read(fixture, ".log"), _read(fixture, "_times.json"))
@@ -143,7 +144,8 @@ def test_runner_drives_trtexec_and_the_target_parses_it(tmp_path, fixture):
         assert rec["source"] == "export_times"
     calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
     assert len(calls) == 2
-    assert {"--warmUp=200", "--iterations=200", "--duration=3", "--fp16"} <= set(calls[0])
+    assert {"--warmUp=200", "--iterations=200", "--duration=3", "--fp16", "--useCudaGraph", "--noDataTransfers",
+            "--useSpinWait"} <= set(calls[0])
     assert Path(next(a for a in calls[0] if a.startswith("--onnx=")).split("=", 1)[1]).is_file()
 
 
@@ -158,3 +160,23 @@ def test_a_failing_trtexec_fails_the_model_by_name(tmp_path):
     target = LocalTarget(MeasurementProtocol(backend="trtexec", trtexec=str(fake)))
     with pytest.raises(MeasurementError, match="Failed to parse onnx file"):
         measure_units(target, [unit], MeasurementStore(tmp_path / "s.jsonl"), tmp_path / "onnx", log=lambda s: None)
+
+
+@pytest.mark.parametrize("precision,flags", [("fp32", []), ("fp16", ["--fp16"]), ("int8", ["--int8"]),
+                                             ("best", ["--best"])])
+@pytest.mark.parametrize("graph", (True, False))
+def test_the_trtexec_command_line_carries_the_precision_and_the_deployment_flags(precision, flags, graph):
+    from dataclasses import replace
+
+    from nas_core.cost.runner import trtexec_command
+    from nas_core.cost.targets import MeasurementProtocol
+
+    protocol = replace(MeasurementProtocol(backend="trtexec", runs=100, min_time_s=1.2), precision=precision,
+                       cuda_graph=graph, spin_wait=not graph)
+    cmd = trtexec_command(protocol.manifest(), "/tmp/m.onnx", "/tmp/t.json")
+    precision_flags = [a for a in cmd if a in ("--fp16", "--int8", "--best")]
+    assert precision_flags == flags
+    assert ("--useCudaGraph" in cmd) is graph and ("--useSpinWait" in cmd) is (not graph)
+    assert "--noDataTransfers" in cmd and "--onnx=/tmp/m.onnx" in cmd and "--exportTimes=/tmp/t.json" in cmd
+    with pytest.raises(ValueError, match="precision must be one of fp32, fp16, int8, best"):
+        trtexec_command({**protocol.manifest(), "precision": "fp8"}, "/tmp/m.onnx", "/tmp/t.json")

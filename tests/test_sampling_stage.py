@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
+from nas_core.cost.fidelity import uniform_architectures
 from nas_core.cost.macs import architecture_cost, build_cost_table, write_cost_table
+from nas_core.cost.model import fit_latency_model, model_path, write_model
 from nas_core.data import CityscapesSegmentation, generate_cityscapes
 from nas_core.engine.evaluate import evaluate_segmentation
 from nas_core.search.supernet import extract_network
@@ -200,13 +202,23 @@ def test_a_latency_table_adds_latency_costs_and_a_latency_choice(tmp_path, prefe
     make_workdir(tmp_path)
     table = build_cost_table("small")
     table["latency_ms"] = table["macs"] / 1e8 + np.where(table["candidate"] == "skip", 0.0, 0.3)
-    write_cost_table(table, tmp_path / "latency" / "tables" / "latency_small.parquet")
+    table_path = tmp_path / "latency" / "tables" / "latency_small.parquet"
+    write_cost_table(table, table_path)
+    # the latency model beside the table (the latency_table stage fits it on measured networks)
+    fit = uniform_architectures("small", 12, seed=1)
+    model = fit_latency_model(table, fit, [1.3 * architecture_cost(table, a, "latency_ms") + 2 for a in fit])
+    write_model(model, model_path(table_path))
     monkeypatch.chdir(tmp_path)
     metrics = sample_flow("params.yaml", ("sample.num_samples=4",))
-    assert metrics["cost_kinds"] == ["latency_ms", "macs", "params"]
+    assert metrics["cost_kinds"] == ["latency_model", "latency_ms", "macs", "params"]
     df = read(tmp_path)
     arch = Architecture("small", df["choices"][1].split(","))
     assert df["latency_ms"][1] == pytest.approx(architecture_cost(table, arch, "latency_ms"))
+    assert df["latency_model"][1] == pytest.approx(model.predict(arch))
+    assert df["latency_model"][1] == pytest.approx(1.3 * df["latency_ms"][1] + 2, rel=1e-6)
+    by_model = select_flow("params.yaml", ("sample.choice.metric=latency_model",
+                                           "sample.choice.reference=squeezenas_lat_{space}"))
+    assert by_model["target"] == pytest.approx(model.predict(PUBLISHED["squeezenas_lat_small"]))
     result = select_flow("params.yaml", ("sample.choice.metric=latency_ms",
                                          "sample.choice.reference=squeezenas_lat_{space}"))
     target = architecture_cost(table, PUBLISHED["squeezenas_lat_small"], "latency_ms")

@@ -11,7 +11,8 @@ def build_target(cfg) -> Target:
     """The target of a `latency` params section (nas_core.config.LatencyParams)."""
     protocol = MeasurementProtocol(
         backend=cfg.backend, warmup=cfg.warmup, runs=cfg.runs, min_time_s=cfg.min_time_s, rounds=cfg.rounds,
-        threads=cfg.threads, optimization=cfg.optimization, clock=cfg.clock, fp16=cfg.fp16,
+        threads=cfg.threads, optimization=cfg.optimization, clock=cfg.clock, precision=cfg.precision,
+        cuda_graph=cfg.cuda_graph, no_data_transfers=cfg.no_data_transfers, spin_wait=cfg.spin_wait,
         providers=tuple(cfg.providers), trtexec=cfg.trtexec, trtexec_warmup_ms=cfg.trtexec_warmup_ms,
         power_mode=cfg.power_mode, pin_clocks=cfg.pin_clocks)
     if cfg.target == "ssh":

@@ -64,7 +64,8 @@ def placeholder_plot(path: str | Path, text: str) -> None:
 
 
 def scatter_plot(predicted, measured, path: str | Path, title: str = "") -> None:
-    """Predicted vs measured latency with the +-10% band, written atomically as PNG."""
+    """Predicted vs measured latency with the +-10% band, written atomically as PNG. `predicted`: one
+    list, or {name: list} to put several predictors (the table, the model) side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,18 +73,23 @@ def scatter_plot(predicted, measured, path: str | Path, title: str = "") -> None
 
     from nas_core.io import atomic_path
 
-    p, m = np.asarray(predicted), np.asarray(measured)
-    metrics = fidelity_metrics(p, m)
-    lo, hi = 0.95 * min(p.min(), m.min()), 1.05 * max(p.max(), m.max())
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    series = predicted if isinstance(predicted, dict) else {"latency table": predicted}
+    series = {name: np.asarray(p, dtype=np.float64) for name, p in series.items()}
+    m = np.asarray(measured, dtype=np.float64)
+    lo = 0.95 * min(m.min(), *(p.min() for p in series.values()))
+    hi = 1.05 * max(m.max(), *(p.max() for p in series.values()))
+    fig, ax = plt.subplots(figsize=(5.5, 5.5), dpi=100)
     line = np.linspace(lo, hi, 2)
     ax.plot(line, line, "k-", lw=1, label="prediction = measurement")
     ax.fill_between(line, 0.9 * line, 1.1 * line, color="tab:green", alpha=0.15, label="within +-10%")
-    ax.scatter(m, p, s=18, color="tab:blue", zorder=3)
-    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="measured end-to-end latency (ms)",
-           ylabel="latency table prediction (ms)")
-    ax.set_title(f"{title}\nKendall tau {metrics['kendall_tau']:.3f}, within 10%: "
-                 f"{100 * metrics['within_10pct']:.0f}%, MAPE {100 * metrics['mape']:.1f}%", fontsize=9)
+    lines = [title] if title else []
+    for (name, p), color, marker in zip(series.items(), ("tab:blue", "tab:orange", "tab:red"), "o^s"):
+        metrics = fidelity_metrics(p, m)
+        ax.scatter(m, p, s=18, color=color, marker=marker, zorder=3, alpha=0.8, label=name)
+        lines.append(f"{name}: Kendall tau {metrics['kendall_tau']:.3f}, within 10% "
+                     f"{100 * metrics['within_10pct']:.0f}%, MAPE {100 * metrics['mape']:.1f}%")
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="measured end-to-end latency (ms)", ylabel="predicted latency (ms)")
+    ax.set_title("\n".join(lines), fontsize=8)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:

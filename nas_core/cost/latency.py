@@ -94,15 +94,29 @@ def measure_units(target: Target, units: list[Unit], store: MeasurementStore, on
     t0, export_s, failures, counted = time.perf_counter(), 0.0, 0, {"timed_s": 0.0, "warmup_s": 0.0, "measured": 0}
     total = len(units)
 
+    said = [0.0]
+
     def arrived(rec: dict) -> None:
         store.add(rec)  # on disk before anything else happens
         counted["timed_s"] += rec.get("timed_s", 0.0)
         counted["warmup_s"] += rec.get("warmup_s", 0.0)
         counted["measured"] += 1
         done = sum(u.key in store for u in units)
-        log(f"[profile] {done}/{total} {rec['key']}: {rec['latency_ms']:.3f} ms")
+        # streamed results: the time left at their pace so far; after interleaved rounds they all come at once
+        eta = "" if call[1] else _eta(time.perf_counter() - t0, counted["measured"], total - done)
+        log(f"[profile] {done}/{total} {rec['key']}: {rec['latency_ms']:.3f} ms{eta}")
         if on_result:
             on_result(rec)
+
+    def rounds_progress(done: int, steps: int) -> None:  # interleaved rounds: the results come at the end
+        now = time.perf_counter()
+        call[1] = True
+        if now - said[0] >= 10.0 or done == steps:
+            said[0] = now
+            log(f"[profile] interleaved rounds {100 * done / steps:.0f}% of {steps} model steps"
+                f"{_eta(now - call[0], done, steps - done)}")
+
+    call = [t0, False]  # this measure call's start; whether it reported interleaved rounds
 
     try:
         while True:
@@ -114,6 +128,7 @@ def measure_units(target: Target, units: list[Unit], store: MeasurementStore, on
             before = len(store)
             try:
                 target.open()
+                target.on_progress, call[0], call[1] = rounds_progress, time.perf_counter(), False
                 target.measure(jobs, arrived)
             except TransientError as e:
                 target.close()
@@ -134,6 +149,14 @@ def measure_units(target: Target, units: list[Unit], store: MeasurementStore, on
     busy = counted["timed_s"] + counted["warmup_s"]
     return {"wall_s": wall, "export_s": export_s, **counted, "units": total,
             "overhead": (wall - busy) / wall if wall > 0 and counted["measured"] else 0.0}
+
+
+def _eta(elapsed_s: float, done: int, left: int) -> str:
+    """', about N s left' at the pace so far (nothing before the first result or after the last)."""
+    if done <= 0 or left <= 0:
+        return ""
+    s = elapsed_s / done * left
+    return f", about {s / 60:.0f} min left" if s >= 120 else f", about {s:.0f} s left"
 
 
 def latency_table(base: pd.DataFrame, store: MeasurementStore) -> pd.DataFrame:

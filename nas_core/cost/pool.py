@@ -12,6 +12,7 @@ from nas_core.cost.fidelity import uniform_architectures
 from nas_core.cost.latency import MeasurementStore
 from nas_core.cost.macs import build_cost_table
 from nas_core.cost.targets import ProfileError
+from nas_core.space.spaces import Architecture
 
 FIDELITY = "fidelity"  # the shard of whole networks timed for the fidelity check
 # what makes two devices "one kind": a table mixing them would be no device's table
@@ -23,17 +24,49 @@ class PoolError(ProfileError):
     """The devices of a pool differ; the message names two of them and what differs."""
 
 
+def model_shard(space: str) -> str:
+    """The shard of whole networks timed to fit `space`'s latency model."""
+    return f"model:{space}"
+
+
+def fit_networks(space: str, fit: tuple[int, int] | None) -> list[Architecture]:
+    """The networks `space`'s latency model is fitted on (`fit` = (count, seed)), none for no model."""
+    return uniform_architectures(space, fit[0], fit[1]) if fit and fit[0] else []
+
+
+def held_out_networks(fidelity: tuple[str, int, int], fit: tuple[int, int] | None) -> list[Architecture]:
+    """The fidelity check's networks (`fidelity` = (space, count, seed)): uniform draws, none of them
+    among the model's fitted ones (and none twice)."""
+    space, count, seed = fidelity
+    seen = {a.choices for a in fit_networks(space, fit)}
+    picked, extra = [], 0
+    while len(picked) < count:  # draw more until `count` are new (collisions are rare: 13^n architectures)
+        picked = []
+        for a in uniform_architectures(space, count + extra, seed):
+            if a.choices not in seen and all(a.choices != b.choices for b in picked):
+                picked.append(a)
+        extra += max(1, count - len(picked))
+    return picked[:count]
+
+
 def planned_units(spaces: Iterable[str], input_size: tuple[int, int], num_classes: int,
-                  fidelity: tuple[str, int, int] | None = None) -> dict[str, list[Unit]]:
-    """Every unit to time, by shard name: each space's table units, then the fidelity networks
+                  fidelity: tuple[str, int, int] | None = None,
+                  fit: tuple[int, int] | None = None) -> dict[str, list[Unit]]:
+    """Every unit to time, by shard name: each space's table units, each space's model networks
+    (`fit` = (count, seed)) under `model_shard(space)`, then the held-out fidelity networks
     (`fidelity` = (space, count, seed)) under FIDELITY."""
+    def networks(archs):
+        return list({u.key: u for u in (network_unit(a, input_size, num_classes) for a in archs)}.values())
+
     plan = {}
     for space in spaces:
         base = build_cost_table(space, input_size, num_classes)
         plan[space] = table_units(base, space)
+    for space in spaces:
+        if fit and fit[0]:
+            plan[model_shard(space)] = networks(fit_networks(space, fit))
     if fidelity and fidelity[1]:
-        nets = [network_unit(a, input_size, num_classes) for a in uniform_architectures(*fidelity)]
-        plan[FIDELITY] = list({u.key: u for u in nets}.values())
+        plan[FIDELITY] = networks(held_out_networks(fidelity, fit))
     return plan
 
 

@@ -186,30 +186,56 @@ def measure_onnxruntime(m, jobs):
             except Exception as e:  # report and go on: one bad model must not cost the others
                 emit({"event": "error", "key": job["key"], "message": "%s: %s" % (type(e).__name__, e)})
         return
-    models = []
-    for job in jobs:
+    models, total, last = [], len(jobs) * (rounds + 1), [0.0]
+
+    def progress(done):  # the results come at the end: say how far the rounds are, at most once a second
+        now = time.perf_counter()
+        if now - last[0] >= 1.0 or done == total:
+            last[0] = now
+            emit({"event": "progress", "done": done, "total": total})
+
+    for n, job in enumerate(jobs, 1):
         try:
             models.append(OrtModel(m, job))
             models[-1].run(m["warmup"], 0, 0.0, _clock(m))
         except Exception as e:
             emit({"event": "error", "key": job["key"], "message": "%s: %s" % (type(e).__name__, e)})
+        progress(n)
     rng = random.Random(0)
-    for _ in range(rounds):
+    for r in range(rounds):
         rng.shuffle(models)
-        for model in models:
+        for n, model in enumerate(models, 1):
             model.run(1, math.ceil(m["runs"] / rounds), m["min_time_s"] / rounds, _clock(m))
+            progress(len(jobs) * (r + 1) + n * len(jobs) // max(len(models), 1))
     for model in models:
         emit(model.result())
+
+
+PRECISION_FLAGS = {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8"], "best": ["--best"]}
+
+
+def trtexec_command(m, onnx_file, times_path):
+    """trtexec's command line for one model under the protocol `m`: precision, and the deployment's
+    timing settings (CUDA graph, no host-device copies, spin-wait synchronisation)."""
+    if m.get("precision", "fp32") not in PRECISION_FLAGS:
+        raise ValueError("precision must be one of %s, got %r" % (", ".join(PRECISION_FLAGS), m.get("precision")))
+    cmd = [m["trtexec"], "--onnx=" + onnx_file, "--warmUp=%d" % m["trtexec_warmup_ms"],
+           "--iterations=%d" % m["runs"],
+           "--duration=%d" % math.ceil(m["min_time_s"]), "--exportTimes=" + times_path]
+    cmd += PRECISION_FLAGS[m.get("precision", "fp32")]
+    if m.get("cuda_graph"):
+        cmd.append("--useCudaGraph")
+    if m.get("no_data_transfers"):
+        cmd.append("--noDataTransfers")
+    if m.get("spin_wait"):
+        cmd.append("--useSpinWait")
+    return cmd
 
 
 def measure_trtexec(m, job, workdir):
     """Run trtexec on one model; the raw log and --exportTimes JSON go back to be parsed there."""
     times_path = os.path.join(workdir, "times-%d.json" % os.getpid())
-    cmd = [m["trtexec"], "--onnx=" + job["file"], "--warmUp=%d" % m["trtexec_warmup_ms"],
-           "--iterations=%d" % m["runs"],
-           "--duration=%d" % math.ceil(m["min_time_s"]), "--exportTimes=" + times_path]
-    if m.get("fp16"):
-        cmd.append("--fp16")
+    cmd = trtexec_command(m, job["file"], times_path)
     t0 = time.perf_counter()
     rc, log = _run(cmd, timeout=m.get("job_timeout_s", 1800))
     times = _read(times_path)

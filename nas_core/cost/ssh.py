@@ -222,7 +222,7 @@ class SshTarget(Target):
 
     def measure(self, jobs: list[Job], on_result: OnResult) -> None:
         self.open()
-        out = RunnerOutput(self.protocol, on_result, self.name)
+        out = RunnerOutput(self.protocol, on_result, self.name, self.on_progress)
         self._stream("measure", jobs, out)
         if not out.done:
             raise TransientError(f"{self.name}: the remote runner stopped before the end")

@@ -50,7 +50,14 @@ class MeasurementProtocol:
     threads: int = 1  # onnxruntime intra-op threads, pinned
     optimization: str = "extended"  # onnxruntime graph optimisation level: basic | extended | all
     clock: str = "wall"  # wall | thread (CPU time of the inference thread; needs threads == 1)
-    fp16: bool = False
+    # trtexec: fp32 | fp16 | int8 | best (INT8 is often no faster than FP16 on a Jetson: measure both);
+    # torch_cuda: fp32 | fp16
+    precision: str = "fp32"
+    # as deployed on a GPU: trtexec --useCudaGraph / torch_cuda timing each model inside a CUDA graph
+    # (kernel launch gaps then no longer count per block), --noDataTransfers, --useSpinWait
+    cuda_graph: bool = False
+    no_data_transfers: bool = True
+    spin_wait: bool = True
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     trtexec: str = "/usr/src/tensorrt/bin/trtexec"
     trtexec_warmup_ms: int = 200
@@ -73,6 +80,8 @@ class Target(ABC):
     name: str
     protocol: MeasurementProtocol
     needs_onnx: bool = True
+    # (done, total) steps of the current `measure` call, while interleaved rounds hold the results back
+    on_progress: Callable[[int, int], None] | None = None
 
     def open(self) -> None:
         """Connect (no-op for local targets); idempotent."""
@@ -107,8 +116,9 @@ def record(key: str, median: float, p10: float, p90: float, runs: int, **extra) 
 class RunnerOutput:
     """Turns the runner's output lines into records; collects per-model errors."""
 
-    def __init__(self, protocol: MeasurementProtocol, on_result: OnResult, where: str):
-        self.protocol, self.on_result, self.where = protocol, on_result, where
+    def __init__(self, protocol: MeasurementProtocol, on_result: OnResult, where: str,
+                 on_progress: Callable[[int, int], None] | None = None):
+        self.protocol, self.on_result, self.where, self.on_progress = protocol, on_result, where, on_progress
         self.errors: list[str] = []
         self.done = False
         self.facts: dict | None = None
@@ -131,6 +141,9 @@ class RunnerOutput:
                                   timed_s=t.median_ms * t.runs / 1e3,
                                   setup_s=msg["wall_s"] - t.median_ms * t.runs / 1e3,
                                   warmup_s=0.0, source=t.source))
+        elif event == "progress":
+            if self.on_progress is not None:
+                self.on_progress(int(msg["done"]), int(msg["total"]))
         elif event == "error":
             self.errors.append(f"{msg['key']}: {msg['message']}")
         elif event == "facts":
@@ -206,7 +219,7 @@ class LocalTarget(Target):
         return out.facts or {}
 
     def measure(self, jobs: list[Job], on_result: OnResult) -> None:
-        out = RunnerOutput(self.protocol, on_result, self.name)
+        out = RunnerOutput(self.protocol, on_result, self.name, self.on_progress)
         self._run("measure", jobs, out)
         if not out.done:
             raise TransientError(f"{self.name}: the runner stopped before the end")
@@ -233,13 +246,40 @@ class TorchCudaTarget(Target):
                 "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
                 "gpu": torch.cuda.get_device_name(self.device) if torch.cuda.is_available() else None}
 
+    def _warmed_up(self, module, xs: list) -> Callable[[], object]:
+        """The call to time, after the warm-up: the module itself, or (cuda_graph) a CUDA graph of
+        one call captured after warming up on a side stream, as PyTorch's documentation does it:
+        a replay launches the whole model at once, as a deployment with CUDA graphs does."""
+        import torch
+
+        if not self.protocol.cuda_graph:
+            for _ in range(self.protocol.warmup):
+                module(*xs)
+            torch.cuda.synchronize()
+            return lambda: module(*xs)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(max(self.protocol.warmup, 3)):  # at least 3 before a capture (cuDNN, allocator)
+                module(*xs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            module(*xs)
+        graph.replay()
+        torch.cuda.synchronize()
+        return graph.replay
+
     def measure(self, jobs: list[Job], on_result: OnResult) -> None:
         import torch
 
         if not torch.cuda.is_available():
             raise ProfileError(f"{self.name}: backend torch_cuda needs a CUDA GPU, and torch sees none")
         torch.backends.cudnn.benchmark = True  # the algorithm choice happens in the warm-up
-        dtype = torch.float16 if self.protocol.fp16 else torch.float32
+        if self.protocol.precision not in ("fp32", "fp16"):
+            raise ProfileError(f"{self.name}: backend torch_cuda times fp32 or fp16, not {self.protocol.precision} "
+                               "(int8 and best are TensorRT's: backend trtexec)")
+        dtype = torch.float16 if self.protocol.precision == "fp16" else torch.float32
         for job in jobs:
             t0 = time.perf_counter()
             module = job.unit.build().to(self.device, dtype)
@@ -247,15 +287,13 @@ class TorchCudaTarget(Target):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             gpu, launch = [], []
             tw = time.perf_counter()
-            with torch.inference_mode():
-                for _ in range(self.protocol.warmup):
-                    module(*xs)
-                torch.cuda.synchronize()
+            with torch.no_grad():
+                run = self._warmed_up(module, xs)
                 t1 = time.perf_counter()
                 while len(gpu) < self.protocol.runs or time.perf_counter() < t1 + self.protocol.min_time_s:
                     start.record()
                     a = time.perf_counter()
-                    module(*xs)
+                    run()
                     b = time.perf_counter()
                     end.record()
                     end.synchronize()

@@ -186,14 +186,14 @@ def target_measure(target) -> Measure:
     return measure
 
 
-def local_target(threads: int, warmup: int, runs: int, rounds: int = 1):
+def local_target(threads: int, warmup: int, runs: int, rounds: int = 1, optimization: str = "all"):
     """onnxruntime on this machine through the profiling runner (pinned threads, sequential execution;
     thread CPU time when single-threaded, as the profiling stage does on shared machines; rounds > 1
-    interleaves the models of one call)."""
+    interleaves the models of one call), with the graph optimisation deployed ('all' by default)."""
     from nas_core.cost.targets import LocalTarget, MeasurementProtocol
 
     return LocalTarget(MeasurementProtocol(warmup=warmup, runs=runs, rounds=rounds, threads=threads,
-                                           clock="thread" if threads == 1 else "wall"))
+                                           clock="thread" if threads == 1 else "wall", optimization=optimization))
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -201,7 +201,7 @@ def _fmt(v: float | None, spec: str) -> str:
 
 
 def report_markdown(rows: list[BenchmarkRow], target: str, input_size: tuple[int, int],
-                    references: dict[str, float] | None = None) -> str:
+                    references: dict[str, float] | None = None, prediction: dict | None = None) -> str:
     """The Table-1-style report: one line per network, then the references our mIoU must clear."""
     lines = [f"# Benchmark on `{target}` (input 1x3x{input_size[0]}x{input_size[1]}, batch 1)", "",
              "| network | weights | class mIoU (%) | latency (ms) [p10, p90] | GMACs | GMACs/s | params (M) |",
@@ -213,6 +213,13 @@ def report_markdown(rows: list[BenchmarkRow], target: str, input_size: tuple[int
     lines += ["", "mIoU: class mIoU on the validation set at its full resolution (no test-time augmentation); "
               "MACs: convolution multiply-accumulates at the input size above (the paper's convention); "
               "latency: median over the runs, ONNX export checked against PyTorch.", ""]
+    if prediction:
+        h, w = prediction["input_size"]
+        said = [f"the {name} {prediction[f'{name}_ms']:.2f} ms ({100 * prediction[f'{name}_error']:+.1f}%)"
+                for name in ("model", "table") if f"{name}_ms" in prediction]
+        lines += [f"Latency predicted for the chosen network at the latency table's input ({h}x{w}, "
+                  f"{prediction['target']}): measured {prediction['measured_ms']:.2f} ms; predicted by "
+                  + ", by ".join(said) + ".", ""]
     if references:
         lines += ["References for the trained network:", ""]
         lines += [f"- {k}: class mIoU {_fmt(100 * v, '.2f')}%" for k, v in references.items()]

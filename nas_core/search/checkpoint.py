@@ -14,7 +14,7 @@ _FREE = ("checkpoint_every", "log_every")
 
 
 def search_fingerprint(config, supernet: Supernet, cost: np.ndarray, fixed_cost: float, world_size: int,
-                       data: list[tuple[int, int]]) -> dict:
+                       data: list[tuple[int, int]], pairwise: np.ndarray | None = None) -> dict:
     """The config (less the free settings), space, cost matrix, data sizes (batches, batch size per loader)
     and world size: a run with other ones writes its own checkpoint and never resumes this one."""
     settings = {k: v for k, v in config.to_dict().items() if k not in _FREE}
@@ -22,4 +22,7 @@ def search_fingerprint(config, supernet: Supernet, cost: np.ndarray, fixed_cost:
         "config": settings, "space": supernet.space.name, "num_classes": supernet.num_classes,
         "cost_sha256": hashlib.sha256(np.ascontiguousarray(cost, dtype=np.float64).tobytes()).hexdigest(),
         "fixed_cost": float(fixed_cost), "world_size": world_size, "data": [list(d) for d in data],
+        # a latency model's neighbour terms (absent for an additive cost: earlier checkpoints still match)
+        **({} if pairwise is None else {
+            "pairwise_sha256": hashlib.sha256(np.ascontiguousarray(pairwise, dtype=np.float64).tobytes()).hexdigest()}),
     }

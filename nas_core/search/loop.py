@@ -81,18 +81,29 @@ class SearchResult:
     checkpoint: Path  # this configuration's checkpoint file (its folder is named by the fingerprint)
 
 
-def resource_loss(probs: torch.Tensor, cost: torch.Tensor, reference: float) -> torch.Tensor:
-    """L_E(theta) = sum_i sum_j p(i, j | theta) C(i, j) / reference (eq. 3)."""
-    return (probs * cost).sum() / reference
+def resource_loss(probs: torch.Tensor, cost: torch.Tensor, reference: float,
+                  pairwise: torch.Tensor | None = None) -> torch.Tensor:
+    """L_E(theta) = sum_i sum_j p(i, j | theta) C(i, j) / reference (eq. 3); with a latency model's
+    neighbour terms P (num_blocks - 1, 13, 13) also + sum_i p_i^T P_i p_{i+1} (its exact expectation:
+    the blocks are drawn independently)."""
+    expected = (probs * cost).sum()
+    if pairwise is not None:
+        expected = expected + torch.einsum("ia,iab,ib->", probs[:-1], pairwise, probs[1:])
+    return expected / reference
 
 
-def distribution_stats(probs: torch.Tensor, cost: np.ndarray, fixed_cost: float) -> dict[str, float]:
+def distribution_stats(probs: torch.Tensor, cost: np.ndarray, fixed_cost: float,
+                       pairwise: np.ndarray | None = None) -> dict[str, float]:
     """Expected and argmax cost, mean entropy (nats), live candidates and the mass on `skip`."""
     p = probs.detach().double().cpu().numpy()
     entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1)  # pruned candidates add 0, not nan
     argmax = p.argmax(axis=1)
-    return {"expected_cost": fixed_cost + float((p * cost).sum()),
-            "argmax_cost": fixed_cost + float(cost[np.arange(len(argmax)), argmax].sum()),
+    expected = fixed_cost + float((p * cost).sum())
+    argmax_cost = fixed_cost + float(cost[np.arange(len(argmax)), argmax].sum())
+    if pairwise is not None:
+        expected += float(np.einsum("ia,iab,ib->", p[:-1], pairwise, p[1:]))
+        argmax_cost += float(pairwise[np.arange(len(argmax) - 1), argmax[:-1], argmax[1:]].sum())
+    return {"expected_cost": expected, "argmax_cost": argmax_cost,
             "mean_entropy": float(entropy.mean()), "live_candidates": int((p > 0).sum()),
             "skip_share": float(p[:, SKIP].mean())}
 
@@ -148,25 +159,37 @@ class SearchLoss:
     cost: torch.Tensor  # C on the supernet's device
     reference: float
     alpha: float
+    pairwise: torch.Tensor | None = None  # a latency model's neighbour terms, or None (additive)
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(L, CE, L_E)"""
         valid = (y != IGNORE_INDEX).sum().clamp(min=1)
         ce = F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX, reduction="sum") / valid
-        resource = resource_loss(self.supernet.probabilities(), self.cost, self.reference)
+        resource = resource_loss(self.supernet.probabilities(), self.cost, self.reference, self.pairwise)
         return ce + self.alpha * resource, ce, resource
 
 
-def search_loss(supernet: Supernet, cost: np.ndarray, config: SearchConfig, device: torch.device) -> SearchLoss:
-    """The loss of a search with the cost matrix `cost` (table units, checked here) on `device`."""
-    if cost.shape != (len(supernet.blocks), NUM_CANDIDATES):
-        raise ValueError(f"cost matrix must be ({len(supernet.blocks)}, {NUM_CANDIDATES}), got shape {cost.shape}")
+def search_loss(supernet: Supernet, cost: np.ndarray, config: SearchConfig, device: torch.device,
+                pairwise: np.ndarray | None = None) -> SearchLoss:
+    """The loss of a search with the cost matrix `cost` (table units, checked here) and a latency
+    model's neighbour terms `pairwise` (or None) on `device`."""
+    b = len(supernet.blocks)
+    if cost.shape != (b, NUM_CANDIDATES):
+        raise ValueError(f"cost matrix must be ({b}, {NUM_CANDIDATES}), got shape {cost.shape}")
     if not np.isfinite(cost).all() or (cost < 0).any():
         raise ValueError("cost matrix must be finite and >= 0 (a latency table with missing measurements?)")
-    reference = config.cost_reference or float(cost.mean(axis=1).sum())
+    if pairwise is not None and (pairwise.shape != (b - 1, NUM_CANDIDATES, NUM_CANDIDATES)
+                                 or not np.isfinite(pairwise).all()):
+        raise ValueError(f"pairwise costs must be finite, ({b - 1}, {NUM_CANDIDATES}, {NUM_CANDIDATES}), "
+                         f"got shape {pairwise.shape}")
+    # the expected variable cost at uniform theta
+    reference = config.cost_reference or float(cost.mean(axis=1).sum()) + (
+        float(pairwise.mean(axis=(1, 2)).sum()) if pairwise is not None else 0.0)
     if reference <= 0:
         raise ValueError("cost reference is 0: the cost table has no cost to trade off; set cost_reference")
-    return SearchLoss(supernet, torch.tensor(cost, dtype=torch.float32, device=device), reference, config.alpha)
+    pair = None if pairwise is None else torch.tensor(pairwise, dtype=torch.float32, device=device)
+    return SearchLoss(supernet, torch.tensor(cost, dtype=torch.float32, device=device), reference, config.alpha,
+                      pair)
 
 
 def search_one_epoch(model: nn.Module, phases: list, opt_w: torch.optim.Optimizer, opt_t: torch.optim.Optimizer,
@@ -204,6 +227,7 @@ def search_one_epoch(model: nn.Module, phases: list, opt_w: torch.optim.Optimize
 
 def run_search(supernet: Supernet, train_loader, cost: np.ndarray, config: SearchConfig,
                checkpoint_dir: str | Path, *, arch_loader=None, fixed_cost: float = 0.0,
+               pairwise: np.ndarray | None = None,
                on_epoch_end: Callable[[int, dict], None] | None = None,
                log: Callable[[str], None] = print) -> SearchResult:
     """Search on `supernet` (already on its device) and return the curves and theta history.
@@ -213,6 +237,7 @@ def run_search(supernet: Supernet, train_loader, cost: np.ndarray, config: Searc
             sampler replays any epoch from any batch. For the fbnet scheme, the 80% weight split.
         cost: C, (num_blocks, 13) in table units (`nas_core.cost.macs.cost_matrix`); `fixed_cost` is the
             stem/post-encoder/decoder total, reported in `expected_cost`.
+        pairwise: a latency model's neighbour terms (num_blocks - 1, 13, 13), or None (`nas_core.cost.model`).
         checkpoint_dir: `<fingerprint key>/last.pt` there is written atomically every epoch (and
             every `checkpoint_every` steps); a run finding one of its configuration continues it, and
             the checkpoints of other configurations are left alone.
@@ -223,14 +248,15 @@ def run_search(supernet: Supernet, train_loader, cost: np.ndarray, config: Searc
     """
     info = current_distributed(next(supernet.parameters()).device)
     cost = np.asarray(cost, dtype=np.float64)
-    loss_fn = search_loss(supernet, cost, config, info.device)
+    pairwise = None if pairwise is None else np.asarray(pairwise, dtype=np.float64)
+    loss_fn = search_loss(supernet, cost, config, info.device, pairwise)
     plan = _plan(config, train_loader, arch_loader)
     total_steps = sum(len(phase[1]) for epoch in plan for phase in epoch)
     loaders = [loader for loader in (train_loader, arch_loader) if loader is not None]
     if not all(hasattr(loader.batch_sampler, "set_epoch") for loader in loaders):
         raise ValueError("run_search needs resumable loaders (nas_core.search.data.search_loader)")
     data = [(len(loader), loader.batch_sampler.batch_size) for loader in loaders]
-    fingerprint = search_fingerprint(config, supernet, cost, fixed_cost, info.world_size, data)
+    fingerprint = search_fingerprint(config, supernet, cost, fixed_cost, info.world_size, data, pairwise)
     ckpt = Checkpoint.slot(checkpoint_dir, fingerprint, info, name="search", log=log)
     payload = ckpt.load()
     if payload is not None:
@@ -271,7 +297,8 @@ def run_search(supernet: Supernet, train_loader, cost: np.ndarray, config: Searc
         if removed:
             opt_w = _weight_optimizer(supernet, config, opt_w)
             model = wrap_ddp(supernet, info)
-        metrics = _end_epoch(state, supernet, removed, cost, fixed_cost, info, time.perf_counter() - started)
+        metrics = _end_epoch(state, supernet, removed, cost, fixed_cost, info, time.perf_counter() - started,
+                             pairwise)
         save()
         if info.is_main:
             _log_epoch(metrics, removed, config, log)
@@ -286,14 +313,14 @@ def run_search(supernet: Supernet, train_loader, cost: np.ndarray, config: Searc
 
 
 def _end_epoch(state: SearchState, supernet: Supernet, removed: list, cost: np.ndarray, fixed_cost: float,
-               info: DistInfo, seconds: float) -> dict:
+               info: DistInfo, seconds: float, pairwise: np.ndarray | None = None) -> dict:
     """Close the epoch in `state`: its curve row (losses averaged over every rank's batches), the pruning
     and the theta of its end; returns the row."""
     sums = all_reduce_sum(state.sums.to(info.device), info).cpu()
     epoch = state.epoch + 1
     metrics = {"epoch": epoch, "ce": float(sums[0] / sums[3]), "resource_loss": float(sums[1] / sums[3]),
                "total_loss": float(sums[2] / sums[3]), "tau": state.tau, "fixed_cost": fixed_cost,
-               **distribution_stats(supernet.probabilities(), cost, fixed_cost),
+               **distribution_stats(supernet.probabilities(), cost, fixed_cost, pairwise),
                "pruned": len(removed), "seconds": seconds}
     state.epoch, state.phase, state.sums = epoch, 0, torch.zeros(4, dtype=torch.float64)
     state.curves.append(metrics)

@@ -103,7 +103,7 @@ def reference_cost(metric: str, reference: str, space: str, input_hw: tuple[int,
 
     name = reference.format(space=space)
     if name.startswith("mobilenetv3_"):
-        if metric == "latency_ms":
+        if metric.startswith("latency"):
             raise ValueError(f"sample.choice.reference: {name} has no latency table; set sample.choice.target")
         from nas_core.space.mobilenetv3 import count_conv_macs, count_params, mobilenetv3_lraspp
 
@@ -117,9 +117,14 @@ def reference_cost(metric: str, reference: str, space: str, input_hw: tuple[int,
 
 def architecture_reference_cost(metric: str, arch, input_hw: tuple[int, int], num_classes: int,
                                 latency_table: str | Path) -> float:
-    """The cost of `arch` in table units: analytic MACs/params at `input_hw`, or from `latency_table`."""
+    """The cost of `arch` in table units: analytic MACs/params at `input_hw`, from `latency_table`, or
+    from the latency model fitted over it (latency_model)."""
     from nas_core.cost.macs import architecture_cost, build_cost_table, read_cost_table
 
+    if metric == "latency_model":
+        from nas_core.cost.model import model_path, read_model
+
+        return read_model(model_path(latency_table)).predict(arch)
     if metric == "latency_ms":
         table = read_cost_table(latency_table)
     else:  # analytic and exact at the samples' input size: the same numbers as the MAC table
