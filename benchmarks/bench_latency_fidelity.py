@@ -31,7 +31,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, nargs=2, default=(256, 512), metavar=("H", "W"))
     ap.add_argument("-k", type=int, default=30, help="held-out networks")
     ap.add_argument("--fit", type=int, default=12, help="networks the model is fitted on")
-    ap.add_argument("--ridge", type=float, default=0.1)
+    ap.add_argument("--ridge", type=lambda v: v if v == "auto" else float(v), default="auto",
+                    help="the junction terms' ridge, or auto (least leave-one-out error)")
     ap.add_argument("--repeat", action="store_true", help="measure the held-out networks twice (noise ceiling)")
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--seed", type=int, default=0)
@@ -62,8 +63,10 @@ def main() -> None:
     print(f"table: {stats['units']} units, {stats['wall_s']:.1f} s ({100 * stats['overhead']:.1f}% overhead)")
     fit_archs = fit_networks(args.space, (args.fit, args.seed + 1))
     archs = held_out_networks((args.space, args.k, args.seed), (args.fit, args.seed + 1))
-    measured_fit = measure_networks(fit_archs, tuple(args.size), 19, target, store, out / "onnx", log=quiet)
-    measured = measure_networks(archs, tuple(args.size), 19, target, store, out / "onnx", log=quiet)
+    # the fitted and the held-out networks in one call, interleaved over the rounds: a shared machine's
+    # speed drifts over minutes, and the model's intercept and scale must see the same speed as its test
+    both = measure_networks(fit_archs + archs, tuple(args.size), 19, target, store, out / "onnx", log=quiet)
+    measured_fit, measured = both[:len(fit_archs)], both[len(fit_archs):]
     model = fit_latency_model(table, fit_archs, measured_fit, ridge=args.ridge)
     by_table, by_model = predicted_latencies(table, archs), [model.predict(a) for a in archs]
     result = {"held_out": len(archs), "fitted": len(fit_archs), "table": fidelity_metrics(by_table, measured),

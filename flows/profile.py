@@ -19,7 +19,7 @@ from tasks import tracking
 from tasks.flowruns import subflow_tags, untagged_task_runs
 from tasks.profile import (
     DEVICE,
-    FIDELITY,
+    FIDELITY_JSON,
     FIDELITY_PLOT,
     deal_task,
     device_facts_task,
@@ -98,7 +98,7 @@ def _report(params, measured: dict, num_classes: int) -> dict:
         fidelity = fidelity_task(cfg, out_dir, num_classes)
     else:
         fidelity = {"skipped": "latency.fidelity.num_networks is 0"}
-        atomic_write_json(Path(out_dir) / FIDELITY, fidelity)
+        atomic_write_json(Path(out_dir) / FIDELITY_JSON, fidelity)
         placeholder_plot(Path(out_dir) / FIDELITY_PLOT, "fidelity check skipped (latency.fidelity.num_networks: 0)")
 
     metrics = {f"{s}.{k}": v for s, t in tables.items() for k, v in t.items() if isinstance(v, (int, float))}
@@ -113,7 +113,7 @@ def _report(params, measured: dict, num_classes: int) -> dict:
         for t in tables.values():
             tracking.log_artifact(t["path"], "latency")
             tracking.log_artifact(t["model"], "latency")
-        for name in (DEVICE, FIDELITY, FIDELITY_PLOT):
+        for name in (DEVICE, FIDELITY_JSON, FIDELITY_PLOT):
             if (Path(out_dir) / name).is_file():
                 tracking.log_artifact(Path(out_dir) / name, "latency")
     if len(cfg.devices()) > 1:

@@ -403,7 +403,15 @@ class LatencyModelParams(Section):
     kind: Literal["table", "pairwise"] = "pairwise"
     fit_networks: Int = Field(16, ge=0)
     seed: Int = 1  # the fitted networks' draw (the fidelity check's is fidelity.seed)
-    ridge: Float = Field(1e-2, ge=0)
+    # the junction terms' ridge; auto: the least leave-one-out error over the fitted networks
+    ridge: Float | Literal["auto"] = "auto"
+
+    @field_validator("ridge")
+    @classmethod
+    def _ridge(cls, v):
+        if v != "auto" and v < 0:
+            raise ValueError("must be >= 0 or auto")
+        return v
 
     @model_validator(mode="after")
     def _enough(self):

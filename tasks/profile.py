@@ -22,12 +22,13 @@ from nas_core.cost.latency import (
 )
 from nas_core.cost.macs import build_cost_table, cost_matrix, read_cost_table, write_cost_table
 from nas_core.cost.model import CostModel, fit_latency_model, model_path, read_model, table_model, write_model
-from nas_core.cost.pool import PoolStore, deal, fit_networks, held_out_networks, planned_units
+from nas_core.cost.pool import FIDELITY, PoolStore, deal, fit_networks, held_out_networks, planned_units
 from nas_core.cost.targets import TransientError
 from nas_core.io import atomic_dir, atomic_write_json
 
 TABLES = "tables"  # the stage's DVC output: one table per configured space, nothing else
-DEVICE, FIDELITY, FIDELITY_PLOT = "device.json", "fidelity.json", "fidelity.png"
+DEVICE, FIDELITY_JSON, FIDELITY_PLOT = "device.json", "fidelity.json", "fidelity.png"
+NETWORKS = "networks"  # the measuring call of every whole network (model fits and fidelity check)
 
 
 def latency_table_path(out_dir: str | Path, space: str) -> Path:
@@ -112,11 +113,18 @@ def measure_device_task(cfg, out_dir: str, share: dict[str, list[str]], num_clas
     store = _store(out_dir, target)
     log = (lambda m: print(m.replace("[profile]", f"[profile {tag}]"))) if tag else print
     stats = {}
+    # each table in a call of its own; every whole network (the models' and the fidelity check's) in one
+    # call, interleaved over the rounds: a shared device's speed drifts over minutes, and the models'
+    # intercept and scale must see the speed their held-out networks are measured at
+    calls: dict[str, list] = {}
+    for name, keys in share.items():
+        calls.setdefault(NETWORKS if name == FIDELITY or name.startswith("model:") else name, []).extend(
+            plan[name][k] for k in keys)
     with concurrency(device_slot(device_name(cfg)), occupy=1):
         start = time.time()
-        for name, keys in share.items():
-            if keys:
-                stats[name] = measure_units(target, [plan[name][k] for k in keys], store, Path(out_dir) / "onnx",
+        for name, units in calls.items():
+            if units:
+                stats[name] = measure_units(target, units, store, Path(out_dir) / "onnx",
                                             retries=cfg.retries, backoff_s=cfg.backoff_s, log=log)
         end = time.time()
     return {"device": device_name(cfg), "stats": stats, "start": start, "end": end}
@@ -173,6 +181,6 @@ def fidelity_task(cfg, out_dir: str, num_classes: int) -> dict:
     scatter_plot({"table": by_table, f"model ({result['model_kind']})": by_model}, measured,
                  Path(out_dir) / FIDELITY_PLOT,
                  f"{f.space} {hw[0]}x{hw[1]} on {result['target']}: {len(archs)} held-out networks")
-    atomic_write_json(Path(out_dir) / FIDELITY, result)
+    atomic_write_json(Path(out_dir) / FIDELITY_JSON, result)
     return result
 

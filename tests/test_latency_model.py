@@ -13,6 +13,7 @@ from nas_core.cost.macs import build_cost_table
 from nas_core.cost.model import (
     JUNCTIONS,
     KIND,
+    RIDGES,
     CostModel,
     fit_latency_model,
     junction_sizes,
@@ -110,6 +111,22 @@ def test_the_fit_recovers_a_latency_made_of_the_table_an_intercept_and_junction_
     assert [model.predict(a) for a in archs[20:]] == pytest.approx(measured[20:], rel=1e-9)
     # whereas the table alone cannot price them
     assert not np.allclose([base.predict(a) for a in archs[20:]], measured[20:], rtol=0.05)
+    # ridge auto keeps junction terms the networks support (leave-one-out error picks the least shrinkage)
+    auto = fit_latency_model(table, archs[:20], measured[:20])
+    assert auto.info["ridge"] == min(RIDGES) and "ridge_loo_mape" in auto.info
+    assert [auto.predict(a) for a in archs[20:]] == pytest.approx(measured[20:], rel=0.01)
+
+
+def test_ridge_auto_shrinks_junction_terms_that_are_only_noise(table):
+    archs = uniform_architectures("small", 16, seed=3)
+    base = table_model(table, "latency_ms")
+    rng = np.random.default_rng(9)
+    measured = [(1.5 + 1.1 * base.predict(a)) * rng.normal(1, 0.03) for a in archs]  # affine + 3% noise
+    auto = fit_latency_model(table, archs, measured)
+    free = fit_latency_model(table, archs, measured, ridge=0.0)
+    assert auto.info["ridge"] > min(RIDGES) and auto.info["ridge_loo_mape"] < 0.05
+    assert sum(map(abs, auto.info["junction_ms_per_melement"].values())) < \
+        sum(map(abs, free.info["junction_ms_per_melement"].values()))
 
 
 def _params(tmp_path, overrides):

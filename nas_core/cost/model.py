@@ -149,9 +149,40 @@ def _features(table_cost: np.ndarray, idx: np.ndarray, sizes: np.ndarray) -> np.
     return np.column_stack([np.ones(len(idx)), table_cost, *cols])
 
 
-def fit_latency_model(table: pd.DataFrame, archs: list[Architecture], measured, *, ridge: float = 1e-3,
+RIDGES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # ridge "auto": the one of these with the least leave-one-out error
+
+
+def _solve(X: np.ndarray, m: np.ndarray, ridge: float) -> np.ndarray:
+    """Coefficients minimising the squared relative error (each network weighted by 1/measured) plus a
+    ridge that pulls the junction terms (not the intercept or the table's scale) towards 0, scaled to
+    the features' magnitude; least squares on the augmented system, so a junction kind that none of
+    the networks has gets 0 rather than a singular matrix."""
+    w = 1.0 / m
+    Xw, yw = X * w[:, None], m * w
+    scale = np.sqrt((Xw ** 2).mean(axis=0)) + 1e-12
+    penalty = np.sqrt(np.r_[0.0, 0.0, np.full(X.shape[1] - 2, ridge * len(m))])
+    Z = np.vstack([Xw / scale, np.diag(penalty)])
+    y = np.r_[yw, np.zeros(X.shape[1])]
+    return np.linalg.lstsq(Z, y, rcond=None)[0] / scale
+
+
+def _loo_error(X: np.ndarray, m: np.ndarray, ridge: float) -> float:
+    """Mean relative error of each network predicted by the model fitted on the others."""
+    keep = np.ones(len(m), dtype=bool)
+    errors = []
+    for i in range(len(m)):
+        keep[i] = False
+        errors.append(abs(X[i] @ _solve(X[keep], m[keep], ridge) / m[i] - 1))
+        keep[i] = True
+    return float(np.mean(errors))
+
+
+def fit_latency_model(table: pd.DataFrame, archs: list[Architecture], measured, *, ridge: float | str = "auto",
                       min_networks: int = MIN_FIT_NETWORKS) -> CostModel:
-    """The latency model fitted to `measured` (ms) whole networks `archs` over `table` (see the module)."""
+    """The latency model fitted to `measured` (ms) whole networks `archs` over `table` (see the module).
+    `ridge` "auto": the one of RIDGES whose leave-one-out relative error over the fitted networks is
+    least (the largest among equals): junction terms the networks do not support shrink towards 0,
+    leaving the table's intercept and scale."""
     if len(archs) != len(measured):
         raise ValueError(f"{len(archs)} architectures but {len(measured)} measurements")
     if len(archs) < min_networks:
@@ -164,14 +195,12 @@ def fit_latency_model(table: pd.DataFrame, archs: list[Architecture], measured, 
     idx = np.stack([base.indices(a) for a in archs])
     sizes = junction_sizes(table)
     X = _features(base.predict_indices(idx), idx, sizes)
-    # relative error: weight each network by 1/measured; the ridge pulls the junction terms (not the
-    # intercept or the table's scale) towards 0, scaled to the features' magnitude
-    w = 1.0 / m
-    Xw, yw = X * w[:, None], m * w
-    scale = np.sqrt((Xw ** 2).mean(axis=0)) + 1e-12
-    penalty = np.diag(np.r_[0.0, 0.0, np.full(len(JUNCTIONS), ridge)] * len(m))
-    Z = Xw / scale
-    coef = np.linalg.solve(Z.T @ Z + penalty, Z.T @ yw) / scale
+    loo = None
+    if ridge == "auto":
+        scores = [(_loo_error(X, m, r), -r) for r in RIDGES]
+        loo, neg = min(scores)
+        ridge = -neg
+    coef = _solve(X, m, float(ridge))
     b0, b1, g = coef[0], coef[1], coef[2:]
     if not b1 > 0:
         raise ValueError(f"the latency model's fitted table scale is {b1:.3g}, not positive: the {len(m)} measured "
@@ -182,9 +211,10 @@ def fit_latency_model(table: pd.DataFrame, archs: list[Architecture], measured, 
     for i, s in enumerate(sizes):
         pairwise[i] = s * per_kind[kinds]
     fitted = X @ coef
-    info = {"kind": "pairwise", "networks": len(archs), "ridge": ridge, "intercept_ms": float(b0),
+    info = {"kind": "pairwise", "networks": len(archs), "ridge": float(ridge), "intercept_ms": float(b0),
             "table_scale": float(b1), "junction_ms_per_melement": dict(zip(JUNCTIONS, map(float, g))),
-            "fit_mape": float(np.abs(fitted / m - 1).mean())}
+            "fit_mape": float(np.abs(fitted / m - 1).mean()),
+            **({"ridge_loo_mape": loo} if loo is not None else {})}
     return CostModel(base.space, "latency_ms", float(b0 + b1 * base.fixed), b1 * base.unary, pairwise, info)
 
 
