@@ -23,7 +23,8 @@ of junction k (a convolution candidate then `skip`, `skip` then a convolution, t
 convolutions are the baseline, in b0) a cost per million activation elements s_i crossing block i's
 output: the layout conversions and memory traffic a block pays alone and a fused network does not
 (or does only where the kinds change). Fitted by
-ridge-regularised least squares on relative error (the bar is relative: +-10%); the coefficients
+ridge-regularised least squares on relative error (the bar is relative: +-10%), the ridge chosen by
+leave-one-out error with the one-standard-error rule; the coefficients
 are expanded into U and P, so the search, the sampling and the choice use the fitted model
 through the same two arrays.
 """
@@ -149,7 +150,7 @@ def _features(table_cost: np.ndarray, idx: np.ndarray, sizes: np.ndarray) -> np.
     return np.column_stack([np.ones(len(idx)), table_cost, *cols])
 
 
-RIDGES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # ridge "auto": the one of these with the least leave-one-out error
+RIDGES = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)  # ridge "auto" chooses among these (`_auto_ridge`)
 
 
 def _solve(X: np.ndarray, m: np.ndarray, ridge: float) -> np.ndarray:
@@ -166,23 +167,35 @@ def _solve(X: np.ndarray, m: np.ndarray, ridge: float) -> np.ndarray:
     return np.linalg.lstsq(Z, y, rcond=None)[0] / scale
 
 
-def _loo_error(X: np.ndarray, m: np.ndarray, ridge: float) -> float:
-    """Mean relative error of each network predicted by the model fitted on the others."""
+def _loo_errors(X: np.ndarray, m: np.ndarray, ridge: float) -> np.ndarray:
+    """Relative error of each network predicted by the model fitted on the others."""
     keep = np.ones(len(m), dtype=bool)
     errors = []
     for i in range(len(m)):
         keep[i] = False
         errors.append(abs(X[i] @ _solve(X[keep], m[keep], ridge) / m[i] - 1))
         keep[i] = True
-    return float(np.mean(errors))
+    return np.array(errors)
+
+
+def _auto_ridge(X: np.ndarray, m: np.ndarray) -> tuple[float, float]:
+    """(ridge, its leave-one-out mean relative error) by the one-standard-error rule (Breiman et al.;
+    as glmnet's lambda.1se): the largest ridge of RIDGES whose leave-one-out error is within one
+    standard error of the least. Junction terms must earn their place: on noisy measurements the
+    rule keeps the table's intercept and scale, on clean ones the terms the networks support."""
+    errors = {r: _loo_errors(X, m, r) for r in RIDGES}
+    best = min(RIDGES, key=lambda r: errors[r].mean())
+    bar = errors[best].mean() + errors[best].std(ddof=1) / np.sqrt(len(m))
+    ridge = max(r for r in RIDGES if errors[r].mean() <= bar)
+    return ridge, float(errors[ridge].mean())
 
 
 def fit_latency_model(table: pd.DataFrame, archs: list[Architecture], measured, *, ridge: float | str = "auto",
                       min_networks: int = MIN_FIT_NETWORKS) -> CostModel:
     """The latency model fitted to `measured` (ms) whole networks `archs` over `table` (see the module).
-    `ridge` "auto": the one of RIDGES whose leave-one-out relative error over the fitted networks is
-    least (the largest among equals): junction terms the networks do not support shrink towards 0,
-    leaving the table's intercept and scale."""
+    `ridge` "auto": chosen among RIDGES by leave-one-out relative error over the fitted networks with
+    the one-standard-error rule (`_auto_ridge`): junction terms the networks do not support shrink
+    towards 0, leaving the table's intercept and scale."""
     if len(archs) != len(measured):
         raise ValueError(f"{len(archs)} architectures but {len(measured)} measurements")
     if len(archs) < min_networks:
@@ -197,9 +210,7 @@ def fit_latency_model(table: pd.DataFrame, archs: list[Architecture], measured, 
     X = _features(base.predict_indices(idx), idx, sizes)
     loo = None
     if ridge == "auto":
-        scores = [(_loo_error(X, m, r), -r) for r in RIDGES]
-        loo, neg = min(scores)
-        ridge = -neg
+        ridge, loo = _auto_ridge(X, m)
     coef = _solve(X, m, float(ridge))
     b0, b1, g = coef[0], coef[1], coef[2:]
     if not b1 > 0:

@@ -264,7 +264,7 @@ class TorchCudaTarget(Target):
                 module(*xs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=side):  # the warm-up's stream: its library handles exist already
             module(*xs)
         graph.replay()
         torch.cuda.synchronize()
