@@ -161,6 +161,17 @@ def test_a_model_file_round_trips_and_a_broken_one_is_named(table, tmp_path):
         read_model(tmp_path / "absent.model.json")
 
 
+def test_the_fitted_networks_span_dear_to_cheap_skip_heavy_ones(table):
+    fit = fit_networks("small", (12, 1))
+    assert fit == fit_networks("small", (12, 1)) and len({a.choices for a in fit}) == 12  # seeded, distinct
+    skips = [a.choices.count("skip") / len(a.choices) for a in fit]
+    assert skips[0] == 0 and skips[-1] > 0.5 and np.corrcoef(np.arange(12), skips)[0, 1] > 0.9
+    base = table_model(table, "latency_ms")
+    costs = [base.predict(a) for a in fit]
+    uniform = [base.predict(a) for a in uniform_architectures("small", 200, seed=0)]
+    assert min(costs) < np.percentile(uniform, 1) and max(costs) > np.median(uniform)
+
+
 def test_the_held_out_networks_are_never_fitted_ones():
     fit = fit_networks("small", (12, 1))
     held = held_out_networks(("small", 30, 0), (12, 1))

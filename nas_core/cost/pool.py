@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from nas_core.cost.export import Unit, network_unit, table_units
-from nas_core.cost.fidelity import uniform_architectures
+from nas_core.cost.fidelity import spread_architectures, uniform_architectures
 from nas_core.cost.latency import MeasurementStore
 from nas_core.cost.macs import build_cost_table
 from nas_core.cost.targets import ProfileError
@@ -30,8 +30,9 @@ def model_shard(space: str) -> str:
 
 
 def fit_networks(space: str, fit: tuple[int, int] | None) -> list[Architecture]:
-    """The networks `space`'s latency model is fitted on (`fit` = (count, seed)), none for no model."""
-    return uniform_architectures(space, fit[0], fit[1]) if fit and fit[0] else []
+    """The networks `space`'s latency model is fitted on (`fit` = (count, seed)), none for no model:
+    spread over the cost range a search covers (`spread_architectures`)."""
+    return spread_architectures(space, fit[0], fit[1]) if fit and fit[0] else []
 
 
 def held_out_networks(fidelity: tuple[str, int, int], fit: tuple[int, int] | None) -> list[Architecture]:
