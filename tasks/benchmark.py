@@ -17,6 +17,7 @@ from nas_core.report.benchmark import (
     Measure,
     baseline_network,
     benchmark_network,
+    latency_prediction,
     local_target,
     report_markdown,
     target_measure,
@@ -110,23 +111,10 @@ def prediction_task(model_path: str, choice: dict, latency_cfg, out_dir: str, nu
     protocol, beside what the select stage predicted for it: the table alone and the latency model
     (issue 16). None when the choice carries no latency prediction (no latency table for its space)."""
     from nas_core.cost.factory import build_target
-    from nas_core.cost.latency import MeasurementStore, measure_networks, store_path
 
-    predicted = {k: float(choice[f"chosen_{k}"]) for k in ("latency_ms", "latency_model")
-                 if choice.get(f"chosen_{k}") is not None}
-    if not predicted:
-        return None
     arch = Architecture.from_dict(load_payload(model_path)["arch"])
-    target, folder = build_target(latency_cfg), Path(out_dir) / LATENCY_CHECK
-    store = MeasurementStore(store_path(folder / "measurements", target))
-    hw = latency_cfg.input_size.hw
-    (measured,) = measure_networks([arch], hw, num_classes, target, store, folder / "onnx", log=lambda s: None)
-    out = {"input_size": list(hw), "target": target.name, "measured_ms": measured}
-    for key, name in (("latency_ms", "table"), ("latency_model", "model")):
-        if key in predicted:
-            out[f"{name}_ms"] = predicted[key]
-            out[f"{name}_error"] = (predicted[key] - measured) / measured
-    return out
+    return latency_prediction(arch, choice, build_target(latency_cfg), latency_cfg.input_size.hw, num_classes,
+                              Path(out_dir) / LATENCY_CHECK)
 
 
 @task(name="benchmark-report", cache_policy=NO_CACHE)

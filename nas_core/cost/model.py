@@ -110,11 +110,6 @@ class CostModel:
             e = e + torch.einsum("ia,iab,ib->", probs[:-1], pair, probs[1:])
         return e
 
-    def variable(self):
-        """The part of the expected cost that depends on theta, as a torch module's buffers would
-        hold it: (unary, pairwise or None)."""
-        return self.unary, self.pairwise
-
     def to_json(self) -> dict:
         return {"space": self.space, "metric": self.metric, "fixed": self.fixed, "unary": self.unary.tolist(),
                 "pairwise": None if self.pairwise is None else self.pairwise.tolist(), "info": self.info}

@@ -186,6 +186,27 @@ def target_measure(target) -> Measure:
     return measure
 
 
+def latency_prediction(arch, choice: dict, target, input_hw: tuple[int, int], num_classes: int,
+                       folder: str | Path) -> dict | None:
+    """`arch` timed whole at the latency table's input `input_hw` on `target` (measurements kept in
+    `folder`), beside the select stage's predictions for it in `choice` (`chosen_latency_ms`: the table,
+    `chosen_latency_model`: the latency model); None when the choice carries neither."""
+    from nas_core.cost.latency import MeasurementStore, measure_networks, store_path
+
+    predicted = {name: float(choice[f"chosen_{key}"]) for key, name in (("latency_ms", "table"),
+                                                                       ("latency_model", "model"))
+                 if choice.get(f"chosen_{key}") is not None}
+    if not predicted:
+        return None
+    folder = Path(folder)
+    store = MeasurementStore(store_path(folder / "measurements", target))
+    (measured,) = measure_networks([arch], input_hw, num_classes, target, store, folder / "onnx", log=lambda s: None)
+    out = {"input_size": list(input_hw), "target": target.name, "measured_ms": measured}
+    for name, ms in predicted.items():
+        out[f"{name}_ms"], out[f"{name}_error"] = ms, (ms - measured) / measured
+    return out
+
+
 def local_target(threads: int, warmup: int, runs: int, rounds: int = 1, optimization: str = "all"):
     """onnxruntime on this machine through the profiling runner (pinned threads, sequential execution;
     thread CPU time when single-threaded, as the profiling stage does on shared machines; rounds > 1

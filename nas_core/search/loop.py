@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nas_core.cost.model import CostModel
 from nas_core.data.labels import IGNORE_INDEX
 from nas_core.engine.checkpoint import Checkpoint
 from nas_core.engine.distributed import DistInfo, all_reduce_sum, current_distributed, wrap_ddp
@@ -97,13 +98,8 @@ def distribution_stats(probs: torch.Tensor, cost: np.ndarray, fixed_cost: float,
     """Expected and argmax cost, mean entropy (nats), live candidates and the mass on `skip`."""
     p = probs.detach().double().cpu().numpy()
     entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(axis=1)  # pruned candidates add 0, not nan
-    argmax = p.argmax(axis=1)
-    expected = fixed_cost + float((p * cost).sum())
-    argmax_cost = fixed_cost + float(cost[np.arange(len(argmax)), argmax].sum())
-    if pairwise is not None:
-        expected += float(np.einsum("ia,iab,ib->", p[:-1], pairwise, p[1:]))
-        argmax_cost += float(pairwise[np.arange(len(argmax) - 1), argmax[:-1], argmax[1:]].sum())
-    return {"expected_cost": expected, "argmax_cost": argmax_cost,
+    model = CostModel("", "", fixed_cost, cost, pairwise)  # the expectation and pricing of nas_core.cost.model
+    return {"expected_cost": model.expected(p), "argmax_cost": float(model.predict_indices(p.argmax(axis=1))[0]),
             "mean_entropy": float(entropy.mean()), "live_candidates": int((p > 0).sum()),
             "skip_share": float(p[:, SKIP].mean())}
 
